@@ -1,0 +1,163 @@
+"""Composition root: config -> policy -> pipeline -> transports, metrics, reload; and the shutdown order.
+
+Start-up binds every listener before saying ``resolver ready``, so a supervisor (or a test) can wait on that
+line. Shutdown: close listeners, let in-flight upstream queries finish for a bounded time, then cancel them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from resolver.config import Config, Endpoint, system_nameservers
+from resolver.core.cache import Cache
+from resolver.core.pipeline import Pipeline
+from resolver.core.stats import Stats
+from resolver.core.wire import Query
+from resolver.errors import ConfigError, UpstreamError
+from resolver.metrics import MetricsServer, make_registry
+from resolver.sources import Loaded, load_policy
+from resolver.transports import TcpListener, UdpListener
+from resolver.upstream import UpstreamPool
+
+log = logging.getLogger("resolver")
+
+# Distinct questions that may wait on upstreams at once; past it new misses get SERVFAIL at once.
+MAX_INFLIGHT = 10_000
+DRAIN_SECONDS = 5.0
+
+
+class Server:
+    def __init__(self, config_factory: Callable[[], Config], config: Config, loaded: Loaded) -> None:
+        self.config_factory = config_factory  # re-reads the file and applies the flags again, for reloads
+        self.config = config
+        self.stats = Stats()
+        self.cache = Cache(config.cache)
+        self.pipeline = Pipeline(loaded.policy, self.cache, self.stats, time.monotonic)
+        upstreams = config.upstreams or system_nameservers()
+        if not upstreams:
+            raise ConfigError("/etc/resolv.conf", "no nameserver lines; give upstreams in the config or --upstream")
+        self.upstreams = UpstreamPool(upstreams, config.upstream_timeout, config.query_timeout, self.stats)
+        self.tcp = TcpListener(self.pipeline, self, config.tcp.idle_timeout, config.tcp.max_connections)
+        self.inflight: dict[bytes, list[tuple[Query, Callable[[bytes], None]]]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closers: list[Callable[[], None]] = []
+        self.servers: list[asyncio.Server] = []
+        self.bound: list[str] = []
+        self.policy_loaded_at = time.time()
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.stopping = asyncio.Event()
+
+    # -- forwarding -----------------------------------------------------------------------------------------------
+
+    def forward(self, query: Query, respond: Callable[[bytes], None]) -> None:
+        """Send a cache miss upstream; identical misses in flight share one upstream query."""
+        key = query.cache_key
+        waiters = self.inflight.get(key)
+        if waiters is not None:
+            waiters.append((query, respond))
+            return
+        if len(self.inflight) >= MAX_INFLIGHT:
+            respond(self.pipeline.on_shed(query))
+            return
+        self.inflight[key] = [(query, respond)]
+        self._spawn(self._resolve(key, query))
+
+    async def _resolve(self, key: bytes, query: Query) -> None:
+        reply: bytes | None = None
+        try:
+            reply = await self.upstreams.resolve(query)
+        except UpstreamError as err:
+            log.debug("upstream failure for %s: %s", query.name, err)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug: the client still gets SERVFAIL, and we hear about it
+            log.exception("internal error resolving %s", query.name)
+        finally:
+            waiters = self.inflight.pop(key, [])
+        for waiting, respond in waiters:
+            respond(self.pipeline.on_reply(waiting, reply) if reply is not None else self.pipeline.on_failure(waiting))
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for endpoint in self.config.listen:
+            port = await self._bind_udp(endpoint)
+            server = await asyncio.start_server(self.tcp.handle, endpoint.host, port, reuse_address=True,
+                                                backlog=1024)
+            self.servers.append(server)
+            self.bound.append(str(Endpoint(endpoint.host, port)))
+        if self.config.metrics is not None:
+            metrics = MetricsServer(make_registry(self), self.ready)
+            m = self.config.metrics
+            self.servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
+        for signame in ("SIGTERM", "SIGINT"):
+            loop.add_signal_handler(getattr(signal, signame), self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        log.info("resolver ready: dns %s (udp+tcp), upstreams %s, metrics %s, policy %s",
+                 " ".join(self.bound), " ".join(str(e) for e in self.upstreams.endpoints),
+                 self.config.metrics or "off", self.pipeline.policy.version)
+
+    async def _bind_udp(self, endpoint: Endpoint) -> int:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: UdpListener(self.pipeline, self), local_addr=(endpoint.host, endpoint.port), family=family)
+        self.closers.append(transport.close)
+        port: int = transport.get_extra_info("sockname")[1]
+        return port
+
+    def ready(self) -> bool:
+        return bool(self.servers) and not self.stopping.is_set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def reload(self) -> None:
+        """Re-read config and lists off the loop and swap the policy in; on any error the old one keeps serving.
+
+        Listen addresses, upstreams and cache size need a restart; everything under ``policy`` and ``sinkhole``
+        reloads.
+        """
+        loop = asyncio.get_running_loop()
+
+        def build() -> Loaded:
+            return load_policy(self.config_factory())
+
+        try:
+            loaded = await loop.run_in_executor(None, build)
+        except ConfigError as err:
+            self.reloads_failed += 1
+            log.error("reload refused, old policy keeps serving: %s", err)
+            return
+        old = self.pipeline.policy
+        self.pipeline.policy = loaded.policy
+        self.policy_loaded_at = time.time()
+        self.reloads_ok += 1
+        log.info("policy reloaded: version %s -> %s", old.version, loaded.policy.version)
+
+    async def run(self) -> None:
+        await self.start()
+        await self.stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        log.info("shutting down: closing listeners, draining %d in-flight queries", len(self.inflight))
+        for close in self.closers:
+            close()
+        for server in self.servers:
+            server.close()
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=DRAIN_SECONDS)
+        for task in list(self.tasks):
+            task.cancel()
+        log.info("stopped")

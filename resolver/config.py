@@ -1,0 +1,316 @@
+"""Typed, frozen configuration and its loader.
+
+Every error names the file and the key path (``sinkhole.ipv4[1]``) or line, because the person reading it is
+an operator with a broken deploy, not the author of this module. Nothing reads raw dicts after this.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resolver.core.cache import CacheLimits
+from resolver.errors import ConfigError
+
+
+def _bundled_blocklists() -> Path:
+    # Installed from a wheel the lists sit inside the package; in a source checkout they sit beside it.
+    inside = Path(__file__).resolve().parent / "blocklists"
+    return inside if inside.is_dir() else Path(__file__).resolve().parent.parent / "blocklists"
+
+
+BUNDLED_BLOCKLISTS = _bundled_blocklists()
+SINKHOLE_MODES = ("null", "nxdomain", "refused", "address")
+LIST_FORMATS = ("auto", "hosts", "domains", "adblock", "rpz", "wildcard")
+DEFAULT_SOURCE = "<built-in default>"
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @property
+    def family_v6(self) -> bool:
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family_v6 else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SinkholeConfig:
+    mode: str = "null"
+    ipv4: tuple[str, ...] = ()
+    ipv6: tuple[str, ...] = ()
+    ttl: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class TcpConfig:
+    idle_timeout: float = 10.0
+    max_connections: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ListSource:
+    path: Path
+    format: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    blocklists_dir: Path = BUNDLED_BLOCKLISTS
+    block: tuple[str, ...] = ("social", "messaging")
+    allow: tuple[str, ...] = ()
+    allow_domains: tuple[str, ...] = ()
+    lists: tuple[ListSource, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str = DEFAULT_SOURCE
+    listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 5353),)
+    upstreams: tuple[Endpoint, ...] = ()  # empty: the nameservers of /etc/resolv.conf, read at start
+    upstream_timeout: float = 1.5
+    query_timeout: float = 4.0
+    metrics: Endpoint | None = None
+    sinkhole: SinkholeConfig = field(default_factory=SinkholeConfig)
+    cache: CacheLimits = field(default_factory=CacheLimits)
+    tcp: TcpConfig = field(default_factory=TcpConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+
+def parse_endpoint(text: str, default_port: int | None, where: str) -> Endpoint:
+    """``1.2.3.4:53``, ``[::1]:53``, and without a port when ``default_port`` is given."""
+    text = str(text).strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(where, f"{text!r} is not [IPv6]:PORT")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif text.count(":") > 1:
+        raise ConfigError(where, f"{text!r}: write IPv6 addresses in brackets, e.g. [::1]:5353")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(where, f"{host!r} is not an IP address") from None
+    if not port_text:
+        if default_port is None:
+            raise ConfigError(where, f"{text!r} needs a port (ADDR:PORT)")
+        return Endpoint(host, default_port)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(where, f"{port_text!r} is not a port number")
+    return Endpoint(host, int(port_text))
+
+
+class _Section:
+    """A mapping being read, remembering its path for error messages and refusing keys nobody reads."""
+
+    def __init__(self, raw: Any, file: str, path: str) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: {path or 'top level'}", "must be a mapping")
+        self.raw = raw
+        self.file = file
+        self.path = path
+
+    def where(self, key: str) -> str:
+        return f"{self.file}: {self.path}.{key}" if self.path else f"{self.file}: {key}"
+
+    def check_keys(self, allowed: tuple[str, ...]) -> None:
+        for key in self.raw:
+            if key not in allowed:
+                raise ConfigError(self.where(str(key)), f"unknown key (known: {', '.join(allowed)})")
+
+    def section(self, key: str) -> _Section:
+        return _Section(self.raw.get(key), self.file, f"{self.path}.{key}" if self.path else key)
+
+    def number(self, key: str, default: float, minimum: float, maximum: float, integer: bool = False) -> Any:
+        value = self.raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+            kind = "a whole number" if integer else "a number"
+            raise ConfigError(self.where(key), f"must be {kind}, got {value!r}")
+        if not minimum <= value <= maximum:
+            raise ConfigError(self.where(key), f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.raw.get(key, list(default))
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(self.where(key), "must be a list")
+        for i, item in enumerate(value):
+            if not isinstance(item, (str, int)) or isinstance(item, bool):
+                raise ConfigError(f"{self.where(key)}[{i}]", f"must be a string, got {item!r}")
+        return tuple(str(item) for item in value)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a YAML config file; None gives the built-in default."""
+    if path is None:
+        return Config()
+    file = str(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(file, err.strerror or str(err)) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(file, f"larger than {MAX_CONFIG_BYTES} bytes; lists belong in list files")
+    try:
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(file, f"not UTF-8 text at byte {err.start}") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{file}{line}", f"YAML syntax: {err.problem}") from None
+    except (yaml.YAMLError, RecursionError) as err:
+        raise ConfigError(file, f"YAML: {err.__class__.__name__}") from None
+    return config_from_dict(raw, file, Path(path).resolve().parent)
+
+
+def config_from_dict(raw: Any, file: str, base: Path) -> Config:
+    top = _Section(raw, file, "")
+    top.check_keys(("listen", "upstreams", "upstream_timeout", "query_timeout", "metrics", "sinkhole", "cache",
+                    "tcp", "policy"))
+    default = Config()
+    listen = tuple(
+        parse_endpoint(item, None, f"{top.where('listen')}[{i}]")
+        for i, item in enumerate(top.strings("listen", tuple(str(e) for e in default.listen)))
+    )
+    if not listen:
+        raise ConfigError(top.where("listen"), "needs at least one ADDR:PORT")
+    upstreams = tuple(
+        parse_endpoint(item, 53, f"{top.where('upstreams')}[{i}]")
+        for i, item in enumerate(top.strings("upstreams", ()))
+    )
+    metrics_raw = top.raw.get("metrics")
+    metrics = None if metrics_raw is None else parse_endpoint(metrics_raw, None, top.where("metrics"))
+
+    sink = top.section("sinkhole")
+    sink.check_keys(("mode", "ipv4", "ipv6", "ttl"))
+    mode = sink.raw.get("mode", "null")
+    mode = "null" if mode is None else str(mode)
+    if mode not in SINKHOLE_MODES:
+        raise ConfigError(sink.where("mode"), f"must be one of {', '.join(SINKHOLE_MODES)}, got {mode!r}")
+    ipv4 = _addresses(sink, "ipv4", 4)
+    ipv6 = _addresses(sink, "ipv6", 6)
+    if mode == "address" and not ipv4 and not ipv6:
+        raise ConfigError(sink.where("mode"), "mode address needs sinkhole.ipv4 or sinkhole.ipv6 addresses")
+    sinkhole = SinkholeConfig(mode, ipv4, ipv6, sink.number("ttl", 10, 0, 86400, integer=True))
+
+    cache_s = top.section("cache")
+    cache_s.check_keys(("max_entries", "min_ttl", "max_ttl", "negative_max_ttl"))
+    cache = CacheLimits(
+        cache_s.number("max_entries", 100_000, 0, 50_000_000, integer=True),
+        cache_s.number("min_ttl", 0, 0, 86400, integer=True),
+        cache_s.number("max_ttl", 86400, 0, 7 * 86400, integer=True),
+        cache_s.number("negative_max_ttl", 3600, 0, 86400, integer=True),
+    )
+    tcp_s = top.section("tcp")
+    tcp_s.check_keys(("idle_timeout", "max_connections"))
+    tcp = TcpConfig(tcp_s.number("idle_timeout", 10.0, 0.1, 3600), tcp_s.number("max_connections", 1024, 1, 1_000_000,
+                                                                             integer=True))
+    return Config(
+        source=file,
+        listen=listen,
+        upstreams=upstreams,
+        upstream_timeout=top.number("upstream_timeout", 1.5, 0.05, 30),
+        query_timeout=top.number("query_timeout", 4.0, 0.1, 60),
+        metrics=metrics,
+        sinkhole=sinkhole,
+        cache=cache,
+        tcp=tcp,
+        policy=_policy(top.section("policy"), base),
+    )
+
+
+def _addresses(section: _Section, key: str, version: int) -> tuple[str, ...]:
+    out = []
+    for i, text in enumerate(section.strings(key, ())):
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            address = None
+        if address is None or address.version != version:
+            raise ConfigError(f"{section.where(key)}[{i}]", f"{text!r} is not an IPv{version} address")
+        out.append(str(address))
+    return tuple(out)
+
+
+def _policy(section: _Section, base: Path) -> PolicyConfig:
+    section.check_keys(("blocklists_dir", "block", "allow", "allow_domains", "lists"))
+    default = PolicyConfig()
+    directory = section.raw.get("blocklists_dir")
+    lists = []
+    raw_lists = section.raw.get("lists") or []
+    if not isinstance(raw_lists, list):
+        raise ConfigError(section.where("lists"), "must be a list of {path, format}")
+    for i, item in enumerate(raw_lists):
+        where = f"{section.where('lists')}[{i}]"
+        if isinstance(item, str):
+            item = {"path": item}
+        entry = _Section(item, section.file, where.split(": ", 1)[1])
+        entry.check_keys(("path", "format"))
+        if not isinstance(entry.raw.get("path"), str):
+            raise ConfigError(entry.where("path"), "required: the list file")
+        fmt = str(entry.raw.get("format", "auto"))
+        if fmt not in LIST_FORMATS:
+            raise ConfigError(entry.where("format"), f"must be one of {', '.join(LIST_FORMATS)}, got {fmt!r}")
+        lists.append(ListSource(base / entry.raw["path"], fmt))
+    return PolicyConfig(
+        blocklists_dir=default.blocklists_dir if directory is None else base / str(directory),
+        block=section.strings("block", default.block),
+        allow=section.strings("allow", ()),
+        allow_domains=section.strings("allow_domains", ()),
+        lists=tuple(lists),
+    )
+
+
+def with_overrides(
+    config: Config,
+    listen: list[str] | None = None,
+    upstreams: list[str] | None = None,
+    metrics: str | None = None,
+    blocklists: list[str] | None = None,
+) -> Config:
+    """Apply command-line flags, which win over the file."""
+    if listen:
+        config = replace(config, listen=tuple(parse_endpoint(x, None, "--listen") for x in listen))
+    if upstreams:
+        config = replace(config, upstreams=tuple(parse_endpoint(x, 53, "--upstream") for x in upstreams))
+    if metrics:
+        config = replace(config, metrics=parse_endpoint(metrics, None, "--metrics"))
+    if blocklists:
+        extra = tuple(ListSource(Path(x).resolve()) for x in blocklists)
+        config = replace(config, policy=replace(config.policy, lists=config.policy.lists + extra))
+    return config
+
+
+def system_nameservers(path: str = "/etc/resolv.conf") -> tuple[Endpoint, ...]:
+    """The ``nameserver`` lines of resolv.conf, the default upstreams."""
+    out = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, 1):
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    host = parts[1].split("%", 1)[0]  # drop an IPv6 zone index
+                    out.append(parse_endpoint(f"[{host}]" if ":" in host else host, 53, f"{path}:{number}"))
+    except OSError as err:
+        raise ConfigError(path, err.strerror or str(err)) from None
+    return tuple(out)

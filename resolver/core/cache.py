@@ -1,0 +1,170 @@
+"""Upstream answers kept as bytes, ready to be re-sent with a new ID and aged TTLs.
+
+An upstream reply is walked once (``prepare``) to find where each TTL lives and to drop the upstream's OPT
+record; every later use (``render``) is a header pack, a bytes join and a few ``pack_into`` calls. Negative
+answers are cached for the SOA-derived time of RFC 2308 section 5.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from resolver.core import wire
+from resolver.core.wire import AD, ECHO_MASK, HEADER, QR, RA, Query
+from resolver.errors import WireFormatError
+
+_OPT_DO = wire.opt_record(True)
+_OPT_PLAIN = wire.opt_record(False)
+_RCODE_MASK = 0x000F
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLimits:
+    max_entries: int = 100_000
+    min_ttl: int = 0
+    max_ttl: int = 86_400
+    negative_max_ttl: int = 3_600
+
+
+class Entry:
+    """One upstream answer minus header, question and OPT; ``ttl`` 0 means it must not be cached."""
+
+    __slots__ = ("an", "ar", "body", "expires", "flags", "ns", "stored", "ttl", "ttl_offsets", "ttls")
+
+    def __init__(
+        self, flags: int, counts: tuple[int, int, int], body: bytes, ttl_offsets: list[int], ttls: list[int],
+        stored: float, ttl: int,
+    ) -> None:
+        self.flags = flags
+        self.an, self.ns, self.ar = counts
+        self.body = body
+        self.ttl_offsets = ttl_offsets
+        self.ttls = ttls
+        self.stored = stored
+        self.ttl = ttl
+        self.expires = stored + ttl
+
+    @property
+    def rcode(self) -> int:
+        return self.flags & _RCODE_MASK
+
+
+def matches(reply: bytes, qid: int, query: Query) -> bool:
+    """Whether ``reply`` answers the query we sent upstream (ID, QR, one question, same name/type/class)."""
+    if len(reply) < 12 + len(query.question) or reply[0] << 8 | reply[1] != qid or not reply[2] & 0x80:
+        return False
+    if reply[4:6] != b"\x00\x01":
+        return False
+    end = 12 + len(query.qname)
+    return reply[12:end].lower() == query.qname and reply[end : end + 4] == query.question[-4:]
+
+
+def prepare(reply: bytes, query: Query, now: float, limits: CacheLimits) -> Entry:
+    """Walk a validated upstream reply; raises WireFormatError if any record is malformed."""
+    _, flags, _, ancount, nscount, arcount = HEADER.unpack_from(reply)
+    start = 12 + len(query.question)
+    pos = start
+    chunks: list[bytes] = []
+    chunk_start = pos
+    removed = 0
+    offsets: list[int] = []
+    ttls: list[int] = []
+    answer_min: int | None = None
+    negative: int | None = None
+    total = ancount + nscount + arcount
+    kept_ar = arcount
+    for index in range(total):
+        rr_start = pos
+        pos = wire.skip_name(reply, pos)
+        if pos + 10 > len(reply):
+            raise WireFormatError("record header truncated")
+        rtype, _, ttl, rdlen = wire.RR_FIXED.unpack_from(reply, pos)
+        rdata_end = pos + 10 + rdlen
+        if rdata_end > len(reply):
+            raise WireFormatError("record data truncated")
+        if rtype == wire.TYPE_OPT:
+            if index < ancount + nscount:
+                raise WireFormatError("OPT outside the additional section")
+            # The upstream's OPT describes its link to us, not ours to the client: drop it, render adds ours.
+            chunks.append(reply[chunk_start:rr_start])
+            chunk_start = rdata_end
+            removed += rdata_end - rr_start
+            kept_ar -= 1
+        else:
+            ttl &= 0x7FFFFFFF  # RFC 2181 8: a TTL with the top bit set is treated as zero
+            offsets.append(pos + 4 - start - removed)
+            ttls.append(ttl)
+            if index < ancount:
+                answer_min = ttl if answer_min is None else min(answer_min, ttl)
+            elif index < ancount + nscount and rtype == wire.TYPE_SOA and rdlen >= 20:
+                soa_minimum = wire.U32.unpack_from(reply, rdata_end - 4)[0]
+                negative = min(ttl, soa_minimum)
+        pos = rdata_end
+    chunks.append(reply[chunk_start:pos])
+    rcode = flags & _RCODE_MASK
+    cache_ttl = 0
+    if flags & wire.TC:
+        cache_ttl = 0
+    elif rcode == wire.NOERROR and answer_min is not None:
+        cache_ttl = max(limits.min_ttl, min(limits.max_ttl, answer_min))
+    elif rcode in (wire.NOERROR, wire.NXDOMAIN) and negative is not None:
+        cache_ttl = min(limits.negative_max_ttl, negative)
+    return Entry(flags & (AD | _RCODE_MASK), (ancount, nscount, kept_ar), b"".join(chunks), offsets, ttls, now,
+                 cache_ttl)
+
+
+def render(entry: Entry, query: Query, now: float) -> bytes:
+    """The client's reply: its ID, flags and question, the cached records with TTLs aged by the time held."""
+    body = entry.body
+    elapsed = int(now - entry.stored)
+    if elapsed > 0 and entry.ttl_offsets:
+        patched = bytearray(body)
+        pack_into = wire.U32.pack_into
+        for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
+            pack_into(patched, offset, ttl - elapsed if ttl > elapsed else 0)
+        body = bytes(patched)
+    flags = QR | RA | (query.flags & ECHO_MASK) | entry.flags
+    if query.edns:
+        header = HEADER.pack(query.id, flags, 1, entry.an, entry.ns, entry.ar + 1)
+        return header + query.question + body + (_OPT_DO if query.do else _OPT_PLAIN)
+    return HEADER.pack(query.id, flags, 1, entry.an, entry.ns, entry.ar) + query.question + body
+
+
+class Cache:
+    """LRU over ``Query.cache_key``; bounded in entries, expired entries are dropped when met."""
+
+    def __init__(self, limits: CacheLimits) -> None:
+        self.limits = limits
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes, now: float) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        if entry.expires <= now:
+            del self._entries[key]
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    def put(self, key: bytes, entry: Entry) -> None:
+        if entry.ttl <= 0 or self.limits.max_entries <= 0:
+            return
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.limits.max_entries:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+
+    def clear(self) -> None:
+        self._entries.clear()

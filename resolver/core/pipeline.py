@@ -1,0 +1,96 @@
+"""The one place that turns a query into an answer. No sockets, no event loop: the clock is a parameter.
+
+Order, and why:
+1. parse the header and question only: a packet we cannot read is dropped or gets FORMERR here;
+2. policy before cache, so a name blocked by a reload is blocked at once even if its answer is cached;
+3. cache, so a repeated allowed name never leaves the process;
+4. otherwise the transport forwards the query and hands the upstream reply back to ``on_reply``.
+Every outcome is counted here, once, with its latency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from resolver.core import cache as cache_mod
+from resolver.core import wire
+from resolver.core.cache import Cache
+from resolver.core.policy import BLOCK, Policy
+from resolver.core.stats import BLOCKED, CACHED, ERROR, FORWARDED, REFUSED, UDP, Stats
+from resolver.core.wire import EdnsVersionError, Query
+from resolver.errors import WireFormatError
+
+
+class Pipeline:
+    def __init__(self, policy: Policy, cache: Cache, stats: Stats, clock: Callable[[], float]) -> None:
+        self.policy = policy  # swapped whole by a reload
+        self.cache = cache
+        self.stats = stats
+        self.clock = clock
+
+    def on_query(self, data: bytes, transport: int) -> bytes | Query | None:
+        """Bytes to send back now, a Query to forward upstream, or None to drop the packet."""
+        now = self.clock()
+        try:
+            query = wire.parse_query(data)
+        except EdnsVersionError as err:
+            return self._done(transport, ERROR, now, wire.badvers_reply(err))
+        except WireFormatError:
+            if not wire.reply_possible(data):
+                self.stats.malformed += 1
+                return None
+            return self._done(transport, ERROR, now, wire.error_reply(data, wire.FORMERR))
+        if query.flags & (wire.QR | wire.OPCODE_MASK):
+            if query.flags & wire.QR:  # a response sent to us: answering it would make a reflection loop
+                self.stats.malformed += 1
+                return None
+            return self._done(transport, ERROR, now, wire.error_reply(data, wire.NOTIMP))
+        if query.qclass != wire.CLASS_IN:
+            return self._done(transport, REFUSED, now, wire.simple_reply(query, wire.REFUSED))
+        policy = self.policy
+        verdict = policy.lookup(query.labels)
+        if verdict is not None and verdict.action == BLOCK:
+            blocked = self.stats.blocked
+            blocked[verdict.label] = blocked.get(verdict.label, 0) + 1
+            reply = self._fit(policy.blocked_reply(query, verdict), query, transport)
+            return self._done(transport, BLOCKED, now, reply)
+        entry = self.cache.get(query.cache_key, now)
+        if entry is not None:
+            return self._done(transport, CACHED, now, self._fit(cache_mod.render(entry, query, now), query, transport))
+        query.received = now
+        query.transport = transport
+        return query
+
+    def on_reply(self, query: Query, reply: bytes) -> bytes:
+        """An upstream reply that matched the query: cache it and render the client's answer."""
+        now = self.clock()
+        try:
+            entry = cache_mod.prepare(reply, query, now, self.cache.limits)
+        except WireFormatError:
+            return self.on_failure(query)
+        self.cache.put(query.cache_key, entry)
+        outcome = FORWARDED if entry.rcode in (wire.NOERROR, wire.NXDOMAIN) else ERROR
+        answer = self._fit(cache_mod.render(entry, query, now), query, query.transport)
+        return self._done(query.transport, outcome, query.received, answer, now)
+
+    def on_failure(self, query: Query) -> bytes:
+        """No upstream answered in time: SERVFAIL, never silence, so the phone can move on."""
+        return self._done(query.transport, ERROR, query.received, wire.simple_reply(query, wire.SERVFAIL))
+
+    def on_shed(self, query: Query) -> bytes:
+        """Too much work pending: answer SERVFAIL at once rather than queue without bound."""
+        self.stats.shed += 1
+        return self.on_failure(query)
+
+    @staticmethod
+    def _fit(reply: bytes, query: Query, transport: int) -> bytes:
+        """Over UDP, a reply larger than the client's buffer (capped at 1232) becomes TC so it retries over TCP."""
+        if transport == UDP and len(reply) > 512:
+            limit = min(query.udp_size, wire.EDNS_UDP_SIZE) if query.edns else 512
+            if len(reply) > limit:
+                return wire.truncated(query)
+        return reply
+
+    def _done(self, transport: int, outcome: int, started: float, reply: bytes, now: float | None = None) -> bytes:
+        self.stats.observe(transport, outcome, (self.clock() if now is None else now) - started)
+        return reply

@@ -1,0 +1,263 @@
+"""DNS wire format for the hot path: read the header and question, build replies from bytes.
+
+dnslib would parse every record into objects; a blocked or cached answer needs none of that. Everything here
+works on ``bytes`` and ``struct`` so the fast path stays a handful of C calls. Names below are RFC 1035 terms.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from resolver.errors import WireFormatError
+
+HEADER = struct.Struct("!HHHHHH")
+U16 = struct.Struct("!H")
+U16X2 = struct.Struct("!HH")
+RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+U32 = struct.Struct("!I")
+
+QR = 0x8000
+OPCODE_MASK = 0x7800
+AA = 0x0400
+TC = 0x0200
+RD = 0x0100
+RA = 0x0080
+AD = 0x0020
+CD = 0x0010
+# What a reply copies from the query's flags: opcode, RD and CD (RFC 1035 4.1.1, RFC 4035 3.2.2).
+ECHO_MASK = OPCODE_MASK | RD | CD
+
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16
+
+TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA, TYPE_MX, TYPE_TXT = 1, 2, 5, 6, 15, 16
+TYPE_AAAA, TYPE_OPT, TYPE_SVCB, TYPE_HTTPS, TYPE_ANY = 28, 41, 64, 65, 255
+CLASS_IN = 1
+
+# The UDP payload size we advertise and accept at most: the DNS Flag Day 2020 value, which avoids IP
+# fragmentation on every path we care about.
+EDNS_UDP_SIZE = 1232
+EDE_OPTION = 15
+EDE_BLOCKED = 15
+
+MAX_NAME = 255
+
+
+class Query:
+    """The parts of a client query the resolver decides on; everything else in the packet is ignored."""
+
+    __slots__ = (
+        "do",
+        "edns",
+        "flags",
+        "id",
+        "labels",
+        "qclass",
+        "qname",
+        "qtype",
+        "question",
+        "received",
+        "transport",
+        "udp_size",
+    )
+
+    def __init__(
+        self,
+        qid: int,
+        flags: int,
+        question: bytes,
+        qname: bytes,
+        labels: list[bytes],
+        qtype: int,
+        qclass: int,
+        edns: bool,
+        udp_size: int,
+        do: bool,
+    ) -> None:
+        self.id = qid
+        self.flags = flags
+        self.question = question  # as sent: echoed byte for byte, so 0x20-randomised clients match
+        self.qname = qname  # lowercased wire name, e.g. b"\x03www\x06tiktok\x03com\x00"
+        self.labels = labels  # lowercased labels, leftmost first
+        self.qtype = qtype
+        self.qclass = qclass
+        self.edns = edns
+        self.udp_size = udp_size
+        self.do = do
+        self.received = 0.0  # clock reading when it arrived, for the latency histogram
+        self.transport = 0
+
+    @property
+    def name(self) -> str:
+        """The name as text, for logs and the slow path."""
+        return ".".join(label.decode("ascii", "backslashreplace") for label in self.labels) + "."
+
+    @property
+    def cache_key(self) -> bytes:
+        # DO and CD change what an upstream returns (signatures, unvalidated data), so they are part of the key.
+        bits = (1 if self.do else 0) | (2 if self.flags & CD else 0)
+        return self.qname + self.question[-4:] + bytes((bits,))
+
+
+def skip_name(data: bytes, pos: int) -> int:
+    """Return the offset just past the (possibly compressed) name at ``pos``."""
+    n = len(data)
+    while True:
+        if pos >= n:
+            raise WireFormatError("name runs past the end of the message")
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            if pos + 2 > n:
+                raise WireFormatError("compression pointer runs past the end")
+            return pos + 2
+        if length > 63:
+            raise WireFormatError("bad label type")
+        pos += 1 + length
+
+
+def parse_query(data: bytes) -> Query:
+    """Parse a client query. Callers decide separately (``reply_possible``) whether a failure gets FORMERR."""
+    n = len(data)
+    if n < 12:
+        raise WireFormatError("shorter than a DNS header")
+    qid, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
+    if qdcount != 1:
+        raise WireFormatError("a query must have exactly one question")
+    pos = 12
+    bounds: list[int] = []
+    while True:
+        if pos >= n:
+            raise WireFormatError("question name runs past the end")
+        length = data[pos]
+        if length == 0:
+            pos += 1
+            break
+        if length > 63:
+            # Compression in the question of a query is legal in theory, never seen in practice, and the
+            # classic way to smuggle a loop; refuse it.
+            raise WireFormatError("compressed or invalid label in question")
+        bounds.append(pos + 1 - 12)
+        pos += 1 + length
+        if pos - 12 > MAX_NAME:
+            raise WireFormatError("question name longer than 255 octets")
+    if pos + 4 > n:
+        raise WireFormatError("question truncated")
+    qname = data[12:pos].lower()
+    labels = [qname[b : b + qname[b - 1]] for b in bounds]
+    qtype, qclass = U16X2.unpack_from(data, pos)
+    question = data[12 : pos + 4]
+    pos += 4
+    edns = False
+    udp_size = 512
+    do = False
+    if arcount:
+        for _ in range(ancount + nscount):
+            pos = _skip_rr(data, pos)
+        for _ in range(arcount):
+            if pos < n and data[pos] == 0 and pos + 11 <= n and data[pos + 1 : pos + 3] == b"\x00\x29":
+                if edns:
+                    raise WireFormatError("more than one OPT record")
+                _, size, ttl, rdlen = RR_FIXED.unpack_from(data, pos + 1)
+                if pos + 11 + rdlen > n:
+                    raise WireFormatError("OPT record truncated")
+                if (ttl >> 16) & 0xFF:
+                    raise EdnsVersionError(qid, flags, question)
+                edns = True
+                udp_size = max(512, size)
+                do = bool(ttl & 0x8000)
+                pos += 11 + rdlen
+            else:
+                pos = _skip_rr(data, pos)
+    return Query(qid, flags, question, qname, labels, qtype, qclass, edns, udp_size, do)
+
+
+class EdnsVersionError(WireFormatError):
+    """The query used an EDNS version we do not speak; RFC 6891 says answer BADVERS."""
+
+    def __init__(self, qid: int, flags: int, question: bytes) -> None:
+        super().__init__("unsupported EDNS version")
+        self.qid = qid
+        self.flags = flags
+        self.question = question
+
+
+def _skip_rr(data: bytes, pos: int) -> int:
+    pos = skip_name(data, pos)
+    if pos + 10 > len(data):
+        raise WireFormatError("record header truncated")
+    rdlen = U16.unpack_from(data, pos + 8)[0]
+    pos += 10 + rdlen
+    if pos > len(data):
+        raise WireFormatError("record data truncated")
+    return pos
+
+
+def reply_possible(data: bytes) -> bool:
+    """A malformed packet gets FORMERR only if it has a header and is not itself a response (no reflection loops)."""
+    return len(data) >= 12 and not data[2] & 0x80
+
+
+def error_reply(data: bytes, rcode: int) -> bytes:
+    """Header-only reply (FORMERR, NOTIMP) to a packet whose question we could not or would not read."""
+    qid, flags = U16X2.unpack_from(data)
+    return HEADER.pack(qid, QR | RA | (flags & ECHO_MASK) | rcode, 0, 0, 0, 0)
+
+
+def opt_record(do: bool, options: bytes = b"", ext_rcode: int = 0) -> bytes:
+    ttl = (ext_rcode << 24) | (0x8000 if do else 0)
+    return b"\x00" + RR_FIXED.pack(TYPE_OPT, EDNS_UDP_SIZE, ttl, len(options)) + options
+
+
+def ede_option(info_code: int, text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return struct.pack("!HHH", EDE_OPTION, 2 + len(raw), info_code) + raw
+
+
+def simple_reply(query: Query, rcode: int, options: bytes = b"") -> bytes:
+    """Question-only reply with ``rcode`` (SERVFAIL, REFUSED …), with an OPT record when the query had one."""
+    opt = opt_record(query.do, options) if query.edns else b""
+    header = HEADER.pack(query.id, QR | RA | (query.flags & ECHO_MASK) | rcode, 1, 0, 0, 1 if opt else 0)
+    return header + query.question + opt
+
+
+def badvers_reply(err: EdnsVersionError) -> bytes:
+    # BADVERS is 16: the upper 8 bits go in the OPT record, the lower 4 (zero) in the header.
+    header = HEADER.pack(err.qid, QR | RA | (err.flags & ECHO_MASK), 1, 0, 0, 1)
+    return header + err.question + opt_record(False, ext_rcode=BADVERS >> 4)
+
+
+def truncated(query: Query) -> bytes:
+    """The reply for an answer too big for the client's UDP buffer: TC set, so it asks again over TCP."""
+    opt = opt_record(query.do) if query.edns else b""
+    flags = QR | RA | TC | (query.flags & ECHO_MASK)
+    return HEADER.pack(query.id, flags, 1, 0, 0, 1 if opt else 0) + query.question + opt
+
+
+def rr(rtype: int, ttl: int, rdata: bytes) -> bytes:
+    """A record owned by the question name (compression pointer to offset 12)."""
+    return b"\xc0\x0c" + RR_FIXED.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata
+
+
+def encode_name(name: str) -> bytes:
+    out = bytearray()
+    for label in name.rstrip(".").split("."):
+        if label:
+            raw = label.encode("ascii")
+            out.append(len(raw))
+            out += raw
+    out.append(0)
+    return bytes(out)
+
+
+def upstream_query(query: Query, qid: int) -> bytes:
+    """The query we send upstream: fresh random ID, lowercased name, RD set, our own EDNS with the client's DO."""
+    flags = RD | (query.flags & CD)
+    return (
+        HEADER.pack(qid, flags, 1, 0, 0, 1)
+        + query.qname
+        + query.question[-4:]
+        + opt_record(query.do)
+    )
+

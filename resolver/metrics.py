@@ -1,0 +1,151 @@
+"""Prometheus metrics, read from the plain counters at scrape time, served by a small HTTP server on the loop.
+
+Labels are bounded: transport, outcome, platform (or list file), upstream address from the config. Never a
+client address or a query name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from resolver import __version__
+from resolver.core.stats import LATENCY_BOUNDS, OUTCOMES, TRANSPORTS
+
+if TYPE_CHECKING:
+    from resolver.app import Server
+
+log = logging.getLogger("resolver.metrics")
+MAX_REQUEST_BYTES = 8192
+
+
+class ResolverCollector(Collector):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        stats = server.stats
+        queries = CounterMetricFamily("resolver_queries", "DNS queries answered, by transport and outcome.",
+                                      labels=["transport", "outcome"])
+        for t, transport in enumerate(TRANSPORTS):
+            for o, outcome in enumerate(OUTCOMES):
+                queries.add_metric([transport, outcome], stats.count(t, o))
+        yield queries
+        blocked = CounterMetricFamily("resolver_blocked", "Blocked queries by platform (or list:FILE).",
+                                      labels=["platform"])
+        for label, value in sorted(stats.blocked.items()):
+            blocked.add_metric([label], value)
+        yield blocked
+        latency = HistogramMetricFamily("resolver_query_duration_seconds",
+                                        "Time from receiving a query to sending its answer.", labels=["outcome"])
+        for o, outcome in enumerate(OUTCOMES):
+            cumulative = 0
+            buckets = []
+            for bound, count in zip((*LATENCY_BOUNDS, float("inf")), stats.buckets[o], strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([outcome], buckets, stats.sums[o])
+        yield latency
+        yield _counter("resolver_malformed_packets", "Packets dropped unanswered (unreadable, or a response).",
+                       stats.malformed)
+        yield _counter("resolver_upstream_mismatched_replies",
+                       "Upstream replies dropped because ID or question did not match.", stats.upstream_mismatch)
+        yield _counter("resolver_shed_queries", "Queries answered SERVFAIL at once because a bound was reached.",
+                       stats.shed)
+        cache = server.cache
+        yield _gauge("resolver_cache_entries", "Answers held in the cache.", len(cache))
+        yield _counter("resolver_cache_hits", "Cache lookups that found a live answer.", cache.hits)
+        yield _counter("resolver_cache_misses", "Cache lookups that found nothing live.", cache.misses)
+        yield _counter("resolver_cache_evictions", "Answers evicted to keep the cache bounded.", cache.evictions)
+        up_req = CounterMetricFamily("resolver_upstream_requests", "Queries sent upstream.", labels=["upstream"])
+        up_err = CounterMetricFamily("resolver_upstream_errors", "Upstream failures other than timeouts.",
+                                     labels=["upstream"])
+        up_to = CounterMetricFamily("resolver_upstream_timeouts", "Upstream queries that timed out.",
+                                    labels=["upstream"])
+        for name, ups in server.upstreams.upstream_stats.items():
+            up_req.add_metric([name], ups.requests)
+            up_err.add_metric([name], ups.errors)
+            up_to.add_metric([name], ups.timeouts)
+        yield from (up_req, up_err, up_to)
+        policy = server.pipeline.policy
+        domains = GaugeMetricFamily("resolver_policy_domains", "Domains listed per platform.",
+                                    labels=["platform", "category", "blocked"])
+        for platform in policy.platforms.values():
+            domains.add_metric([platform.id, platform.category, str(platform.id in policy.blocked_platforms).lower()],
+                               len(platform.domains))
+        yield domains
+        info = GaugeMetricFamily("resolver_policy_info", "The active policy version (a content hash).",
+                                 labels=["version"])
+        info.add_metric([policy.version], 1)
+        yield info
+        yield _gauge("resolver_policy_loaded_timestamp_seconds", "When the active policy was loaded.",
+                     server.policy_loaded_at)
+        reloads = CounterMetricFamily("resolver_reloads", "Policy reloads by result.", labels=["result"])
+        reloads.add_metric(["success"], server.reloads_ok)
+        reloads.add_metric(["failure"], server.reloads_failed)
+        yield reloads
+        build = GaugeMetricFamily("resolver_build_info", "Build information.", labels=["version"])
+        build.add_metric([__version__], 1)
+        yield build
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def make_registry(server: Server) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ResolverCollector(server))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+class MetricsServer:
+    """Just enough HTTP/1.1 for Prometheus and probes: GET, one response, close."""
+
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+        self.registry = registry
+        self.ready = ready
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            status, ctype, body = self.route(head)
+        except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            writer.close()
+            return
+        header = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                  "Connection: close\r\n\r\n").encode()
+        try:
+            writer.write(header + body)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    def route(self, head: bytes) -> tuple[str, str, bytes]:
+        parts = head.split(b"\r\n", 1)[0].split()
+        if len(parts) < 2 or parts[0] not in (b"GET", b"HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"only GET\n"
+        path = parts[1].split(b"?", 1)[0]
+        if path == b"/metrics":
+            return "200 OK", "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
+        if path == b"/healthz":
+            return "200 OK", "text/plain", b"ok\n"
+        if path == b"/readyz":
+            if self.ready():
+                return "200 OK", "text/plain", b"ready\n"
+            return "503 Service Unavailable", "text/plain", b"not ready\n"
+        return "404 Not Found", "text/plain", b"not found\n"
