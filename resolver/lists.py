@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from encodings.idna import ToASCII
-from typing import Literal, get_args
+from itertools import compress, repeat
+from operator import attrgetter, not_
+from typing import Literal, NamedTuple, get_args
 
 from resolver.errors import ConfigError
 
@@ -32,6 +35,7 @@ MAX_LINE = 4096
 """Longer lines are skipped: no real rule is that long, and a cap bounds the work one hostile line can cause."""
 DETECT_LINES = 200
 TEXT_CUT = 200
+_CHUNK = 128  # lines per attempt at the fast path: small enough that one odd line costs little
 
 # Names a stock /etc/hosts maps to itself; hosts-format blocklists copy them, so skipping them is not news.
 _HOSTS_LOCAL = frozenset({"localhost", "localhost.localdomain", "local", "broadcasthost", "0.0.0.0"})
@@ -112,19 +116,52 @@ def _is_ip(token: str) -> bool:
     return True
 
 
-class _Out:
-    """Collects entries and skipped lines; ``add`` is the one place a name is validated."""
+class _Shape(NamedTuple):
+    """The line most of a format's file consists of, e.g. ``||name^``; see ``_fast``."""
 
-    __slots__ = ("entries", "skipped")
+    prefix: str
+    suffix: str
+    match: Match
+    action: Action
+    wild: bool = False  # `*.name` lines may be mixed in and mean "below" (RPZ files alternate the two)
+
+
+_SHAPES: dict[str, tuple[_Shape, ...]] = {
+    "hosts": (_Shape("0.0.0.0 ", "", "subtree", "block"), _Shape("127.0.0.1 ", "", "subtree", "block")),
+    "domains": (_Shape("*.", "", "below", "block"), _Shape("", "", "subtree", "block")),
+    "adblock": (_Shape("||", "^", "subtree", "block"), _Shape("@@||", "^", "subtree", "allow")),
+    "rpz": (_Shape("", " CNAME .", "exact", "nxdomain", wild=True),),
+}
+_SHAPES["wildcard"] = _SHAPES["domains"]
+
+
+class _Out:
+    """Collects the results of one parse, and the RPZ parser state that must carry from chunk to chunk.
+
+    Entries are kept as columns per (match, action) and built in bulk by ``entries``: building a million
+    frozen dataclasses one ``__init__`` at a time would take most of the start-up budget on its own.
+    """
+
+    __slots__ = ("columns", "origin", "owner", "pending", "skipped")
 
     def __init__(self) -> None:
-        self.entries: list[ListEntry] = []
+        self.columns: dict[tuple[Match, Action], tuple[list[str], list[int]]] = {}
         self.skipped: list[SkippedLine] = []
+        self.origin = ""  # RPZ $ORIGIN with its trailing dot; "" when there is none
+        self.owner = ""  # owner of the last record, for records that begin with blank space
+        self.pending: tuple[int, str, list[str]] | None = None  # an RPZ record still inside `( … )`
 
     def skip(self, line: int, reason: str, text: str) -> None:
         self.skipped.append(SkippedLine(line, reason, text.strip()[:TEXT_CUT]))
 
+    def column(self, match: Match, action: Action) -> tuple[list[str], list[int]]:
+        col = self.columns.get((match, action))
+        if col is None:
+            col = self.columns[match, action] = ([], [])
+        return col
+
     def add(self, name: str, match: Match, action: Action, line: int, text: str) -> None:
+        """Validate one name the slow way and keep it, or record why not."""
         try:
             domain = normalise_name(name)
         except ValueError as e:
@@ -134,28 +171,88 @@ class _Out:
             verb = "allow" if action == "allow" else "block"
             self.skip(line, f"refusing to {verb} a top-level domain", text)
             return
-        self.entries.append(_new_entry(domain, match, action, line))
+        names, nums = self.column(match, action)
+        names.append(domain)
+        nums.append(line)
 
-
-def _new_entry(domain: str, match: Match, action: Action, line: int) -> ListEntry:
-    """Build a ``ListEntry`` without the frozen ``__init__`` (four ``object.__setattr__`` calls).
-
-    Measured on the build machine: 1.6 us per entry through ``__init__``, 0.9 us here; at a million entries
-    that is most of the start-up budget. The slot descriptors set the same fields, so the result is equal.
-    """
-    e = _object_new(ListEntry)
-    _set_domain(e, domain)
-    _set_match(e, match)
-    _set_action(e, action)
-    _set_line(e, line)
-    return e
+    def entries(self) -> tuple[ListEntry, ...]:
+        """Build every entry with C-level ``map`` calls; slot descriptors bypass the frozen ``__setattr__``."""
+        built: list[ListEntry] = []
+        for (match, action), (names, nums) in self.columns.items():
+            made = list(map(_object_new, repeat(ListEntry, len(names))))
+            for setter, values in zip(_SETTERS, (names, repeat(match), repeat(action), nums), strict=True):
+                deque(map(setter, made, values), maxlen=0)
+            built += made
+        if len(self.columns) > 1:
+            built.sort(key=_BY_LINE)  # each column is in line order already; this merges them
+        return tuple(built)
 
 
 _object_new = object.__new__
-_set_domain = ListEntry.__dict__["domain"].__set__
-_set_match = ListEntry.__dict__["match"].__set__
-_set_action = ListEntry.__dict__["action"].__set__
-_set_line = ListEntry.__dict__["line"].__set__
+_SETTERS = tuple(ListEntry.__dict__[field].__set__ for field in ("domain", "match", "action", "line"))
+_BY_LINE = attrgetter("line")
+
+
+def _fast(out: _Out, chunk: list[str], lo: int, shapes: tuple[_Shape, ...]) -> bool:
+    """Take a chunk in which every line is ``prefix + plain name + suffix`` with a few C-level passes over
+    the joined text instead of a Python loop per line; return False to send it to the line parser.
+
+    Only names the line parser would accept unchanged (apart from case) pass ``_plain``, so both paths give
+    the same entries; the gain is about 10x on the clean lines that make up nearly all of a real list.
+    """
+    joined = "\n".join(chunk)
+    shape = next((s for s in shapes if joined.startswith(s.prefix)), None)
+    if shape is None or not joined.endswith(shape.suffix):
+        return False
+    sep = f"{shape.suffix}\n{shape.prefix}"
+    if joined.count(sep) != len(chunk) - 1:  # then every newline sits between a suffix and a prefix
+        return False
+    body = joined[len(shape.prefix) : len(joined) - len(shape.suffix)]
+    if sep != "\n":
+        body = body.replace(sep, "\n")
+    nums = range(lo + 1, lo + len(chunk) + 1)
+    parts: list[tuple[str, Sequence[int], Match]] = [(body, nums, shape.match)]
+    if shape.wild and "*" in body:
+        star = list(map(str.startswith, body.split("\n"), repeat("*.")))
+        names = ("\n" + body).replace("\n*.", "\n")[1:].split("\n")
+        parts = [
+            ("\n".join(compress(names, star)), list(compress(nums, star)), "below"),
+            ("\n".join(compress(names, map(not_, star))), list(compress(nums, map(not_, star))), shape.match),
+        ]
+    checked = [(_plain(text), n, match) for text, n, match in parts if n]
+    for plain, n, match in checked:
+        if plain is None:
+            return False
+    for plain, n, match in checked:
+        col = out.column(match, shape.action)
+        col[0].extend(plain or ())
+        col[1].extend(n)
+    out.owner = chunk[-1].partition(" ")[0]
+    return True
+
+
+def _plain(body: str) -> list[str] | None:
+    """Split newline-joined names, lowercased, or return None unless every one is plain: ASCII, valid
+    characters and label lengths, no empty label, at least two labels, not numeric, not a hosts alias."""
+    if not body.isascii():
+        return None
+    low = body.lower()
+    if low.encode().translate(None, _NAME_BYTES) or not low or low[0] in ".\n" or low[-1] in _BAD_LAST:
+        return None
+    if ".." in low or "\n\n" in low or "\n." in low or ".\n" in low or any(d in low for d in _DIGIT_ENDS):
+        return None
+    names = low.split("\n")
+    longest = max(map(len, names))
+    if longest > 63 and (longest > 253 or max(map(len, low.replace("\n", ".").split("."))) > 63):
+        return None
+    if not all(map(str.__contains__, names, repeat("."))) or not _HOSTS_LOCAL.isdisjoint(names):
+        return None
+    return names
+
+
+_NAME_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-_.\n"
+_BAD_LAST = ".\n0123456789"
+_DIGIT_ENDS = tuple(f"{d}\n" for d in "0123456789")
 
 
 def _hosts_names(parts: list[str], n: int, raw: str, out: _Out) -> None:
@@ -169,8 +266,8 @@ def _hosts_names(parts: list[str], n: int, raw: str, out: _Out) -> None:
         out.add(low, "subtree", "block", n, raw)
 
 
-def _parse_hosts(lines: list[str], out: _Out) -> None:
-    for n, raw in enumerate(lines, 1):
+def _parse_hosts(lines: list[str], lo: int, out: _Out) -> None:
+    for n, raw in enumerate(lines, lo + 1):
         if len(raw) > MAX_LINE:
             out.skip(n, "line too long", raw)
             continue
@@ -183,9 +280,9 @@ def _parse_hosts(lines: list[str], out: _Out) -> None:
         _hosts_names(parts, n, raw, out)
 
 
-def _parse_domains(lines: list[str], out: _Out) -> None:
+def _parse_domains(lines: list[str], lo: int, out: _Out) -> None:
     """Domains and wildcard lists share a parser: `*.d` is below d, a bare `d` is d and its subtree."""
-    for n, raw in enumerate(lines, 1):
+    for n, raw in enumerate(lines, lo + 1):
         if len(raw) > MAX_LINE:
             out.skip(n, "line too long", raw)
             continue
@@ -200,9 +297,9 @@ def _parse_domains(lines: list[str], out: _Out) -> None:
             out.add(s, "subtree", "block", n, raw)
 
 
-def _parse_adblock(lines: list[str], out: _Out) -> None:
+def _parse_adblock(lines: list[str], lo: int, out: _Out) -> None:
     """AdBlock DNS syntax as AdGuard Home and hostlist-compiler write it; see the module tests for each form."""
-    for n, raw in enumerate(lines, 1):
+    for n, raw in enumerate(lines, lo + 1):
         if len(raw) > MAX_LINE:
             out.skip(n, "line too long", raw)
             continue
@@ -254,53 +351,46 @@ def _parse_adblock(lines: list[str], out: _Out) -> None:
             out.add(s, match, action, n, raw)
 
 
-def _rpz_records(lines: list[str], out: _Out) -> Iterable[tuple[int, str, list[str]]]:
+def _rpz_records(lines: list[str], lo: int, out: _Out) -> Iterable[tuple[int, str, list[str]]]:
     """Yield (line, raw, fields) per zone-file record, joining `( … )` continuations; a first field of ''
     stands for the owner of the previous record (the line began with blank space)."""
-    pending: list[str] | None = None
-    start = 0
-    for n, raw in enumerate(lines, 1):
+    for n, raw in enumerate(lines, lo + 1):
         if len(raw) > MAX_LINE:
             out.skip(n, "line too long", raw)
             continue
         s = raw.partition(";")[0] if ";" in raw else raw
-        if "(" in s or ")" in s or pending is not None:
-            fields = s.replace("(", " ").replace(")", " ").split()
-            if pending is not None:
-                pending += fields
-                if ")" in s:
-                    yield start, lines[start - 1], pending
-                    pending = None
-                continue
-        else:
-            fields = s.split()
+        fields = s.replace("(", " ").replace(")", " ").split() if "(" in s or ")" in s else s.split()
+        if out.pending is not None:
+            out.pending[2].extend(fields)
+            if ")" in s:
+                yield out.pending
+                out.pending = None
+            continue
         if not fields:
             continue
         if raw[0] in " \t":
             fields.insert(0, "")
         if "(" in s and ")" not in s:
-            pending, start = fields, n
+            out.pending = (n, raw, fields)
             continue
         yield n, raw, fields
 
 
-def _parse_rpz(lines: list[str], out: _Out) -> None:
+def _parse_rpz(lines: list[str], lo: int, out: _Out) -> None:
     """RPZ (draft-vixie-dnsop-dns-rpz) QNAME triggers only; RPZ-IP and NSDNAME triggers and local data are
     skipped because our policy can only answer NXDOMAIN, NODATA, the sinkhole or pass."""
-    origin = ""  # with a trailing dot once set; "" means "no $ORIGIN"
-    owner = ""
-    for n, raw, fields in _rpz_records(lines, out):
+    for n, raw, fields in _rpz_records(lines, lo, out):
         first = fields[0]
         if first.startswith("$"):
             directive = first.upper()
             if directive == "$ORIGIN" and len(fields) > 1:
                 o = fields[1].lower()
-                origin = o if o.endswith(".") else f"{o}.{origin}" if origin else o + "."
-                origin = "" if origin == "." else origin
+                o = o if o.endswith(".") else f"{o}.{out.origin or '.'}".replace("..", ".")
+                out.origin = "" if o == "." else o
             elif directive != "$TTL":
                 out.skip(n, f"{directive} is not supported", raw)
             continue
-        owner = first or owner
+        owner = out.owner = first or out.owner
         i = 1
         while i < len(fields) and (fields[i][0].isdigit() or fields[i].upper() in _DNS_CLASSES):
             i += 1
@@ -316,7 +406,7 @@ def _parse_rpz(lines: list[str], out: _Out) -> None:
             reason = f"CNAME {target} is not supported" if target.startswith("rpz-") else ""
             out.skip(n, reason or "local-data answers are not supported", raw)
             continue
-        name = owner.lower()
+        name, origin = owner.lower(), out.origin
         if name.endswith(".") and origin:
             if not name.endswith("." + origin):
                 out.skip(n, "owner is outside $ORIGIN" if name != origin else "owner is the zone apex", raw)
@@ -333,7 +423,7 @@ def _parse_rpz(lines: list[str], out: _Out) -> None:
             out.add(name, "exact", action, n, raw)
 
 
-_PARSERS: dict[str, Callable[[list[str], _Out], None]] = {
+_PARSERS: dict[str, Callable[[list[str], int, _Out], None]] = {
     "hosts": _parse_hosts, "domains": _parse_domains, "wildcard": _parse_domains,
     "adblock": _parse_adblock, "rpz": _parse_rpz,
 }
@@ -371,14 +461,18 @@ def detect_format(lines: Iterable[str]) -> Format:
 
 def parse_text(text: str, source: str, fmt: Format | Literal["auto"] = "auto") -> ParsedList:
     """Parse a whole list; ``source`` only labels the result. Line numbers count ``\\n`` like an editor."""
-    lines = text.removeprefix("\ufeff").split("\n")
+    text = text.removeprefix("\ufeff")
+    lines = (text.replace("\r\n", "\n") if "\r" in text else text).split("\n")
     if fmt == "auto":
         fmt = detect_format(lines)
     elif fmt not in get_args(Format):
         raise ConfigError(source, f"unknown list format {fmt!r}")
-    out = _Out()
-    _PARSERS[fmt](lines, out)
-    return ParsedList(source, fmt, tuple(out.entries), tuple(out.skipped))
+    out, parse, shapes = _Out(), _PARSERS[fmt], _SHAPES[fmt]
+    for lo in range(0, len(lines), _CHUNK):
+        chunk = lines[lo : lo + _CHUNK]
+        if out.pending is not None or not _fast(out, chunk, lo, shapes):
+            parse(chunk, lo, out)
+    return ParsedList(source, fmt, out.entries(), tuple(out.skipped))
 
 
 def parse_file(

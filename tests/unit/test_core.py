@@ -1,0 +1,462 @@
+"""The pure core, table-driven, with a fake clock: wire parsing, trie, policy, cache and pipeline.
+
+Replies are checked by parsing them with dnspython, an independent implementation.
+"""
+
+from __future__ import annotations
+
+import ast
+import struct
+from pathlib import Path
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from resolver.core import cache as cache_mod
+from resolver.core import wire
+from resolver.core.cache import Cache, CacheLimits
+from resolver.core.pipeline import Pipeline
+from resolver.core.policy import ALLOW, BLOCK, PASS, ListInput, Platform, SinkholeSpec, build_policy
+from resolver.core.stats import BLOCKED, CACHED, ERROR, FORWARDED, TCP, UDP, Stats
+from resolver.core.trie import DomainTrie
+from resolver.errors import ConfigError, WireFormatError
+
+CORE = Path(__file__).resolve().parents[2] / "resolver" / "core"
+
+
+def make_query(name: str, rtype: str = "A", *, edns: bool = True, do: bool = False, rd: bool = True,
+               payload: int = 1232) -> bytes:
+    if edns:
+        msg = dns.message.make_query(name, rtype, use_edns=0, want_dnssec=do, payload=payload)
+    else:
+        msg = dns.message.make_query(name, rtype, use_edns=False)
+    if not rd:
+        msg.flags &= ~dns.flags.RD
+    return msg.to_wire()
+
+
+def platform(pid: str, category: str, *domains: str) -> Platform:
+    return Platform(pid, pid.title(), category, "Owner", domains, f"/lists/{pid}.yaml")
+
+
+PLATFORMS = [
+    platform("tiktok", "social", "tiktok.com", "tiktokv.com"),
+    platform("facebook", "social", "facebook.com", "fbcdn.net"),
+    platform("whatsapp", "messaging", "whatsapp.com", "fbcdn.net"),
+    platform("maps", "maps", "maps.example", "api.tiktok.com"),
+]
+
+
+def policy(block: tuple[str, ...] = ("social", "messaging"), allow: tuple[str, ...] = (),
+           allow_domains: tuple[str, ...] = (), mode: str = "null", lists: list[ListInput] | None = None,
+           ipv4: tuple[str, ...] = (), ipv6: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    return build_policy(PLATFORMS, lists or [], block, allow, allow_domains, SinkholeSpec(mode, ipv4, ipv6, 7))
+
+
+def labels(name: str) -> list[bytes]:
+    return name.lower().encode().split(b".")
+
+
+# ---------------------------------------------------------------------------------------------------- the core is pure
+
+
+def test_core_imports_no_io_modules() -> None:
+    forbidden = {"asyncio", "socket", "ssl", "prometheus_client", "time", "selectors", "threading", "os"}
+    for path in CORE.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+
+
+# ------------------------------------------------------------------------------------------------------------- wire
+
+
+def test_parse_query_reads_header_question_and_edns() -> None:
+    data = make_query("WwW.TikTok.COM", "AAAA", do=True, payload=4096)
+    q = wire.parse_query(data)
+    assert q.id == struct.unpack("!H", data[:2])[0]
+    assert q.labels == [b"www", b"tiktok", b"com"]
+    assert q.qname == b"\x03www\x06tiktok\x03com\x00"
+    assert q.question[:-4] == b"\x03WwW\x06TikTok\x03COM\x00"  # original case kept for the echo
+    assert (q.qtype, q.qclass) == (28, 1)
+    assert (q.edns, q.udp_size, q.do) == (True, 4096, True)
+    assert q.name == "www.tiktok.com."
+
+
+def test_parse_query_without_edns() -> None:
+    q = wire.parse_query(make_query("example.test", edns=False))
+    assert (q.edns, q.udp_size, q.do) == (False, 512, False)
+
+
+def _header(qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0, flags: int = 0x0100) -> bytes:
+    return struct.pack("!HHHHHH", 0x1234, flags, qd, an, ns, ar)
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        b"",
+        b"\x12\x34\x01",
+        _header(qd=5),
+        _header(qd=0),
+        _header() + b"\x03www",  # name runs off the end
+        _header() + b"\xc0\x0c\x00\x01\x00\x01",  # compression pointer in the question (a loop to itself)
+        _header() + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01",  # label of 64
+        _header() + (b"\x3f" + b"a" * 63) * 5 + b"\x00\x00\x01\x00\x01",  # name over 255
+        _header() + b"\x03www\x00\x00",  # question truncated
+        _header(ar=1) + b"\x03www\x00\x00\x01\x00\x01" + b"\x00\x00\x29\x04",  # OPT truncated
+        _header(ar=2) + b"\x00\x00\x01\x00\x01" + (b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00") * 2,  # two OPTs
+        _header(an=3, ar=1) + b"\x00\x00\x01\x00\x01",  # counts lying
+    ],
+)
+def test_malformed_queries_raise_wire_format_error(packet: bytes) -> None:
+    with pytest.raises(WireFormatError):
+        wire.parse_query(packet)
+
+
+def test_unknown_edns_version_is_badvers() -> None:
+    msg = dns.message.make_query("example.test", "A", use_edns=1)
+    with pytest.raises(wire.EdnsVersionError) as info:
+        wire.parse_query(msg.to_wire())
+    reply = dns.message.from_wire(wire.badvers_reply(info.value))
+    assert reply.id == msg.id
+    assert reply.rcode() == dns.rcode.BADVERS
+
+
+def test_reply_possible_refuses_short_and_response_packets() -> None:
+    assert not wire.reply_possible(b"\x00" * 11)
+    assert not wire.reply_possible(_header(flags=0x8000))
+    assert wire.reply_possible(_header())
+
+
+def test_error_reply_echoes_id_and_rd() -> None:
+    reply = dns.message.from_wire(wire.error_reply(_header(qd=5), wire.FORMERR), question_only=True)
+    assert reply.id == 0x1234
+    assert reply.rcode() == dns.rcode.FORMERR
+    assert reply.flags & dns.flags.QR and reply.flags & dns.flags.RD
+
+
+def test_truncated_reply_sets_tc_and_keeps_question() -> None:
+    q = wire.parse_query(make_query("big.example.test", "TXT", edns=False))
+    reply = dns.message.from_wire(wire.truncated(q))
+    assert reply.flags & dns.flags.TC
+    assert str(reply.question[0].name) == "big.example.test."
+    assert not reply.answer
+
+
+# ------------------------------------------------------------------------------------------------------------- trie
+
+
+def test_trie_most_specific_entry_wins() -> None:
+    trie: DomainTrie[str] = DomainTrie()
+    trie.insert(labels("tiktok.com"), "subtree", "block")
+    trie.insert(labels("help.tiktok.com"), "subtree", "allow")
+    trie.insert(labels("exact.example"), "exact", "exact")
+    trie.insert(labels("wild.example"), "below", "wild")
+    cases = {
+        "tiktok.com": "block",
+        "a.b.tiktok.com": "block",
+        "help.tiktok.com": "allow",
+        "x.help.tiktok.com": "allow",
+        "nottiktok.com": None,
+        "com": None,
+        "exact.example": "exact",
+        "a.exact.example": None,
+        "wild.example": None,
+        "a.wild.example": "wild",
+    }
+    for name, expected in cases.items():
+        assert trie.lookup(labels(name)) == expected, name
+    assert len(trie) == 4
+    assert sorted((b".".join(lab).decode(), m, v) for lab, m, v in trie.items()) == [
+        ("exact.example", "exact", "exact"),
+        ("help.tiktok.com", "subtree", "allow"),
+        ("tiktok.com", "subtree", "block"),
+        ("wild.example", "below", "wild"),
+    ]
+
+
+def test_trie_along_lists_every_covering_entry() -> None:
+    trie: DomainTrie[str] = DomainTrie()
+    trie.insert(labels("tiktok.com"), "subtree", "a")
+    trie.insert(labels("www.tiktok.com"), "subtree", "b")
+    assert trie.along(labels("x.www.tiktok.com")) == [(2, "a"), (3, "b")]
+
+
+# ----------------------------------------------------------------------------------------------------------- policy
+
+
+def test_policy_blocks_categories_and_subdomains() -> None:
+    p = policy()
+    for name, platform_id in [("www.tiktok.com", "tiktok"), ("TIKTOKV.com", "tiktok"), ("m.facebook.com", "facebook"),
+                              ("web.whatsapp.com", "whatsapp")]:
+        verdict = p.lookup(labels(name))
+        assert verdict is not None and verdict.action == BLOCK and verdict.label == platform_id, name
+    assert p.lookup(labels("example.test")) is None
+    assert p.lookup(labels("nottiktok.com")) is None
+
+
+def test_unblocked_platform_below_a_blocked_one_decides_nothing() -> None:
+    # api.tiktok.com is also claimed by "maps", which this policy does not block: TikTok's block still applies.
+    verdict = policy().lookup(labels("api.tiktok.com"))
+    assert verdict is not None and verdict.action == BLOCK and verdict.label == "tiktok"
+    # ... but an allowed platform does decide.
+    verdict = policy(allow=("maps",)).lookup(labels("api.tiktok.com"))
+    assert verdict is not None and verdict.action == ALLOW
+    assert policy().lookup(labels("maps.example")).action == PASS  # type: ignore[union-attr]
+
+
+def test_shared_domain_is_reachable_when_one_owner_is_allowed() -> None:
+    assert policy().lookup(labels("scontent.fbcdn.net")).action == BLOCK  # type: ignore[union-attr]
+    assert policy(allow=("whatsapp",)).lookup(labels("scontent.fbcdn.net")).action == ALLOW  # type: ignore[union-attr]
+    assert policy(allow=("whatsapp",)).lookup(labels("facebook.com")).action == BLOCK  # type: ignore[union-attr]
+
+
+def test_allow_domain_below_blocked_domain() -> None:
+    p = policy(allow_domains=("help.tiktok.com",))
+    assert p.lookup(labels("a.help.tiktok.com")).action == ALLOW  # type: ignore[union-attr]
+    assert p.lookup(labels("www.tiktok.com")).action == BLOCK  # type: ignore[union-attr]
+
+
+def test_block_by_platform_id_only() -> None:
+    p = policy(block=("tiktok",))
+    assert p.lookup(labels("tiktok.com")).action == BLOCK  # type: ignore[union-attr]
+    assert p.lookup(labels("facebook.com")).action == PASS  # type: ignore[union-attr]
+
+
+def test_unknown_block_name_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        policy(block=("social", "tiktokk"))
+    assert "block[1]" in str(info.value) and "tiktokk" in str(info.value)
+
+
+def test_list_rules_and_precedence() -> None:
+    ads = ListInput("/l/ads.txt", [("ads.example", "subtree", "block"), ("ok.ads.example", "subtree", "allow"),
+                                   ("gone.example", "exact", "nxdomain"), ("tiktok.com", "subtree", "allow")])
+    p = policy(lists=[ads])
+    assert p.lookup(labels("x.ads.example")).label == "list:ads.txt"  # type: ignore[union-attr]
+    assert p.lookup(labels("x.ok.ads.example")).action == ALLOW  # type: ignore[union-attr]
+    assert p.lookup(labels("gone.example")).mode == "nxdomain"  # type: ignore[union-attr]
+    assert p.lookup(labels("a.gone.example")) is None
+    assert p.lookup(labels("tiktok.com")).action == ALLOW  # type: ignore[union-attr]
+
+
+def test_policy_version_is_a_content_hash() -> None:
+    assert policy().version == policy().version
+    assert policy().version != policy(block=("tiktok",)).version
+
+
+# ------------------------------------------------------------------------------------------------- sinkhole replies
+
+
+@pytest.mark.parametrize(
+    ("mode", "rtype", "rcode", "answers", "soa"),
+    [
+        ("null", "A", "NOERROR", ["0.0.0.0"], False),
+        ("null", "AAAA", "NOERROR", ["::"], False),
+        ("null", "HTTPS", "NOERROR", [], True),
+        ("null", "MX", "NOERROR", [], True),
+        ("nxdomain", "A", "NXDOMAIN", [], True),
+        ("refused", "AAAA", "REFUSED", [], False),
+        ("address", "A", "NOERROR", ["192.0.2.99", "192.0.2.98"], False),
+        ("address", "AAAA", "NOERROR", ["2001:db8::99"], False),
+        ("address", "MX", "NOERROR", [], True),
+    ],
+)
+def test_blocked_reply(mode: str, rtype: str, rcode: str, answers: list[str], soa: bool) -> None:
+    p = policy(mode=mode, ipv4=("192.0.2.99", "192.0.2.98"), ipv6=("2001:db8::99",))
+    for edns in (True, False):
+        data = make_query("Www.TikTok.com", rtype, edns=edns, rd=False)
+        q = wire.parse_query(data)
+        verdict = p.lookup(q.labels)
+        assert verdict is not None
+        reply = dns.message.from_wire(p.blocked_reply(q, verdict))
+        assert reply.id == q.id
+        assert dns.rcode.to_text(reply.rcode()) == rcode
+        assert str(reply.question[0].name) == "Www.TikTok.com."
+        assert not reply.flags & dns.flags.RD and reply.flags & dns.flags.QR and reply.flags & dns.flags.RA
+        got = [rd.to_text() for rrset in reply.answer for rd in rrset]
+        assert got == answers
+        assert all(rrset.ttl == 7 for rrset in reply.answer + reply.authority)
+        assert bool(reply.authority) == soa
+        if edns:
+            ede = [o for o in reply.options if o.otype == dns.edns.EDE]
+            assert len(ede) == 1 and ede[0].code == 15 and ede[0].text == "blocked: Tiktok (tiktok)"
+        else:
+            assert reply.edns < 0
+
+
+# ------------------------------------------------------------------------------------------------------------ cache
+
+
+def upstream_reply(query_wire: bytes, *, answers: list[tuple[str, int, str]] = (), rcode: int = 0,  # type: ignore[assignment]
+                   soa: tuple[int, int] | None = None, qid: int | None = None) -> bytes:
+    q = dns.message.from_wire(query_wire)
+    r = dns.message.make_response(q)
+    if qid is not None:
+        r.id = qid
+    r.set_rcode(rcode)
+    for rtype, ttl, value in answers:
+        r.answer.append(dns.rrset.from_text(q.question[0].name, ttl, "IN", rtype, value))
+    if soa is not None:
+        r.authority.append(dns.rrset.from_text("example.test.", soa[0], "IN", "SOA",
+                                               f"ns.example.test. h.example.test. 1 2 3 4 {soa[1]}"))
+    return r.to_wire(max_size=65535)
+
+
+def test_prepare_and_render_age_ttls_and_swap_opt() -> None:
+    q = wire.parse_query(make_query("www.example.test", edns=True))
+    up = wire.upstream_query(q, 999)
+    reply = upstream_reply(up, answers=[("A", 300, "192.0.2.1"), ("A", 200, "192.0.2.2")])
+    assert cache_mod.matches(reply, 999, q)
+    assert not cache_mod.matches(reply, 998, q)
+    other = wire.parse_query(make_query("www.other.test"))
+    assert not cache_mod.matches(reply, 999, other)
+    entry = cache_mod.prepare(reply, q, 1000.0, CacheLimits())
+    assert entry.ttl == 200 and entry.ar == 0  # upstream OPT dropped
+    for edns in (True, False):
+        client = wire.parse_query(make_query("WWW.example.test", edns=edns))
+        out = dns.message.from_wire(cache_mod.render(entry, client, 1050.9))
+        assert out.id == client.id
+        assert str(out.question[0].name) == "WWW.example.test."
+        assert sorted(rd.to_text() for rd in out.answer[0]) == ["192.0.2.1", "192.0.2.2"]
+        assert out.answer[0].ttl == 150  # dnspython keeps the smallest TTL of the set: 200 - 50
+        assert (out.edns >= 0) == edns
+
+
+@pytest.mark.parametrize(
+    ("rcode", "answers", "soa", "expected_ttl"),
+    [
+        (dns.rcode.NXDOMAIN, [], (300, 60), 60),  # RFC 2308: min(SOA TTL, SOA minimum)
+        (dns.rcode.NOERROR, [], (30, 600), 30),  # NODATA
+        (dns.rcode.NXDOMAIN, [], None, 0),  # no SOA: not cached
+        (dns.rcode.SERVFAIL, [], None, 0),
+        (dns.rcode.NOERROR, [("A", 0, "192.0.2.1")], None, 0),
+        (dns.rcode.NOERROR, [("A", 999999, "192.0.2.1")], None, 86400),  # capped at max_ttl
+        (dns.rcode.NXDOMAIN, [], (99999, 99999), 3600),  # capped at negative_max_ttl
+    ],
+)
+def test_cache_ttl_rules(rcode: int, answers: list[tuple[str, int, str]], soa: tuple[int, int] | None,
+                         expected_ttl: int) -> None:
+    q = wire.parse_query(make_query("x.example.test"))
+    entry = cache_mod.prepare(upstream_reply(wire.upstream_query(q, 1), answers=answers, rcode=rcode, soa=soa), q,
+                              0.0, CacheLimits())
+    assert entry.ttl == expected_ttl
+
+
+def test_cache_is_lru_bounded_and_expires() -> None:
+    c = Cache(CacheLimits(max_entries=2))
+    q = wire.parse_query(make_query("x.example.test"))
+    entry = cache_mod.prepare(upstream_reply(wire.upstream_query(q, 1), answers=[("A", 10, "192.0.2.1")]), q, 0.0,
+                              CacheLimits())
+    c.put(b"a", entry)
+    c.put(b"b", entry)
+    assert c.get(b"a", 1.0) is entry  # a is now most recent
+    c.put(b"c", entry)
+    assert c.get(b"b", 1.0) is None and c.evictions == 1
+    assert c.get(b"a", 9.9) is entry
+    assert c.get(b"a", 10.0) is None  # expired at stored + ttl
+    assert len(c) == 1
+
+
+def test_cache_key_separates_type_and_do_but_not_case() -> None:
+    k = wire.parse_query(make_query("A.example.test")).cache_key
+    assert k == wire.parse_query(make_query("a.EXAMPLE.test")).cache_key
+    assert k != wire.parse_query(make_query("a.example.test", "AAAA")).cache_key
+    assert k != wire.parse_query(make_query("a.example.test", do=True)).cache_key
+
+
+# --------------------------------------------------------------------------------------------------------- pipeline
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pipeline_block_forward_cache_and_counts() -> None:
+    clock = Clock()
+    stats = Stats()
+    pipe = Pipeline(policy(), Cache(CacheLimits()), stats, clock)
+    blocked = pipe.on_query(make_query("www.tiktok.com"), UDP)
+    assert isinstance(blocked, bytes)
+    assert dns.message.from_wire(blocked).answer[0][0].to_text() == "0.0.0.0"
+    assert stats.blocked == {"tiktok": 1}
+
+    data = make_query("www.example.test")
+    pending = pipe.on_query(data, UDP)
+    assert isinstance(pending, wire.Query)
+    answer = pipe.on_reply(pending, upstream_reply(wire.upstream_query(pending, 7), answers=[("A", 60, "192.0.2.1")],
+                                                   qid=7))
+    assert dns.message.from_wire(answer).answer[0][0].to_text() == "192.0.2.1"
+    clock.now += 10
+    cached = pipe.on_query(make_query("WWW.example.test"), TCP)
+    assert isinstance(cached, bytes)
+    assert dns.message.from_wire(cached).answer[0].ttl == 50
+    assert (stats.count(UDP, BLOCKED), stats.count(UDP, FORWARDED), stats.count(TCP, CACHED)) == (1, 1, 1)
+
+    failed = pipe.on_query(make_query("down.example.test"), UDP)
+    assert isinstance(failed, wire.Query)
+    assert dns.message.from_wire(pipe.on_failure(failed)).rcode() == dns.rcode.SERVFAIL
+    assert stats.count(UDP, ERROR) == 1
+
+
+def test_pipeline_checks_policy_before_cache() -> None:
+    clock = Clock()
+    pipe = Pipeline(policy(block=("facebook",)), Cache(CacheLimits()), Stats(), clock)
+    pending = pipe.on_query(make_query("www.tiktok.com"), UDP)
+    assert isinstance(pending, wire.Query)
+    pipe.on_reply(pending, upstream_reply(wire.upstream_query(pending, 7), answers=[("A", 60, "192.0.2.1")], qid=7))
+    assert isinstance(pipe.on_query(make_query("www.tiktok.com"), UDP), bytes)  # cached
+    pipe.policy = policy(block=("tiktok",))  # a reload
+    reply = pipe.on_query(make_query("www.tiktok.com"), UDP)
+    assert isinstance(reply, bytes)
+    assert dns.message.from_wire(reply).answer[0][0].to_text() == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("packet", "expected"),
+    [
+        (b"\x01\x02\x03", None),  # no header: dropped
+        (_header(flags=0x8100) + b"\x00\x00\x01\x00\x01", None),  # a response: dropped
+        (_header(qd=2), dns.rcode.FORMERR),
+        (_header(flags=0x2900) + b"\x00\x00\x06\x00\x01", dns.rcode.NOTIMP),  # opcode UPDATE
+        (_header() + b"\x07version\x04bind\x00\x00\x10\x00\x03", dns.rcode.REFUSED),  # CHAOS class
+    ],
+)
+def test_pipeline_bad_input(packet: bytes, expected: int | None) -> None:
+    stats = Stats()
+    pipe = Pipeline(policy(), Cache(CacheLimits()), stats, Clock())
+    out = pipe.on_query(packet, UDP)
+    if expected is None:
+        assert out is None and stats.malformed == 1
+    else:
+        assert isinstance(out, bytes)
+        reply = dns.message.from_wire(out, question_only=True)
+        assert reply.rcode() == expected and reply.id == 0x1234
+
+
+def test_pipeline_truncates_for_small_udp_buffers() -> None:
+    pipe = Pipeline(policy(), Cache(CacheLimits()), Stats(), Clock())
+    big = [("TXT", 60, f'"{i}{"x" * 200}"') for i in range(10)]
+    for edns, payload, truncated in [(False, 512, True), (True, 1232, True), (True, 4096, True), (True, 512, True)]:
+        data = make_query("big.example.test", "TXT", edns=edns, payload=payload)
+        pending = pipe.on_query(data, UDP)
+        if isinstance(pending, wire.Query):
+            out = pipe.on_reply(pending, upstream_reply(wire.upstream_query(pending, 3), answers=big, qid=3))
+        else:
+            assert isinstance(pending, bytes)
+            out = pending
+        assert bool(dns.message.from_wire(out).flags & dns.flags.TC) == truncated
+    tcp = pipe.on_query(make_query("big.example.test", "TXT"), TCP)
+    assert isinstance(tcp, bytes) and len(dns.message.from_wire(tcp).answer[0]) == 10
