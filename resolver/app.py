@@ -42,6 +42,10 @@ class Server:
         upstreams = config.upstreams or system_nameservers()
         if not upstreams:
             raise ConfigError("/etc/resolv.conf", "no nameserver lines; give upstreams in the config or --upstream")
+        looped = set(upstreams) & set(config.listen)
+        if looped:
+            # resolv.conf pointing at ourselves is the classic way to build a query loop that melts the box.
+            raise ConfigError(config.source, f"upstream {looped.pop()} is one of our own listen addresses")
         self.upstreams = UpstreamPool(upstreams, config.upstream_timeout, config.query_timeout, self.stats)
         self.tcp = TcpListener(self.pipeline, self, config.tcp.idle_timeout, config.tcp.max_connections)
         self.inflight: dict[bytes, list[tuple[Query, Callable[[bytes], None]]]] = {}
@@ -74,7 +78,8 @@ class Server:
         try:
             reply = await self.upstreams.resolve(query)
         except UpstreamError as err:
-            log.debug("upstream failure for %s: %s", query.name, err)
+            if log.isEnabledFor(logging.DEBUG):  # an upstream outage fails every query: no string work unless asked
+                log.debug("upstream failure for %s: %s", query.name, err)
         except asyncio.CancelledError:
             pass
         except Exception:  # a bug: the client still gets SERVFAIL, and we hear about it
