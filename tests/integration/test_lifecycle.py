@@ -1,0 +1,37 @@
+"""Starting and stopping `resolver serve` as a service manager does: ready line, bad config, SIGTERM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.authserver import AuthServer
+from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, query
+from tests.support.zone import WWW, WWW_V4
+
+
+def test_serve_with_bad_config_exits_with_error_naming_the_key(tmp_path: Path, auth: AuthServer) -> None:
+    proc = ResolverProcess({"sinkhole": {"colour": "red"}}, [], tmp_path, upstreams=[auth.address])
+    with pytest.raises(RuntimeError, match="exited early") as failure:
+        proc.start()
+    assert proc.proc is not None and proc.proc.returncode == 2
+    assert "sinkhole.colour" in str(failure.value)
+    assert "sinkhole.colour" in proc.stderr_text()
+
+
+def test_sigterm_stops_the_server_cleanly(resolver_factory: ResolverFactory) -> None:
+    server = resolver_factory()
+    assert addresses(server.query(WWW, "A"), "A") == [WWW_V4]
+    assert server.query("www.tiktok.com", "A", tcp=True).rcode() == 0
+    code = server.stop()
+    assert code == 0, f"exit code {code} after SIGTERM\n{server.stderr_text()}"
+
+
+def test_port_is_released_after_stop(resolver_factory: ResolverFactory) -> None:
+    first = resolver_factory()
+    first.stop()
+    # Nothing holds the port any more: a new server can bind it at once, UDP and TCP.
+    second = resolver_factory(port=first.port)
+    assert addresses(query(second.port, WWW, "A"), "A") == [WWW_V4]
+    assert addresses(query(second.port, WWW, "A", tcp=True), "A") == [WWW_V4]
