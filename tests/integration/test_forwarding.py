@@ -234,10 +234,10 @@ def test_bad_reply_then_good_upstream(
     server = resolver_factory(FAST_FAILOVER, upstreams=[bad.address, good.address])
     reply = server.query(WWW, "A", timeout=CLIENT_TIMEOUT)
     assert POISON_V4 not in addresses(reply, "A"), f"accepted a {behaviour} reply"
-    if reply.rcode() == dns.rcode.NOERROR:
-        assert addresses(reply, "A") == [WWW_V4]
-    else:
-        assert reply.rcode() == dns.rcode.SERVFAIL
+    # The bad reply is dropped, the first upstream times out (0.5 s) and the second answers well inside 3 s.
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert addresses(reply, "A") == [WWW_V4]
+    assert good.count(WWW, "A") >= 1
 
 
 def test_servfail_from_first_upstream_then_good_second(
