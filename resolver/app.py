@@ -156,13 +156,14 @@ class Server:
         await self.stop()
 
     async def stop(self) -> None:
-        log.info("shutting down: closing listeners, draining %d in-flight queries", len(self.inflight))
-        for close in self.closers:
-            close()
+        """Stop accepting TCP, answer what is in flight (UDP stays open meanwhile), then close and cancel."""
+        log.info("shutting down: draining %d in-flight queries", len(self.inflight))
         for server in self.servers:
             server.close()
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=DRAIN_SECONDS)
+        for close in self.closers:
+            close()
         for task in list(self.tasks):
             task.cancel()
         log.info("stopped")

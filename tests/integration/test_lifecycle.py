@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 from tests.support.authserver import AuthServer
-from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, query
+from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, query, write_config
 from tests.support.zone import WWW, WWW_V4
 
 
@@ -35,3 +36,24 @@ def test_port_is_released_after_stop(resolver_factory: ResolverFactory) -> None:
     second = resolver_factory(port=first.port)
     assert addresses(query(second.port, WWW, "A"), "A") == [WWW_V4]
     assert addresses(query(second.port, WWW, "A", tcp=True), "A") == [WWW_V4]
+
+
+def test_sighup_reloads_policy_and_a_broken_config_keeps_the_old_one(resolver_factory: ResolverFactory) -> None:
+    server = resolver_factory({"policy": {"block": ["tiktok"]}})
+    assert server.config_path is not None and server.proc is not None
+    assert addresses(server.query("www.tiktok.com", "A"), "A") == ["0.0.0.0"]
+    assert addresses(server.query("www.facebook.com", "A"), "A") != ["0.0.0.0"]
+
+    write_config(server.config_path, {"policy": {"block": ["facebook"]}})
+    server.proc.send_signal(signal.SIGHUP)
+    assert server.wait_stderr("policy reloaded", timeout=10), server.stderr_text()
+    assert addresses(server.query("www.facebook.com", "A"), "A") == ["0.0.0.0"]
+    assert addresses(server.query("www.tiktok.com", "A"), "A") != ["0.0.0.0"]
+
+    write_config(server.config_path, {"policy": {"block": ["no-such-platform"]}})
+    server.proc.send_signal(signal.SIGHUP)
+    assert server.wait_stderr("reload refused", timeout=10), server.stderr_text()
+    assert "no-such-platform" in server.stderr_text()
+    # The old policy keeps serving.
+    assert addresses(server.query("www.facebook.com", "A"), "A") == ["0.0.0.0"]
+    assert server.alive()
