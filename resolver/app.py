@@ -38,7 +38,7 @@ class Server:
         self.config = config
         self.stats = Stats()
         self.cache = Cache(config.cache)
-        self.pipeline = Pipeline(loaded.policy, self.cache, self.stats, time.monotonic)
+        self.pipeline = Pipeline(loaded.policy, self.cache, self.stats, time.monotonic, time.time)
         upstreams = config.upstreams or system_nameservers()
         if not upstreams:
             raise ConfigError("/etc/resolv.conf", "no nameserver lines; give upstreams in the config or --upstream")

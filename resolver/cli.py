@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import ipaddress
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from resolver import __version__
 from resolver.config import Config, load_config, with_overrides
-from resolver.core.policy import ACTION_NAMES, BLOCK, Policy, Verdict
+from resolver.core.policy import ACTION_NAMES, ALLOW, BLOCK, Policy
 from resolver.errors import ConfigError, ResolverError
 from resolver.lists import normalise_name
-from resolver.sources import Loaded, _line_of, load_policy
+from resolver.policyconfig import parse_duration
+from resolver.sources import Loaded, line_of, load_policy
 
 log = logging.getLogger("resolver")
 
@@ -43,6 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain.add_argument("--client", default="127.0.0.1", help="client address (default 127.0.0.1)")
     explain.add_argument("--blocklist", action="append", metavar="FILE")
 
+    exemptions = sub.add_parser("exemptions", help="list exemptions with their state (pending, active, expired)")
+    exemptions.add_argument("-c", "--config")
+    exemptions.add_argument("--expiring", metavar="DURATION", help="only those expiring within DURATION (e.g. 7d)")
+    exemptions.add_argument("--blocklist", action="append", metavar="FILE")
+
     args = parser.parse_args(argv)
 
     def make_config() -> Config:
@@ -57,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded = load_policy(config)
         if args.command == "check":
             _check(config, loaded)
+        elif args.command == "exemptions":
+            _exemptions(config, loaded, args.expiring)
         else:
             _explain(config, loaded, args.name, args.client)
         return 0
@@ -94,24 +104,37 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str) -> int
 def _check(config: Config, loaded: Loaded) -> None:
     policy = loaded.policy
     out = sys.stdout.write
+    default = policy.groups[0]
     out(f"config: {config.source}\n")
     out(f"policy version: {policy.version}\n")
-    out(f"platforms: {len(loaded.platforms)} ({len(policy.blocked_platforms)} blocked)\n")
+    out(f"platforms: {len(loaded.platforms)} ({len(default.block)} blocked for the default group)\n")
     width = max(len(p.id) for p in loaded.platforms)
     for p in sorted(loaded.platforms, key=lambda p: (p.category, p.id)):
-        state = "blocked" if p.id in policy.blocked_platforms else "allowed" if p.id in policy.allowed_platforms \
-            else "not blocked"
+        state = "blocked" if p.id in default.block else "allowed" if p.id in default.allow else \
+            "monitored" if p.id in default.monitor else "not blocked"
         out(f"  {p.id:<{width}}  {p.category:<10} {len(p.domains):>5} domains  {state}\n")
     out(f"lists: {len(loaded.lists)}\n")
-    for parsed in loaded.lists:
-        out(f"  {parsed.source}  {parsed.format}  {len(parsed.entries)} entries, {len(parsed.skipped)} lines skipped\n")
+    for (name, _), parsed in zip(policy.lists.items(), loaded.lists, strict=True):
+        out(f"  {name}: {parsed.source}  {parsed.format}  {len(parsed.entries)} entries, "
+            f"{len(parsed.skipped)} lines skipped\n")
         for skip in parsed.skipped[:20]:
             out(f"    line {skip.line}: {skip.reason}: {skip.text}\n")
         if len(parsed.skipped) > 20:
             out(f"    … and {len(parsed.skipped) - 20} more\n")
-    blocks = ", ".join(config.policy.block) or "nothing"
-    out(f"groups: default (blocks {blocks}; allows {', '.join(config.policy.allow) or 'nothing more'}; "
-        f"{len(config.policy.allow_domains)} allow_domains)\n")
+    out(f"groups: {len(policy.groups)}\n")
+    for group in policy.groups:
+        members = ", ".join([str(n) for n in group.networks] + [f"id:{c}" for c in sorted(group.client_ids)])
+        out(f"  {group.name}: {members or 'every client in no other group'}\n"
+            f"    blocks {_summary(group.block, loaded)}; monitors {_summary(group.monitor, loaded)}; "
+            f"allows {_summary(group.allow, loaded)}\n")
+    now = time.time()
+    states = [e.state(now) for e in policy.exemptions]
+    out(f"exemptions: {len(states)} ({states.count('active')} active, {states.count('pending')} pending, "
+        f"{states.count('expired')} expired)\n")
+    bypass = policy.spec.bypass
+    out("bypass defences: " + ", ".join(f"{k} {'on' if getattr(bypass, k) else 'off'}" for k in
+                                        ("firefox_canary", "private_relay", "ddr", "doh_servers", "cname_cloaking"))
+        + "\n")
     s = config.sinkhole
     extra = f" ipv4 {', '.join(s.ipv4) or '-'} ipv6 {', '.join(s.ipv6) or '-'}" if s.mode == "address" else ""
     out(f"sinkhole: {s.mode}, ttl {s.ttl}{extra}\n")
@@ -120,9 +143,23 @@ def _check(config: Config, loaded: Loaded) -> None:
     out("ok\n")
 
 
+def _summary(platform_ids: frozenset[str], loaded: Loaded) -> str:
+    """Platform ids grouped back into whole categories where a category is complete."""
+    if not platform_ids:
+        return "nothing"
+    parts = []
+    left = set(platform_ids)
+    for category in sorted({p.category for p in loaded.platforms}):
+        members = {p.id for p in loaded.platforms if p.category == category}
+        if members <= left:
+            parts.append(category)
+            left -= members
+    return ", ".join(parts + sorted(left))
+
+
 def _explain(config: Config, loaded: Loaded, name: str, client: str) -> None:
     try:
-        ipaddress.ip_address(client)
+        client = str(ipaddress.ip_address(client))
     except ValueError:
         raise ConfigError("--client", f"{client!r} is not an IP address") from None
     try:
@@ -130,38 +167,69 @@ def _explain(config: Config, loaded: Loaded, name: str, client: str) -> None:
     except ValueError as err:
         raise ConfigError("NAME", f"{name!r}: {err}") from None
     policy = loaded.policy
-    labels = normal.encode("ascii").split(b".")
-    along = policy.trie.along(labels)
     out = sys.stdout.write
-    out(f"name: {normal}\nclient: {client} (group default)\n")
+    gi = policy.group_of(client)
+    group = policy.groups[gi]
+    why = next((f"network {n}" for n, i in policy.by_network if i == gi and ipaddress.ip_address(client) in n),
+               "in no group's networks")
+    out(f"name: {normal}\nclient: {client}\ngroup: {group.name} ({why})\n")
+    along = policy.trie.along(normal.encode("ascii").split(b"."))
     if not along:
-        out("verdict: forwarded\nrule: none (no list entry covers this name)\n")
+        out("steps: no special name, allow entry, platform or list covers this name\n"
+            "verdict: forwarded\nrule: none (no list entry covers this name)\n")
         return
-    verdict = along[-1][1]
-    # The entry that decided is the broadest one holding this verdict: a narrower entry that decides nothing
-    # carries its ancestor's verdict (see DomainTrie.inherit).
-    depth = min(d for d, v in along if v is verdict)
+    verdict = along[-1][1][gi]
+    # The deciding entry is the broadest one holding this verdict: a narrower entry that decides nothing
+    # carries its ancestor's verdict (see builder.finish).
+    depth = min(d for d, v in along if v[gi] is verdict)
     entry = ".".join(normal.split(".")[-depth:])
-    out(f"verdict: {ACTION_NAMES[verdict.action]}\nreason: {verdict.reason}\n")
-    for rule in verdict.rules:
-        out(f"{'rule' if rule is verdict.rule else 'also'}: {entry} ({_match_text(policy, entry, verdict)}) "
+    claims = verdict.rules
+    special = verdict.rule is not None and verdict.rule.kind == "special"
+    exemption = policy.exemption_for(verdict, client, None, time.time()) if verdict.action == BLOCK else None
+    out("steps:\n")
+    out(f"  1 special names: {verdict.reason if special else 'no'}\n")
+    if verdict.exemptions and verdict.action == BLOCK:
+        for e in verdict.exemptions:
+            applies = "applies" if e is exemption else "does not cover this client" if e.state(time.time()) == \
+                "active" else e.state(time.time())
+            out(f"  2 exemption {e.reference} ({', '.join(sorted(e.platforms))}) approved by {e.approved_by}, "
+                f"{_when(e.starts)} to {_when(e.expires)}: {applies}\n")
+    else:
+        out("  2 exemptions: none for this name\n")
+    out(f"  3 allow entries: {verdict.reason if verdict.action == ALLOW else 'none'}\n")
+    platforms = [r.platform for r in claims if r.platform is not None]
+    out("  4 platforms: " + (", ".join(
+        f"{p.id} ({'blocked' if p.id in group.block else 'allowed' if p.id in group.allow else 'monitored' if p.id in group.monitor else 'not blocked'} for {group.name})"  # noqa: E501
+        for p in platforms) or "none") + "\n")
+    lists = [r for r in claims if r.kind == "list"]
+    out("  5 other lists: " + (", ".join(f"{r.list_name} ({r.action})" for r in lists) or "none") + "\n")
+    if exemption is not None:
+        out(f"verdict: allowed\nreason: exemption {exemption.reference}: {exemption.reason}\n")
+    else:
+        out(f"verdict: {ACTION_NAMES[verdict.action]}\nreason: {verdict.reason}\n")
+    for rule in claims:
+        out(f"{'rule' if rule is verdict.rule else 'also'}: {entry} ({_match_text(policy, entry)}) "
             f"in {rule.source}{_where(loaded, rule.source, entry)}\n")
         if rule.platform is not None:
             p = rule.platform
-            out(f"  platform: {p.id} ({p.name}, {p.category}, {p.owner})"
-                f"{' blocked' if p.id in policy.blocked_platforms else ''}\n")
-    if verdict.action == BLOCK:
-        out(f"answer: sinkhole {verdict.mode}, ttl {policy.sinkhole.ttl}\n")
+            out(f"  platform: {p.id} ({p.name}, {p.category}, {p.owner})\n")
+    if verdict.action == BLOCK and exemption is None:
+        out(f"answer: sinkhole {verdict.mode or policy.sinkhole.mode}, ttl {policy.sinkhole.ttl}\n")
 
 
-def _match_text(policy: Policy, entry: str, verdict: Verdict) -> str:
+def _when(moment: float) -> str:
+    return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _match_text(policy: Policy, entry: str) -> str:
     labels = entry.encode("ascii").split(b".")
-    here = policy.trie.get(labels, "exact") is verdict
-    below = policy.trie.get(labels, "below") is verdict
+    here = policy.trie.get(labels, "exact") is not None
+    below = policy.trie.get(labels, "below") is not None
     return "and subdomains" if here and below else "exact name" if here else "subdomains only"
 
 
 def _where(loaded: Loaded, source: str, entry: str) -> str:
+    """`` line N`` of the entry in its list or platform file, when it can be found."""
     for parsed in loaded.lists:
         if parsed.source == source:
             for item in parsed.entries:
@@ -171,10 +239,32 @@ def _where(loaded: Loaded, source: str, entry: str) -> str:
         if platform.source == source:
             try:
                 with open(source, encoding="utf-8") as handle:
-                    return f" line {_line_of(handle.read(), entry)}"
+                    return f" line {line_of(handle.read(), entry)}"
             except OSError:
                 return ""
     return ""
+
+
+def _exemptions(config: Config, loaded: Loaded, expiring: str | None) -> None:
+    now = time.time()
+    horizon = parse_duration(expiring, "--expiring") if expiring else None
+    rows = []
+    for e in sorted(loaded.policy.exemptions, key=lambda e: e.expires):
+        state = e.state(now)
+        if horizon is not None and not (state != "expired" and e.expires - now <= horizon):
+            continue
+        who = ", ".join([*sorted(e.clients), *(str(n) for n in e.networks), *(f"group:{g}" for g in sorted(e.groups)),
+                         *(f"id:{c}" for c in sorted(e.client_ids))])
+        rows.append((state, e, who))
+    out = sys.stdout.write
+    if not rows:
+        out("no exemptions" + (f" expiring within {expiring}" if expiring else "") + "\n")
+        return
+    for state, e, who in rows:
+        left = e.expires - now
+        due = f"expires in {left / 86400:.1f} days" if state != "expired" else "expired"
+        out(f"{state:<8} {e.reference:<14} {','.join(sorted(e.platforms)):<16} {_when(e.starts)} -> "
+            f"{_when(e.expires)}  ({due})\n         for {who}; approved by {e.approved_by}: {e.reason}\n")
 
 
 def main_exit() -> None:

@@ -15,6 +15,8 @@ import yaml
 
 from resolver.core.cache import CacheLimits
 from resolver.errors import ConfigError
+from resolver.policyconfig import ListSource, PolicyConfig, parse_policy
+from resolver.reader import Section
 
 
 def _bundled_blocklists() -> Path:
@@ -25,7 +27,6 @@ def _bundled_blocklists() -> Path:
 
 BUNDLED_BLOCKLISTS = _bundled_blocklists()
 SINKHOLE_MODES = ("null", "nxdomain", "refused", "address")
-LIST_FORMATS = ("auto", "hosts", "domains", "adblock", "rpz", "wildcard")
 DEFAULT_SOURCE = "<built-in default>"
 MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -55,21 +56,6 @@ class SinkholeConfig:
 class TcpConfig:
     idle_timeout: float = 10.0
     max_connections: int = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class ListSource:
-    path: Path
-    format: str = "auto"
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyConfig:
-    blocklists_dir: Path = BUNDLED_BLOCKLISTS
-    block: tuple[str, ...] = ("social", "messaging")
-    allow: tuple[str, ...] = ()
-    allow_domains: tuple[str, ...] = ()
-    lists: tuple[ListSource, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,52 +98,6 @@ def parse_endpoint(text: str, default_port: int | None, where: str) -> Endpoint:
     return Endpoint(host, int(port_text))
 
 
-class _Section:
-    """A mapping being read, remembering its path for error messages and refusing keys nobody reads."""
-
-    def __init__(self, raw: Any, file: str, path: str) -> None:
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{file}: {path or 'top level'}", "must be a mapping")
-        self.raw = raw
-        self.file = file
-        self.path = path
-
-    def where(self, key: str) -> str:
-        return f"{self.file}: {self.path}.{key}" if self.path else f"{self.file}: {key}"
-
-    def check_keys(self, allowed: tuple[str, ...]) -> None:
-        for key in self.raw:
-            if key not in allowed:
-                raise ConfigError(self.where(str(key)), f"unknown key (known: {', '.join(allowed)})")
-
-    def section(self, key: str) -> _Section:
-        return _Section(self.raw.get(key), self.file, f"{self.path}.{key}" if self.path else key)
-
-    def number(self, key: str, default: float, minimum: float, maximum: float, integer: bool = False) -> Any:
-        value = self.raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-            kind = "a whole number" if integer else "a number"
-            raise ConfigError(self.where(key), f"must be {kind}, got {value!r}")
-        if not minimum <= value <= maximum:
-            raise ConfigError(self.where(key), f"must be between {minimum} and {maximum}, got {value}")
-        return value
-
-    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.raw.get(key, list(default))
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(self.where(key), "must be a list")
-        for i, item in enumerate(value):
-            if not isinstance(item, (str, int)) or isinstance(item, bool):
-                raise ConfigError(f"{self.where(key)}[{i}]", f"must be a string, got {item!r}")
-        return tuple(str(item) for item in value)
-
-
 def load_config(path: str | Path | None) -> Config:
     """Read a YAML config file; None gives the built-in default."""
     if path is None:
@@ -184,7 +124,7 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def config_from_dict(raw: Any, file: str, base: Path) -> Config:
-    top = _Section(raw, file, "")
+    top = Section(raw, file, "")
     top.check_keys(("listen", "upstreams", "upstream_timeout", "query_timeout", "metrics", "sinkhole", "cache",
                     "tcp", "policy"))
     default = Config()
@@ -235,11 +175,11 @@ def config_from_dict(raw: Any, file: str, base: Path) -> Config:
         sinkhole=sinkhole,
         cache=cache,
         tcp=tcp,
-        policy=_policy(top.section("policy"), base),
+        policy=parse_policy(top.section("policy"), base),
     )
 
 
-def _addresses(section: _Section, key: str, version: int) -> tuple[str, ...]:
+def _addresses(section: Section, key: str, version: int) -> tuple[str, ...]:
     out = []
     for i, text in enumerate(section.strings(key, ())):
         try:
@@ -250,35 +190,6 @@ def _addresses(section: _Section, key: str, version: int) -> tuple[str, ...]:
             raise ConfigError(f"{section.where(key)}[{i}]", f"{text!r} is not an IPv{version} address")
         out.append(str(address))
     return tuple(out)
-
-
-def _policy(section: _Section, base: Path) -> PolicyConfig:
-    section.check_keys(("blocklists_dir", "block", "allow", "allow_domains", "lists"))
-    default = PolicyConfig()
-    directory = section.raw.get("blocklists_dir")
-    lists = []
-    raw_lists = section.raw.get("lists") or []
-    if not isinstance(raw_lists, list):
-        raise ConfigError(section.where("lists"), "must be a list of {path, format}")
-    for i, item in enumerate(raw_lists):
-        where = f"{section.where('lists')}[{i}]"
-        if isinstance(item, str):
-            item = {"path": item}
-        entry = _Section(item, section.file, where.split(": ", 1)[1])
-        entry.check_keys(("path", "format"))
-        if not isinstance(entry.raw.get("path"), str):
-            raise ConfigError(entry.where("path"), "required: the list file")
-        fmt = str(entry.raw.get("format", "auto"))
-        if fmt not in LIST_FORMATS:
-            raise ConfigError(entry.where("format"), f"must be one of {', '.join(LIST_FORMATS)}, got {fmt!r}")
-        lists.append(ListSource(base / entry.raw["path"], fmt))
-    return PolicyConfig(
-        blocklists_dir=default.blocklists_dir if directory is None else base / str(directory),
-        block=section.strings("block", default.block),
-        allow=section.strings("allow", ()),
-        allow_domains=section.strings("allow_domains", ()),
-        lists=tuple(lists),
-    )
 
 
 def with_overrides(
@@ -296,8 +207,14 @@ def with_overrides(
     if metrics:
         config = replace(config, metrics=parse_endpoint(metrics, None, "--metrics"))
     if blocklists:
-        extra = tuple(ListSource(Path(x).resolve()) for x in blocklists)
-        config = replace(config, policy=replace(config.policy, lists=config.policy.lists + extra))
+        taken = {s.name for s in config.policy.lists}
+        extra = []
+        for i, item in enumerate(blocklists):
+            path = Path(item).resolve()
+            name = path.stem if path.stem not in taken else f"{path.stem}-{i}"
+            taken.add(name)
+            extra.append(ListSource(name, path))
+        config = replace(config, policy=replace(config.policy, lists=config.policy.lists + tuple(extra)))
     return config
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -38,11 +39,15 @@ class ResolverCollector(Collector):
             for o, outcome in enumerate(OUTCOMES):
                 queries.add_metric([transport, outcome], stats.count(t, o))
         yield queries
-        blocked = CounterMetricFamily("resolver_blocked", "Blocked queries by platform (or list:FILE).",
-                                      labels=["platform"])
-        for label, value in sorted(stats.blocked.items()):
-            blocked.add_metric([label], value)
-        yield blocked
+        for name, doc, counts in (
+            ("resolver_blocked", "Blocked queries by platform (or list:NAME, or bypass) and group.", stats.blocked),
+            ("resolver_monitored", "Would-be blocks in monitor mode, answered normally.", stats.monitored),
+            ("resolver_exempted", "Blocks lifted by an active exemption.", stats.exempted),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["platform", "group"])
+            for (label, group), value in sorted(counts.items()):
+                family.add_metric([label, group], value)
+            yield family
         latency = HistogramMetricFamily("resolver_query_duration_seconds",
                                         "Time from receiving a query to sending its answer.", labels=["outcome"])
         for o, outcome in enumerate(OUTCOMES):
@@ -81,6 +86,19 @@ class ResolverCollector(Collector):
             domains.add_metric([platform.id, platform.category, str(platform.id in policy.blocked_platforms).lower()],
                                len(platform.domains))
         yield domains
+        now = time.time()
+        states = GaugeMetricFamily("resolver_exemptions", "Exemptions by state.", labels=["state"])
+        by_state = {"pending": 0, "active": 0, "expired": 0}
+        expiry = GaugeMetricFamily("resolver_exemption_expiry_timestamp_seconds",
+                                   "When each exemption expires (alert before it does).",
+                                   labels=["reference", "platforms", "state"])
+        for exemption in policy.exemptions:
+            state = exemption.state(now)
+            by_state[state] += 1
+            expiry.add_metric([exemption.reference, ",".join(sorted(exemption.platforms)), state], exemption.expires)
+        for state, count in by_state.items():
+            states.add_metric([state], count)
+        yield from (states, expiry)
         info = GaugeMetricFamily("resolver_policy_info", "The active policy version (a content hash).",
                                  labels=["version"])
         info.add_metric([policy.version], 1)

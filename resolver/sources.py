@@ -6,16 +6,18 @@ Errors name the file and the line or key, and the reason; ``resolver check`` and
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from resolver.config import Config
-from resolver.core.policy import ListInput, Platform, Policy, SinkholeSpec, build_policy
+from resolver.config import BUNDLED_BLOCKLISTS, Config
+from resolver.core.builder import build_policy
+from resolver.core.policy import ListInput, Platform, Policy, SinkholeSpec
 from resolver.errors import ConfigError
-from resolver.lists import ParsedList, normalise_name, parse_file
+from resolver.lists import ParsedList, SkippedLine, normalise_name, parse_file
+from resolver.policyconfig import ListSource
 
 PLATFORM_KEYS = ("name", "category", "owner", "domains", "notes", "sources")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -32,25 +34,38 @@ class Loaded:
 
 
 def load_policy(config: Config) -> Loaded:
-    platforms = load_platforms(config.policy.blocklists_dir)
-    lists = [parse_file(src.path, src.format) for src in config.policy.lists]  # type: ignore[arg-type]
-    allow_domains = []
-    for i, name in enumerate(config.policy.allow_domains):
-        try:
-            allow_domains.append(normalise_name(name))
-        except ValueError as err:
-            raise ConfigError(f"{config.source}: policy.allow_domains[{i}]", f"{name!r}: {err}") from None
+    pc = config.policy
+    platforms = load_platforms(pc.blocklists_dir or BUNDLED_BLOCKLISTS)
+    lists = [load_list(src, pc.list_cache_dir) for src in pc.lists]
+    spec = pc.spec
+    groups = tuple(replace(g, allow_domains=_names(g.allow_domains, f"{g.where}.allow_domains")) for g in spec.groups)
     sinkhole = SinkholeSpec(config.sinkhole.mode, config.sinkhole.ipv4, config.sinkhole.ipv6, config.sinkhole.ttl)
-    policy = build_policy(
-        platforms,
-        [ListInput(p.source, ((e.domain, e.match, e.action) for e in p.entries)) for p in lists],
-        config.policy.block,
-        config.policy.allow,
-        tuple(allow_domains),
-        sinkhole,
-        where=f"{config.source}: policy",
-    )
-    return Loaded(policy, platforms, lists)
+    spec = replace(spec, groups=groups, allow_domains=_names(spec.allow_domains, f"{spec.where}.allow_domains"),
+                   sinkhole=sinkhole)
+    inputs = [ListInput(p.source, ((e.domain, e.match, e.action) for e in p.entries), src.name)
+              for p, src in zip(lists, pc.lists, strict=True)]
+    return Loaded(build_policy(platforms, inputs, spec), platforms, lists)
+
+
+def load_list(source: ListSource, cache_dir: Path) -> ParsedList:
+    """A list file, or for a URL list the last good copy on disk (empty, with a note, if none was ever fetched)."""
+    if source.path is not None:
+        return parse_file(source.path, source.format)  # type: ignore[arg-type]
+    cached = source.cache_path(cache_dir)
+    if not cached.exists():
+        return ParsedList(str(source.url), "domains", (), (SkippedLine(0, "not fetched yet: no copy on disk", ""),))
+    parsed = parse_file(cached, source.format)  # type: ignore[arg-type]
+    return replace(parsed, source=str(source.url))
+
+
+def _names(names: tuple[str, ...], where: str) -> tuple[str, ...]:
+    out = []
+    for i, name in enumerate(names):
+        try:
+            out.append(normalise_name(name))
+        except ValueError as err:
+            raise ConfigError(f"{where}[{i}]", f"{name!r}: {err}") from None
+    return tuple(out)
 
 
 def load_platforms(directory: Path) -> list[Platform]:
@@ -87,13 +102,13 @@ def load_platform(path: Path) -> Platform:
         raise ConfigError(file, "must be a mapping with keys " + ", ".join(PLATFORM_KEYS))
     for key in raw:
         if key not in PLATFORM_KEYS:
-            raise ConfigError(f"{file}:{_line_of(text, str(key) + ':')}", f"{key}: unknown key "
+            raise ConfigError(f"{file}:{line_of(text, str(key) + ':')}", f"{key}: unknown key "
                               f"(known: {', '.join(PLATFORM_KEYS)})")
     for key in ("name", "category", "owner"):
         if not isinstance(raw.get(key), str) or not raw[key].strip():
             raise ConfigError(f"{file}", f"{key}: required, a non-empty string")
     if not _ID.match(raw["category"]):
-        raise ConfigError(f"{file}:{_line_of(text, 'category:')}", "category: lowercase letters, digits, - and _ only")
+        raise ConfigError(f"{file}:{line_of(text, 'category:')}", "category: lowercase letters, digits, - and _ only")
     domains_raw = raw.get("domains")
     if not isinstance(domains_raw, list) or not domains_raw:
         raise ConfigError(file, "domains: required, a non-empty list of names")
@@ -106,7 +121,7 @@ def load_platform(path: Path) -> Platform:
             if "." not in name:
                 raise ValueError("refusing to block a top-level domain")
         except ValueError as err:
-            raise ConfigError(f"{file}:{_line_of(text, str(item))}", f"domains[{i}]: {item!r}: {err}") from None
+            raise ConfigError(f"{file}:{line_of(text, str(item))}", f"domains[{i}]: {item!r}: {err}") from None
         domains.append(name)
     sources = raw.get("sources")
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
@@ -118,7 +133,7 @@ def load_platform(path: Path) -> Platform:
                     tuple(dict.fromkeys(domains)), file, notes, tuple(sources))
 
 
-def _line_of(text: str, needle: str) -> str:
+def line_of(text: str, needle: str) -> str:
     """The line a value sits on, found by text: PyYAML's plain loader forgets positions, and this is the slow path."""
     for number, line in enumerate(text.splitlines(), 1):
         if needle in line and not line.lstrip().startswith("#"):

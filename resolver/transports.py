@@ -39,7 +39,7 @@ class UdpListener(asyncio.DatagramProtocol):
             transport.max_size = 65535
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        result = self.pipeline.on_query(data, UDP)
+        result = self.pipeline.on_query(data, UDP, addr[0])
         if result is None:
             return
         transport = self.transport
@@ -77,6 +77,8 @@ class TcpListener:
             writer.close()
             return
         self.connections += 1
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else ""
         pending = 0
         drained = asyncio.Event()
         drained.set()
@@ -96,7 +98,7 @@ class TcpListener:
                     data = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), self.idle_timeout)
                 except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                     break
-                result = self.pipeline.on_query(data, TCP)
+                result = self.pipeline.on_query(data, TCP, client)
                 if result is None:
                     continue
                 if type(result) is bytes:

@@ -30,11 +30,11 @@ class CacheLimits:
 class Entry:
     """One upstream answer minus header, question and OPT; ``ttl`` 0 means it must not be cached."""
 
-    __slots__ = ("an", "ar", "body", "expires", "flags", "ns", "stored", "ttl", "ttl_offsets", "ttls")
+    __slots__ = ("an", "ar", "body", "cnames", "expires", "flags", "ns", "stored", "ttl", "ttl_offsets", "ttls")
 
     def __init__(
         self, flags: int, counts: tuple[int, int, int], body: bytes, ttl_offsets: list[int], ttls: list[int],
-        stored: float, ttl: int,
+        stored: float, ttl: int, cnames: tuple[list[bytes], ...] = (),
     ) -> None:
         self.flags = flags
         self.an, self.ns, self.ar = counts
@@ -44,6 +44,7 @@ class Entry:
         self.stored = stored
         self.ttl = ttl
         self.expires = stored + ttl
+        self.cnames = cnames  # CNAME targets in the answer, for the cloaking check
 
     @property
     def rcode(self) -> int:
@@ -73,6 +74,7 @@ def prepare(reply: bytes, query: Query, now: float, limits: CacheLimits) -> Entr
     answer_min: int | None = None
     negative: int | None = None
     total = ancount + nscount + arcount
+    cnames: list[list[bytes]] = []
     kept_ar = arcount
     for index in range(total):
         rr_start = pos
@@ -97,6 +99,8 @@ def prepare(reply: bytes, query: Query, now: float, limits: CacheLimits) -> Entr
             ttls.append(ttl)
             if index < ancount:
                 answer_min = ttl if answer_min is None else min(answer_min, ttl)
+                if rtype == wire.TYPE_CNAME:
+                    cnames.append(wire.read_labels(reply, pos + 10))
             elif index < ancount + nscount and rtype == wire.TYPE_SOA and rdlen >= 20:
                 soa_minimum = wire.U32.unpack_from(reply, rdata_end - 4)[0]
                 negative = min(ttl, soa_minimum)
@@ -111,7 +115,7 @@ def prepare(reply: bytes, query: Query, now: float, limits: CacheLimits) -> Entr
     elif rcode in (wire.NOERROR, wire.NXDOMAIN) and negative is not None:
         cache_ttl = min(limits.negative_max_ttl, negative)
     return Entry(flags & (AD | _RCODE_MASK), (ancount, nscount, kept_ar), b"".join(chunks), offsets, ttls, now,
-                 cache_ttl)
+                 cache_ttl, tuple(cnames))
 
 
 def render(entry: Entry, query: Query, now: float) -> bytes:

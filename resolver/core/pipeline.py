@@ -2,9 +2,11 @@
 
 Order, and why:
 1. parse the header and question only: a packet we cannot read is dropped or gets FORMERR here;
-2. policy before cache, so a name blocked by a reload is blocked at once even if its answer is cached;
+2. policy before cache (the order inside it is in core/policy.py), so a name blocked by a reload is blocked at
+   once even if its answer is cached; the client's group is found first, from its address (memoised);
 3. cache, so a repeated allowed name never leaves the process;
-4. otherwise the transport forwards the query and hands the upstream reply back to ``on_reply``.
+4. otherwise the transport forwards the query and hands the upstream reply back to ``on_reply``;
+5. an answer (fresh or cached) whose CNAME chain passes through a blocked name is blocked (CNAME cloaking).
 Every outcome is counted here, once, with its latency.
 """
 
@@ -14,21 +16,23 @@ from collections.abc import Callable
 
 from resolver.core import cache as cache_mod
 from resolver.core import wire
-from resolver.core.cache import Cache
-from resolver.core.policy import BLOCK, Policy
+from resolver.core.cache import Cache, Entry
+from resolver.core.policy import BLOCK, MONITOR, Policy, Verdict
 from resolver.core.stats import BLOCKED, CACHED, ERROR, FORWARDED, REFUSED, UDP, Stats
 from resolver.core.wire import EdnsVersionError, Query
 from resolver.errors import WireFormatError
 
 
 class Pipeline:
-    def __init__(self, policy: Policy, cache: Cache, stats: Stats, clock: Callable[[], float]) -> None:
+    def __init__(self, policy: Policy, cache: Cache, stats: Stats, clock: Callable[[], float],
+                 wallclock: Callable[[], float]) -> None:
         self.policy = policy  # swapped whole by a reload
         self.cache = cache
         self.stats = stats
-        self.clock = clock
+        self.clock = clock  # monotonic seconds: TTLs and latency
+        self.wallclock = wallclock  # Unix time: exemptions start and expire at wall-clock instants
 
-    def on_query(self, data: bytes, transport: int) -> bytes | Query | None:
+    def on_query(self, data: bytes, transport: int, client: str, client_id: str | None = None) -> bytes | Query | None:
         """Bytes to send back now, a Query to forward upstream, or None to drop the packet."""
         now = self.clock()
         try:
@@ -48,17 +52,28 @@ class Pipeline:
         if query.qclass != wire.CLASS_IN:
             return self._done(transport, REFUSED, now, wire.simple_reply(query, wire.REFUSED))
         policy = self.policy
-        verdict = policy.lookup(query.labels)
-        if verdict is not None and verdict.action == BLOCK:
-            blocked = self.stats.blocked
-            blocked[verdict.label] = blocked.get(verdict.label, 0) + 1
-            reply = self._fit(policy.blocked_reply(query, verdict), query, transport)
-            return self._done(transport, BLOCKED, now, reply)
+        group = policy.group_of(client, client_id) if policy.grouped else 0
+        verdicts = policy.trie.lookup(query.labels)
+        if verdicts is not None:
+            verdict = verdicts[group]
+            if verdict.action == BLOCK:
+                if not verdict.exemptions or not self._exempted(policy, verdict, client, client_id):
+                    return self._blocked(policy, verdict, query, transport, now)
+            elif verdict.action == MONITOR:
+                monitored = self.stats.monitored
+                monitored[verdict.key] = monitored.get(verdict.key, 0) + 1
         entry = self.cache.get(query.cache_key, now)
         if entry is not None:
+            if entry.cnames and policy.cname_cloaking:
+                cloak = self._cloaked(policy, entry, group, client, client_id)
+                if cloak is not None:
+                    return self._blocked(policy, cloak, query, transport, now)
             return self._done(transport, CACHED, now, self._fit(cache_mod.render(entry, query, now), query, transport))
         query.received = now
         query.transport = transport
+        query.client = client
+        query.client_id = client_id
+        query.group = group
         return query
 
     def on_reply(self, query: Query, reply: bytes) -> bytes:
@@ -69,6 +84,11 @@ class Pipeline:
         except WireFormatError:
             return self.on_failure(query)
         self.cache.put(query.cache_key, entry)
+        policy = self.policy
+        if entry.cnames and policy.cname_cloaking:
+            cloak = self._cloaked(policy, entry, query.group, query.client, query.client_id)
+            if cloak is not None:
+                return self._blocked(policy, cloak, query, query.transport, query.received)
         outcome = FORWARDED if entry.rcode in (wire.NOERROR, wire.NXDOMAIN) else ERROR
         answer = self._fit(cache_mod.render(entry, query, now), query, query.transport)
         return self._done(query.transport, outcome, query.received, answer, now)
@@ -81,6 +101,29 @@ class Pipeline:
         """Too much work pending: answer SERVFAIL at once rather than queue without bound."""
         self.stats.shed += 1
         return self.on_failure(query)
+
+    def _exempted(self, policy: Policy, verdict: Verdict, client: str, client_id: str | None) -> bool:
+        exemption = policy.exemption_for(verdict, client, client_id, self.wallclock())
+        if exemption is None:
+            return False
+        exempted = self.stats.exempted
+        exempted[verdict.key] = exempted.get(verdict.key, 0) + 1
+        return True
+
+    def _cloaked(self, policy: Policy, entry: Entry, group: int, client: str, client_id: str | None) -> Verdict | None:
+        """The verdict of the first blocked name the answer's CNAME chain passes through, if any."""
+        for labels in entry.cnames:
+            verdict = policy.lookup(labels, group)
+            if verdict is not None and verdict.action == BLOCK and not (
+                    verdict.exemptions and self._exempted(policy, verdict, client, client_id)):
+                return verdict
+        return None
+
+    def _blocked(self, policy: Policy, verdict: Verdict, query: Query, transport: int, started: float) -> bytes:
+        blocked = self.stats.blocked
+        blocked[verdict.key] = blocked.get(verdict.key, 0) + 1
+        reply = self._fit(policy.blocked_reply(query, verdict), query, transport)
+        return self._done(transport, BLOCKED, started, reply)
 
     @staticmethod
     def _fit(reply: bytes, query: Query, transport: int) -> bytes:

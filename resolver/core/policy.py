@@ -1,18 +1,23 @@
-"""The policy snapshot: which names are blocked, allowed or just forwarded, and the sinkhole replies.
+"""The policy snapshot: for a name and a client, blocked, allowed, monitored or just forwarded.
 
-Built once per (re)load from platforms, list files and the policy config, then never mutated (apart from the
-lazily filled reply tails, which are a pure function of the snapshot): a reload builds a new one and swaps it in
-with one assignment, so the hot path never locks.
+Built once per (re)load from platforms, lists, groups and exemptions, then never mutated (apart from lazily
+filled reply tails and the client->group memo, both pure functions of the snapshot): a reload builds a new one
+and swaps it in with one assignment, so the hot path never locks.
 
-Precedence at one name, documented in README: an allow entry (``allow_domains``, ``@@`` list rules, a platform
-named in ``policy.allow``) beats a platform block, which beats a block from another list. Between names the
-most specific entry that decides wins, so an allow entry below a blocked domain is reachable; an entry of a
-platform this policy neither blocks nor allows decides nothing and the broader entry above it still applies.
+The evaluation order, written once here and in README ("How a name is decided"):
+1. special names (bypass defences: the Firefox DoH canary, Apple Private Relay, DDR's resolver.arpa) -
+   answered locally for every client, whatever any list says;
+2. exemptions - an approved, unexpired exemption for a platform that claims the name lets the client through;
+3. allow entries - an allow (``allow_domains``, an always-allowed category, a platform the group allows, an
+   ``@@`` list rule) protects its name and everything below it from every block;
+4. platform blocks of the client's group (or monitor: counted, answered normally);
+5. other lists.
+Between names the most specific entry that decides wins; an entry of a platform the group neither blocks nor
+allows decides nothing, so the broader entry above it still applies.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import struct
 from collections.abc import Iterable
@@ -21,10 +26,12 @@ from dataclasses import dataclass, field
 from resolver.core import wire
 from resolver.core.trie import DomainTrie, Match
 from resolver.core.wire import ECHO_MASK, HEADER, QR, RA, Query
-from resolver.errors import ConfigError
 
-PASS, ALLOW, BLOCK = 0, 1, 2
-ACTION_NAMES = {PASS: "forwarded", ALLOW: "allowed", BLOCK: "blocked"}
+PASS, ALLOW, BLOCK, MONITOR = 0, 1, 2, 3
+ACTION_NAMES = {PASS: "forwarded", ALLOW: "allowed", BLOCK: "blocked", MONITOR: "monitored"}
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_GROUP = "default"
+_MEMO_LIMIT = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,32 +48,84 @@ class Platform:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """Where an entry comes from: a platform file, a list file or the config. One object per source, shared."""
+    """Where an entry comes from. One object per source (platform, list file, config key), shared by its entries."""
 
-    kind: str  # "platform" | "list" | "allow_domains"
+    kind: str  # "platform" | "list" | "allow_domains" | "special"
     action: str  # "block" | "allow" | "nxdomain" | "nodata"
-    source: str  # file path, or "config policy.allow_domains"
+    source: str  # file path, or the config key
     platform: Platform | None = None
+    list_name: str = ""
+    groups: frozenset[str] | None = None  # allow_domains of one group; None: every group
+    text: str = ""  # for special names: what it defends against
 
     @property
     def label(self) -> str:
-        """Bounded metrics label: the platform id, or the list file's name."""
+        """Bounded metrics label: the platform id, ``list:NAME`` or ``bypass``."""
         if self.platform is not None:
             return self.platform.id
-        return "list:" + self.source.rsplit("/", 1)[-1]
+        if self.kind == "special":
+            return "bypass"
+        return "list:" + self.list_name if self.list_name else self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    name: str
+    block: frozenset[str]  # platform ids
+    allow: frozenset[str]  # platform ids (always-allowed ones included)
+    monitor: frozenset[str]  # platform ids
+    lists_allowed: frozenset[str] = frozenset()  # list names this group does not apply
+    lists_monitored: frozenset[str] = frozenset()
+    networks: tuple[IPNetwork, ...] = ()
+    client_ids: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Exemption:
+    """An approved, time-limited exception: these platforms are reachable for these clients."""
+
+    platforms: frozenset[str]
+    approved_by: str
+    reason: str
+    reference: str
+    starts: float  # Unix time, inclusive
+    expires: float  # Unix time, exclusive
+    clients: frozenset[str] = frozenset()  # canonical address text
+    networks: tuple[IPNetwork, ...] = ()
+    groups: frozenset[str] = frozenset()
+    client_ids: frozenset[str] = frozenset()
+    where: str = ""
+
+    def state(self, now: float) -> str:
+        return "pending" if now < self.starts else "expired" if now >= self.expires else "active"
+
+    def covers(self, client: str, group: str, client_id: str | None) -> bool:
+        if client in self.clients or group in self.groups or (client_id is not None and client_id in self.client_ids):
+            return True
+        if self.networks:
+            try:
+                address = ipaddress.ip_address(client)
+            except ValueError:
+                return False
+            return any(address in network for network in self.networks)
+        return False
 
 
 @dataclass(eq=False, slots=True)
 class Verdict:
-    """What happens to names under one trie entry; shared by every entry with the same claims."""
+    """What happens to names under one trie entry for one group; interned, so shared by many entries."""
 
     action: int
     rule: Rule | None  # the rule that decided; None for PASS
     rules: tuple[Rule, ...]  # every rule that claims the entry
     reason: str
+    group: str = DEFAULT_GROUP
     label: str = ""
     mode: str = ""  # sinkhole mode for BLOCK
     ede: bytes = b""
+    protective: bool = False  # an allow that shields everything below it
+    exemptions: tuple[Exemption, ...] = ()  # exemptions that may lift this block
+    key: tuple[str, str] = ("", "")  # (label, group) for the blocked/monitored counters
     tails: dict[int, tuple[int, int, int, int, bytes]] = field(default_factory=dict)
 
 
@@ -84,22 +143,115 @@ class ListInput:
 
     source: str
     entries: Iterable[tuple[str, Match, str]]
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A group as configured: names of categories, platforms or lists, still to be resolved."""
+
+    name: str
+    block: tuple[str, ...] = ()
+    allow: tuple[str, ...] = ()
+    monitor: tuple[str, ...] = ()
+    allow_domains: tuple[str, ...] = ()
+    networks: tuple[IPNetwork, ...] = ()
+    client_ids: tuple[str, ...] = ()
+    where: str = "policy"
+
+
+@dataclass(frozen=True, slots=True)
+class Bypass:
+    firefox_canary: bool = True
+    private_relay: bool = True
+    ddr: bool = True
+    doh_servers: bool = True
+    cname_cloaking: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySpec:
+    groups: tuple[GroupSpec, ...] = (GroupSpec(DEFAULT_GROUP, ("social", "messaging")),)
+    always_allow: tuple[str, ...] | None = None  # None: whichever of maps, news, transport exist
+    allow_domains: tuple[str, ...] = ()
+    exemptions: tuple[Exemption, ...] = ()
+    bypass: Bypass = Bypass()
+    sinkhole: SinkholeSpec = SinkholeSpec()
+    where: str = "policy"
+
+
+SPECIAL_NAMES: tuple[tuple[str, Match, str, str, str], ...] = (
+    # (name, match, reply, switch, why)
+    ("use-application-dns.net", "exact", "nxdomain", "firefox_canary",
+     "Firefox DoH canary: NXDOMAIN tells Firefox to keep using this resolver"),
+    ("mask.icloud.com", "exact", "nxdomain", "private_relay", "Apple iCloud Private Relay would bypass the filter"),
+    ("mask-h2.icloud.com", "exact", "nxdomain", "private_relay", "Apple iCloud Private Relay would bypass the filter"),
+    ("mask-canary.icloud.com", "exact", "nxdomain", "private_relay",
+     "Apple iCloud Private Relay would bypass the filter"),
+    ("resolver.arpa", "subtree", "nodata", "ddr",
+     "DDR (RFC 9462): no designated encrypted resolver, so phones cannot upgrade past this one"),
+)
+DEFAULT_ALWAYS_ALLOW = ("maps", "news", "transport")
+DOH_CATEGORY = "doh-bypass"
 
 
 class Policy:
     def __init__(
-        self, trie: DomainTrie[Verdict], platforms: dict[str, Platform], blocked: frozenset[str],
-        allowed: frozenset[str], sinkhole: SinkholeSpec, version: str,
+        self, trie: DomainTrie[tuple[Verdict, ...]], platforms: dict[str, Platform], groups: tuple[Group, ...],
+        exemptions: tuple[Exemption, ...], spec: PolicySpec, version: str, lists: dict[str, str],
     ) -> None:
         self.trie = trie
         self.platforms = platforms
-        self.blocked_platforms = blocked
-        self.allowed_platforms = allowed
-        self.sinkhole = sinkhole
+        self.groups = groups
+        self.exemptions = exemptions
+        self.spec = spec
+        self.sinkhole = spec.sinkhole
+        self.cname_cloaking = spec.bypass.cname_cloaking
         self.version = version
+        self.lists = lists  # name -> source
+        self.by_network = sorted(
+            ((network, i) for i, g in enumerate(groups) for network in g.networks), key=lambda x: -x[0].prefixlen)
+        self.by_client_id = {cid: i for i, g in enumerate(groups) for cid in g.client_ids}
+        self.grouped = bool(self.by_network or self.by_client_id)
+        self._memo: dict[str, int] = {}
 
-    def lookup(self, labels: list[bytes]) -> Verdict | None:
-        return self.trie.lookup(labels)
+    @property
+    def blocked_platforms(self) -> frozenset[str]:
+        return self.groups[0].block
+
+    def group_of(self, client: str, client_id: str | None = None) -> int:
+        """Index of the client's group: a client id first, then the most specific network, else ``default``."""
+        if client_id is not None:
+            index = self.by_client_id.get(client_id)
+            if index is not None:
+                return index
+        index = self._memo.get(client)
+        if index is None:
+            index = 0
+            try:
+                address = ipaddress.ip_address(client)
+            except ValueError:
+                address = None
+            if address is not None:
+                for network, i in self.by_network:
+                    if address.version == network.version and address in network:
+                        index = i
+                        break
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[client] = index
+        return index
+
+    def lookup(self, labels: list[bytes], group: int = 0) -> Verdict | None:
+        verdicts = self.trie.lookup(labels)
+        return None if verdicts is None else verdicts[group]
+
+    def exemption_for(self, verdict: Verdict, client: str, client_id: str | None, now: float) -> Exemption | None:
+        """The active exemption that lifts ``verdict`` for this client, if any."""
+        for exemption in verdict.exemptions:
+            if exemption.starts <= now < exemption.expires and exemption.covers(client, verdict.group, client_id):
+                return exemption
+        return None
 
     def blocked_reply(self, query: Query, verdict: Verdict) -> bytes:
         """The sinkhole answer, built from a cached tail: only the header and question are per query."""
@@ -119,7 +271,7 @@ _SOA_TIMERS = struct.Struct("!IIIII")  # serial, refresh, retry, expire, minimum
 
 def _tail(spec: SinkholeSpec, verdict: Verdict, qtype: int, edns: bool, do: bool) -> tuple[int, int, int, int, bytes]:
     ttl = spec.ttl
-    mode = verdict.mode
+    mode = verdict.mode or spec.mode
     records: list[bytes] = []
     rcode = wire.NOERROR
     if mode == "refused":
@@ -128,120 +280,14 @@ def _tail(spec: SinkholeSpec, verdict: Verdict, qtype: int, edns: bool, do: bool
         rcode = wire.NXDOMAIN
     elif mode in ("null", "address") and qtype == wire.TYPE_A:
         addresses = ("0.0.0.0",) if mode == "null" else spec.ipv4
-        records = [wire.rr(wire.TYPE_A, ttl, _packed(a)) for a in addresses]
+        records = [wire.rr(wire.TYPE_A, ttl, ipaddress.ip_address(a).packed) for a in addresses]
     elif mode in ("null", "address") and qtype == wire.TYPE_AAAA:
         addresses = ("::",) if mode == "null" else spec.ipv6
-        records = [wire.rr(wire.TYPE_AAAA, ttl, _packed(a)) for a in addresses]
+        records = [wire.rr(wire.TYPE_AAAA, ttl, ipaddress.ip_address(a).packed) for a in addresses]
     authority = []
     if not records and rcode != wire.REFUSED:
         # A SOA lets the phone cache the negative answer for the sinkhole TTL (RFC 2308 section 5).
-        soa = _SOA_NAMES + _SOA_TIMERS.pack(1, 3600, 600, 86400, ttl)
-        authority = [wire.rr(wire.TYPE_SOA, ttl, soa)]
+        authority = [wire.rr(wire.TYPE_SOA, ttl, _SOA_NAMES + _SOA_TIMERS.pack(1, 3600, 600, 86400, ttl))]
     opt = wire.opt_record(do, verdict.ede) if edns else b""
     body = b"".join(records) + b"".join(authority) + opt
     return rcode, len(records), len(authority), 1 if opt else 0, body
-
-
-def _packed(address: str) -> bytes:
-    return ipaddress.ip_address(address).packed
-
-
-def build_policy(
-    platforms: list[Platform],
-    lists: list[ListInput],
-    block: tuple[str, ...],
-    allow: tuple[str, ...],
-    allow_domains: tuple[str, ...],
-    sinkhole: SinkholeSpec,
-    where: str = "policy",
-) -> Policy:
-    """Assemble the snapshot. ``block``/``allow`` name platform ids or categories; unknown names are errors."""
-    by_id = {p.id: p for p in platforms}
-    categories = {p.category for p in platforms}
-
-    def resolve(names: tuple[str, ...], key: str) -> frozenset[str]:
-        chosen: set[str] = set()
-        for i, name in enumerate(names):
-            if name in by_id:
-                chosen.add(name)
-            elif name in categories:
-                chosen.update(p.id for p in platforms if p.category == name)
-            else:
-                known = ", ".join(sorted(categories | set(by_id)))
-                raise ConfigError(f"{where}.{key}[{i}]", f"unknown platform or category {name!r} (known: {known})")
-        return frozenset(chosen)
-
-    blocked = resolve(block, "block")
-    allowed = resolve(allow, "allow")
-    digest = hashlib.sha256()
-    for item in (block, allow, allow_domains, (sinkhole.mode, sinkhole.ttl, *sinkhole.ipv4, *sinkhole.ipv6)):
-        digest.update(repr(item).encode())
-
-    builder = _Builder(blocked, allowed, sinkhole.mode)
-    for platform in platforms:
-        rule = Rule("platform", "block", platform.source, platform)
-        digest.update(f"{platform.id}:{platform.category}:{','.join(platform.domains)}".encode())
-        for domain in platform.domains:
-            builder.add(domain, "subtree", rule)
-    for parsed in lists:
-        rules: dict[str, Rule] = {}
-        for domain, match, action in parsed.entries:
-            rule_for = rules.get(action)
-            if rule_for is None:
-                rule_for = rules[action] = Rule("list", action, parsed.source)
-            builder.add(domain, match, rule_for)
-            digest.update(f"{domain}|{match}|{action}\n".encode())
-    allow_rule = Rule("allow_domains", "allow", "config policy.allow_domains")
-    for domain in allow_domains:
-        builder.add(domain, "subtree", allow_rule)
-    if builder.has_pass:
-        builder.trie.inherit(lambda verdict: verdict.action == PASS)
-    return Policy(builder.trie, by_id, blocked, allowed, sinkhole, digest.hexdigest()[:16])
-
-
-class _Builder:
-    """Inserts entries, interning one Verdict per distinct set of claims so a million entries share a few objects."""
-
-    def __init__(self, blocked: frozenset[str], allowed: frozenset[str], mode: str) -> None:
-        self.trie: DomainTrie[Verdict] = DomainTrie()
-        self.blocked = blocked
-        self.allowed = allowed
-        self.mode = mode
-        self._interned: dict[tuple[Rule, ...], Verdict] = {}
-        self.has_pass = False
-
-    def add(self, domain: str, match: Match, rule: Rule) -> None:
-        labels = domain.encode("ascii").split(b".")
-        parts: tuple[Match, ...] = ("exact", "below") if match == "subtree" else (match,)
-        for part in parts:
-            old = self.trie.get(labels, part)
-            if old is not None and rule in old.rules:
-                continue
-            rules = (*old.rules, rule) if old is not None else (rule,)
-            verdict = self._interned.get(rules)
-            if verdict is None:
-                verdict = self._interned[rules] = self._decide(rules)
-            self.trie.insert(labels, part, verdict)
-
-    def _decide(self, rules: tuple[Rule, ...]) -> Verdict:
-        for rule in rules:
-            if rule.action == "allow":
-                return Verdict(ALLOW, rule, rules, f"allowed by {rule.source}")
-        for rule in rules:
-            if rule.platform is not None and rule.platform.id in self.allowed:
-                return Verdict(ALLOW, rule, rules, f"platform {rule.platform.id} is allowed by policy.allow")
-        for rule in rules:
-            if rule.platform is not None and rule.platform.id in self.blocked:
-                p = rule.platform
-                text = f"blocked: {p.name} ({p.id})"
-                return Verdict(BLOCK, rule, rules, f"platform {p.id} ({p.category}) is blocked", p.id, self.mode,
-                               wire.ede_option(wire.EDE_BLOCKED, text))
-        for rule in rules:
-            if rule.kind == "list" and rule.action != "allow":
-                mode = self.mode if rule.action == "block" else rule.action
-                name = rule.label.removeprefix("list:")
-                return Verdict(BLOCK, rule, rules, f"listed in {rule.source}", rule.label, mode,
-                               wire.ede_option(wire.EDE_BLOCKED, f"blocked: list {name}"))
-        owners = ", ".join(r.platform.id for r in rules if r.platform is not None)
-        self.has_pass = True
-        return Verdict(PASS, None, rules, f"belongs to {owners}, which this policy does not block")

@@ -17,11 +17,15 @@ LATENCY_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 
 
 class Stats:
-    __slots__ = ("blocked", "buckets", "malformed", "queries", "shed", "sums", "upstream_mismatch")
+    __slots__ = ("blocked", "buckets", "exempted", "malformed", "monitored", "queries", "shed", "sums",
+                 "upstream_mismatch")
 
     def __init__(self) -> None:
         self.queries = [0] * (len(TRANSPORTS) * len(OUTCOMES))
-        self.blocked: dict[str, int] = {}
+        # keyed by (platform or list label, group)
+        self.blocked: dict[tuple[str, str], int] = {}
+        self.monitored: dict[tuple[str, str], int] = {}  # would-be blocks in monitor mode
+        self.exempted: dict[tuple[str, str], int] = {}  # blocks lifted by an active exemption
         self.buckets = [[0] * (len(LATENCY_BOUNDS) + 1) for _ in OUTCOMES]
         self.sums = [0.0] * len(OUTCOMES)
         self.malformed = 0  # packets dropped without a reply

@@ -82,22 +82,18 @@ class DomainTrie(Generic[T]):
                 found.append((last - i + 1, value))  # type: ignore[arg-type]
         return found
 
-    def inherit(self, transparent: Callable[[T], bool]) -> None:
-        """Replace every ``transparent`` value that sits below an opaque one with the nearest such ancestor's.
-
-        Used so that an entry which decides nothing (a platform this policy neither blocks nor allows) does not
-        hide the decision of the broader entry above it.
-        """
+    def rewrite(self, merge: Callable[[T, T | None], T]) -> None:
+        """Top-down pass: every value becomes ``merge(value, inherited)``, where ``inherited`` is the (rewritten)
+        ``BELOW`` value of the nearest ancestor that has one. Used at build time for rules between names, such as
+        "an allow shields everything below it"."""
         stack: list[tuple[dict[object, object], object]] = [(self._root, None)]
         while stack:
             node, inherited = stack.pop()
             for slot in (HERE, BELOW):
                 value = node.get(slot)
-                if value is not None and inherited is not None and transparent(value):  # type: ignore[arg-type]
-                    node[slot] = inherited
-            below = node.get(BELOW)
-            if below is not None and not transparent(below):  # type: ignore[arg-type]
-                inherited = below
+                if value is not None:
+                    node[slot] = merge(value, inherited)  # type: ignore[arg-type]
+            inherited = node.get(BELOW, inherited)
             for key, child in node.items():
                 if isinstance(key, bytes):
                     stack.append((child, inherited))  # type: ignore[arg-type]

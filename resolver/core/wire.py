@@ -47,9 +47,12 @@ class Query:
     """The parts of a client query the resolver decides on; everything else in the packet is ignored."""
 
     __slots__ = (
+        "client",
+        "client_id",
         "do",
         "edns",
         "flags",
+        "group",
         "id",
         "labels",
         "qclass",
@@ -86,6 +89,9 @@ class Query:
         self.do = do
         self.received = 0.0  # clock reading when it arrived, for the latency histogram
         self.transport = 0
+        self.client = ""  # source address, as text
+        self.client_id: str | None = None  # from transports that carry one (DoH/DoT); None for UDP/TCP
+        self.group = 0
 
     @property
     def name(self) -> str:
@@ -181,6 +187,35 @@ class EdnsVersionError(WireFormatError):
         self.qid = qid
         self.flags = flags
         self.question = question
+
+
+def read_labels(data: bytes, pos: int) -> list[bytes]:
+    """The lowercased labels of the (possibly compressed) name at ``pos``; bounded against pointer loops."""
+    labels: list[bytes] = []
+    n = len(data)
+    jumps = 0
+    total = 0
+    while True:
+        if pos >= n:
+            raise WireFormatError("name runs past the end of the message")
+        length = data[pos]
+        if length == 0:
+            return labels
+        if length & 0xC0 == 0xC0:
+            if pos + 2 > n:
+                raise WireFormatError("compression pointer runs past the end")
+            jumps += 1
+            if jumps > 32:
+                raise WireFormatError("compression pointer loop")
+            pos = ((length & 0x3F) << 8) | data[pos + 1]
+            continue
+        if length > 63:
+            raise WireFormatError("bad label type")
+        total += length + 1
+        if total > MAX_NAME:
+            raise WireFormatError("name longer than 255 octets")
+        labels.append(data[pos + 1 : pos + 1 + length].lower())
+        pos += 1 + length
 
 
 def _skip_rr(data: bytes, pos: int) -> int:

@@ -20,7 +20,19 @@ from resolver.core import cache as cache_mod
 from resolver.core import wire
 from resolver.core.cache import Cache, CacheLimits
 from resolver.core.pipeline import Pipeline
-from resolver.core.policy import ALLOW, BLOCK, PASS, ListInput, Platform, SinkholeSpec, build_policy
+from resolver.core.builder import build_policy
+from resolver.core.policy import (
+    ALLOW,
+    BLOCK,
+    PASS,
+    Bypass,
+    GroupSpec,
+    ListInput,
+    Platform,
+    Policy,
+    PolicySpec,
+    SinkholeSpec,
+)
 from resolver.core.stats import BLOCKED, CACHED, ERROR, FORWARDED, TCP, UDP, Stats
 from resolver.core.trie import DomainTrie
 from resolver.errors import ConfigError, WireFormatError
@@ -47,14 +59,16 @@ PLATFORMS = [
     platform("tiktok", "social", "tiktok.com", "tiktokv.com"),
     platform("facebook", "social", "facebook.com", "fbcdn.net"),
     platform("whatsapp", "messaging", "whatsapp.com", "fbcdn.net"),
-    platform("maps", "maps", "maps.example", "api.tiktok.com"),
+    platform("travel", "travel", "travel.example", "api.tiktok.com"),
 ]
 
 
 def policy(block: tuple[str, ...] = ("social", "messaging"), allow: tuple[str, ...] = (),
            allow_domains: tuple[str, ...] = (), mode: str = "null", lists: list[ListInput] | None = None,
-           ipv4: tuple[str, ...] = (), ipv6: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
-    return build_policy(PLATFORMS, lists or [], block, allow, allow_domains, SinkholeSpec(mode, ipv4, ipv6, 7))
+           ipv4: tuple[str, ...] = (), ipv6: tuple[str, ...] = ()) -> Policy:
+    spec = PolicySpec(groups=(GroupSpec("default", block, allow),), allow_domains=allow_domains,
+                      sinkhole=SinkholeSpec(mode, ipv4, ipv6, 7), bypass=Bypass(doh_servers=False))
+    return build_policy(PLATFORMS, lists or [], spec)
 
 
 def labels(name: str) -> list[bytes]:
@@ -204,13 +218,13 @@ def test_policy_blocks_categories_and_subdomains() -> None:
 
 
 def test_unblocked_platform_below_a_blocked_one_decides_nothing() -> None:
-    # api.tiktok.com is also claimed by "maps", which this policy does not block: TikTok's block still applies.
+    # api.tiktok.com is also claimed by "travel", which this policy does not block: TikTok's block still applies.
     verdict = policy().lookup(labels("api.tiktok.com"))
     assert verdict is not None and verdict.action == BLOCK and verdict.label == "tiktok"
     # ... but an allowed platform does decide.
-    verdict = policy(allow=("maps",)).lookup(labels("api.tiktok.com"))
+    verdict = policy(allow=("travel",)).lookup(labels("api.tiktok.com"))
     assert verdict is not None and verdict.action == ALLOW
-    assert policy().lookup(labels("maps.example")).action == PASS  # type: ignore[union-attr]
+    assert policy().lookup(labels("travel.example")).action == PASS  # type: ignore[union-attr]
 
 
 def test_shared_domain_is_reachable_when_one_owner_is_allowed() -> None:
@@ -234,14 +248,14 @@ def test_block_by_platform_id_only() -> None:
 def test_unknown_block_name_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as info:
         policy(block=("social", "tiktokk"))
-    assert "block[1]" in str(info.value) and "tiktokk" in str(info.value)
+    assert "policy.block[1]" in str(info.value) and "tiktokk" in str(info.value)
 
 
 def test_list_rules_and_precedence() -> None:
     ads = ListInput("/l/ads.txt", [("ads.example", "subtree", "block"), ("ok.ads.example", "subtree", "allow"),
-                                   ("gone.example", "exact", "nxdomain"), ("tiktok.com", "subtree", "allow")])
+                                   ("gone.example", "exact", "nxdomain"), ("tiktok.com", "subtree", "allow")], "ads")
     p = policy(lists=[ads])
-    assert p.lookup(labels("x.ads.example")).label == "list:ads.txt"  # type: ignore[union-attr]
+    assert p.lookup(labels("x.ads.example")).label == "list:ads"  # type: ignore[union-attr]
     assert p.lookup(labels("x.ok.ads.example")).action == ALLOW  # type: ignore[union-attr]
     assert p.lookup(labels("gone.example")).mode == "nxdomain"  # type: ignore[union-attr]
     assert p.lookup(labels("a.gone.example")) is None
@@ -387,25 +401,25 @@ class Clock:
 def test_pipeline_block_forward_cache_and_counts() -> None:
     clock = Clock()
     stats = Stats()
-    pipe = Pipeline(policy(), Cache(CacheLimits()), stats, clock)
-    blocked = pipe.on_query(make_query("www.tiktok.com"), UDP)
+    pipe = Pipeline(policy(), Cache(CacheLimits()), stats, clock, lambda: 1e9)
+    blocked = pipe.on_query(make_query("www.tiktok.com"), UDP, "127.0.0.1")
     assert isinstance(blocked, bytes)
     assert dns.message.from_wire(blocked).answer[0][0].to_text() == "0.0.0.0"
-    assert stats.blocked == {"tiktok": 1}
+    assert stats.blocked == {("tiktok", "default"): 1}
 
     data = make_query("www.example.test")
-    pending = pipe.on_query(data, UDP)
+    pending = pipe.on_query(data, UDP, "127.0.0.1")
     assert isinstance(pending, wire.Query)
     answer = pipe.on_reply(pending, upstream_reply(wire.upstream_query(pending, 7), answers=[("A", 60, "192.0.2.1")],
                                                    qid=7))
     assert dns.message.from_wire(answer).answer[0][0].to_text() == "192.0.2.1"
     clock.now += 10
-    cached = pipe.on_query(make_query("WWW.example.test"), TCP)
+    cached = pipe.on_query(make_query("WWW.example.test"), TCP, "127.0.0.1")
     assert isinstance(cached, bytes)
     assert dns.message.from_wire(cached).answer[0].ttl == 50
     assert (stats.count(UDP, BLOCKED), stats.count(UDP, FORWARDED), stats.count(TCP, CACHED)) == (1, 1, 1)
 
-    failed = pipe.on_query(make_query("down.example.test"), UDP)
+    failed = pipe.on_query(make_query("down.example.test"), UDP, "127.0.0.1")
     assert isinstance(failed, wire.Query)
     assert dns.message.from_wire(pipe.on_failure(failed)).rcode() == dns.rcode.SERVFAIL
     assert stats.count(UDP, ERROR) == 1
@@ -413,13 +427,13 @@ def test_pipeline_block_forward_cache_and_counts() -> None:
 
 def test_pipeline_checks_policy_before_cache() -> None:
     clock = Clock()
-    pipe = Pipeline(policy(block=("facebook",)), Cache(CacheLimits()), Stats(), clock)
-    pending = pipe.on_query(make_query("www.tiktok.com"), UDP)
+    pipe = Pipeline(policy(block=("facebook",)), Cache(CacheLimits()), Stats(), clock, lambda: 1e9)
+    pending = pipe.on_query(make_query("www.tiktok.com"), UDP, "127.0.0.1")
     assert isinstance(pending, wire.Query)
     pipe.on_reply(pending, upstream_reply(wire.upstream_query(pending, 7), answers=[("A", 60, "192.0.2.1")], qid=7))
-    assert isinstance(pipe.on_query(make_query("www.tiktok.com"), UDP), bytes)  # cached
+    assert isinstance(pipe.on_query(make_query("www.tiktok.com"), UDP, "127.0.0.1"), bytes)  # cached
     pipe.policy = policy(block=("tiktok",))  # a reload
-    reply = pipe.on_query(make_query("www.tiktok.com"), UDP)
+    reply = pipe.on_query(make_query("www.tiktok.com"), UDP, "127.0.0.1")
     assert isinstance(reply, bytes)
     assert dns.message.from_wire(reply).answer[0][0].to_text() == "0.0.0.0"
 
@@ -436,8 +450,8 @@ def test_pipeline_checks_policy_before_cache() -> None:
 )
 def test_pipeline_bad_input(packet: bytes, expected: int | None) -> None:
     stats = Stats()
-    pipe = Pipeline(policy(), Cache(CacheLimits()), stats, Clock())
-    out = pipe.on_query(packet, UDP)
+    pipe = Pipeline(policy(), Cache(CacheLimits()), stats, Clock(), lambda: 1e9)
+    out = pipe.on_query(packet, UDP, "127.0.0.1")
     if expected is None:
         assert out is None and stats.malformed == 1
     else:
@@ -447,16 +461,16 @@ def test_pipeline_bad_input(packet: bytes, expected: int | None) -> None:
 
 
 def test_pipeline_truncates_for_small_udp_buffers() -> None:
-    pipe = Pipeline(policy(), Cache(CacheLimits()), Stats(), Clock())
+    pipe = Pipeline(policy(), Cache(CacheLimits()), Stats(), Clock(), lambda: 1e9)
     big = [("TXT", 60, f'"{i}{"x" * 200}"') for i in range(10)]
     for edns, payload, truncated in [(False, 512, True), (True, 1232, True), (True, 4096, True), (True, 512, True)]:
         data = make_query("big.example.test", "TXT", edns=edns, payload=payload)
-        pending = pipe.on_query(data, UDP)
+        pending = pipe.on_query(data, UDP, "127.0.0.1")
         if isinstance(pending, wire.Query):
             out = pipe.on_reply(pending, upstream_reply(wire.upstream_query(pending, 3), answers=big, qid=3))
         else:
             assert isinstance(pending, bytes)
             out = pending
         assert bool(dns.message.from_wire(out).flags & dns.flags.TC) == truncated
-    tcp = pipe.on_query(make_query("big.example.test", "TXT"), TCP)
+    tcp = pipe.on_query(make_query("big.example.test", "TXT"), TCP, "127.0.0.1")
     assert isinstance(tcp, bytes) and len(dns.message.from_wire(tcp).answer[0]) == 10

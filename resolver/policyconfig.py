@@ -1,0 +1,240 @@
+"""The ``policy:`` section of the config: groups, exemptions, lists, bypass defences.
+
+Turned straight into the core's spec types (GroupSpec, Exemption, Bypass); names of platforms and categories are
+checked later, against the platform files, by the policy builder. Errors name the file and key path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resolver.core.policy import DEFAULT_GROUP, Bypass, Exemption, GroupSpec, IPNetwork, PolicySpec
+from resolver.errors import ConfigError
+from resolver.reader import Section
+
+LIST_FORMATS = ("auto", "hosts", "domains", "adblock", "rpz", "wildcard")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+DEFAULT_LIST_CACHE = Path.home() / ".cache" / "resolver" / "lists"
+
+
+@dataclass(frozen=True, slots=True)
+class ListSource:
+    """A list file, or a URL fetched every ``refresh`` seconds into ``cache_path`` (the last good copy)."""
+
+    name: str
+    path: Path | None = None
+    url: str | None = None
+    format: str = "auto"
+    refresh: float = 86400.0
+
+    def cache_path(self, directory: Path) -> Path:
+        digest = hashlib.sha256((self.url or "").encode()).hexdigest()[:16]
+        return directory / f"{self.name}-{digest}.txt"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    blocklists_dir: Path | None = None  # None: the bundled blocklists/
+    lists: tuple[ListSource, ...] = ()
+    list_cache_dir: Path = DEFAULT_LIST_CACHE
+    max_exemption_days: int = 90
+    spec: PolicySpec = field(default_factory=PolicySpec)
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """``90``, ``30s``, ``15m``, ``6h``, ``7d``, ``2w`` -> seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if match is None:
+        raise ConfigError(where, f"{value!r} is not a duration (e.g. 30s, 15m, 6h, 7d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_time(value: Any, where: str) -> float:
+    """An ISO 8601 instant (YAML timestamp or text) -> Unix time. Without a zone it is UTC."""
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, dt.date):
+        moment = dt.datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(where, f"{value!r} is not a date-time (e.g. 2026-12-01T09:00:00Z)") from None
+    else:
+        raise ConfigError(where, f"must be a date-time, got {value!r}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def _networks(items: tuple[str, ...], where: str) -> tuple[IPNetwork, ...]:
+    out = []
+    for i, text in enumerate(items):
+        try:
+            out.append(ipaddress.ip_network(text, strict=True))
+        except ValueError as err:
+            raise ConfigError(f"{where}[{i}]", f"{text!r} is not a network (CIDR): {err}") from None
+    return tuple(out)
+
+
+def _addresses(items: tuple[str, ...], where: str) -> frozenset[str]:
+    out = set()
+    for i, text in enumerate(items):
+        try:
+            out.add(str(ipaddress.ip_address(text)))
+        except ValueError:
+            raise ConfigError(f"{where}[{i}]", f"{text!r} is not an IP address") from None
+    return frozenset(out)
+
+
+def parse_policy(s: Section, base: Path) -> PolicyConfig:
+    """Read ``policy:`` (``s``); relative paths are relative to ``base``, the config file's directory."""
+    s.check_keys(("blocklists_dir", "block", "allow", "monitor", "always_allow", "allow_domains", "lists", "groups",
+                  "exemptions", "max_exemption_days", "bypass", "list_cache_dir"))
+    directory = s.raw.get("blocklists_dir")
+    lists = _lists(s, base)
+    max_days = s.number("max_exemption_days", 90, 1, 3650, integer=True)
+
+    groups_raw = s.raw.get("groups") or {}
+    if not isinstance(groups_raw, dict):
+        raise ConfigError(s.where("groups"), "must be a mapping of group name to group")
+    shorthand = {k: s.raw[k] for k in ("block", "allow", "monitor") if k in s.raw}
+    if shorthand and DEFAULT_GROUP in groups_raw:
+        raise ConfigError(s.where(next(iter(shorthand))),
+                          "policy.block/allow/monitor are shorthand for groups.default; give one or the other")
+    groups = [_group(s, DEFAULT_GROUP, groups_raw.get(DEFAULT_GROUP, shorthand), True,
+                     f"{s.path}.groups.{DEFAULT_GROUP}" if DEFAULT_GROUP in groups_raw else s.path)]
+    for name, raw in groups_raw.items():
+        if name == DEFAULT_GROUP:
+            continue
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(s.where(f"groups.{name}"), "group names are letters, digits, '.', '-' and '_'")
+        groups.append(_group(s, name, raw, False, f"{s.path}.groups.{name}"))
+    group_names = {g.name for g in groups}
+
+    exemptions = []
+    raw_exemptions = s.raw.get("exemptions") or []
+    if not isinstance(raw_exemptions, list):
+        raise ConfigError(s.where("exemptions"), "must be a list of exemption records")
+    for i, raw in enumerate(raw_exemptions):
+        exemptions.append(_exemption(s, raw, f"exemptions[{i}]", max_days, group_names))
+
+    bypass = s.section("bypass")
+    bypass.check_keys(("firefox_canary", "private_relay", "ddr", "doh_servers", "cname_cloaking"))
+    flags = {}
+    for key in ("firefox_canary", "private_relay", "ddr", "doh_servers", "cname_cloaking"):
+        value = bypass.raw.get(key, True)
+        if not isinstance(value, bool):
+            raise ConfigError(bypass.where(key), f"must be true or false, got {value!r}")
+        flags[key] = value
+    always = s.raw.get("always_allow")
+    cache_dir = s.raw.get("list_cache_dir")
+    spec = PolicySpec(
+        groups=tuple(groups),
+        always_allow=None if always is None else s.strings("always_allow", ()),
+        allow_domains=s.strings("allow_domains", ()),
+        exemptions=tuple(exemptions),
+        bypass=Bypass(**flags),
+        where=f"{s.file}: {s.path}",
+    )
+    config = PolicyConfig(
+        blocklists_dir=None if directory is None else base / str(directory),
+        lists=lists,
+        list_cache_dir=DEFAULT_LIST_CACHE if cache_dir is None else base / str(cache_dir),
+        max_exemption_days=max_days,
+        spec=spec,
+    )
+    return config
+
+
+def _group(s: Section, name: str, raw: Any, is_default: bool, path: str) -> GroupSpec:
+    g = Section(raw, s.file, path)
+    g.check_keys(("block", "allow", "monitor", "allow_domains", "networks", "client_ids"))
+    if is_default and (g.raw.get("networks") or g.raw.get("client_ids")):
+        raise ConfigError(g.where("networks"), "the default group takes every client in no other group: "
+                                               "it has no networks or client_ids of its own")
+    default_block = ("social", "messaging") if is_default else ()
+    networks = _networks(g.strings("networks", ()), g.where("networks"))
+    client_ids = g.strings("client_ids", ())
+    if not is_default and not networks and not client_ids:
+        raise ConfigError(g.where("networks"), "a group needs networks or client_ids, or no client can be in it")
+    return GroupSpec(name, g.strings("block", default_block), g.strings("allow", ()), g.strings("monitor", ()),
+                     g.strings("allow_domains", ()), networks, client_ids, where=f"{s.file}: {path}")
+
+
+def _exemption(s: Section, raw: Any, path: str, max_days: int, groups: set[str]) -> Exemption:
+    e = Section(raw, s.file, f"{s.path}.{path}")
+    e.check_keys(("platforms", "clients", "networks", "groups", "client_ids", "approved_by", "reason", "reference",
+                  "starts", "expires"))
+    platforms = e.strings("platforms", ())
+    if not platforms:
+        raise ConfigError(e.where("platforms"), "required: the platform ids (or categories) exempted")
+    for key in ("approved_by", "reason", "reference"):
+        value = e.raw.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(e.where(key), "required: every exemption records who approved it, why, and the ticket")
+    for key in ("starts", "expires"):
+        if e.raw.get(key) is None:
+            raise ConfigError(e.where(key), "required: exemptions apply between starts and expires (ISO 8601)")
+    starts = parse_time(e.raw["starts"], e.where("starts"))
+    expires = parse_time(e.raw["expires"], e.where("expires"))
+    if expires <= starts:
+        raise ConfigError(e.where("expires"), "must be after starts")
+    if expires - starts > max_days * 86400:
+        raise ConfigError(e.where("expires"), f"an exemption may last at most {max_days} days "
+                                              f"(policy.max_exemption_days); this one lasts "
+                                              f"{(expires - starts) / 86400:.1f}")
+    member_groups = e.strings("groups", ())
+    for i, name in enumerate(member_groups):
+        if name not in groups:
+            raise ConfigError(f"{e.where('groups')}[{i}]", f"unknown group {name!r}")
+    clients = _addresses(e.strings("clients", ()), e.where("clients"))
+    networks = _networks(e.strings("networks", ()), e.where("networks"))
+    client_ids = frozenset(e.strings("client_ids", ()))
+    if not (clients or networks or member_groups or client_ids):
+        raise ConfigError(e.where("clients"), "an exemption names who it is for: clients, networks, groups or "
+                                              "client_ids")
+    return Exemption(frozenset(platforms), e.raw["approved_by"].strip(), e.raw["reason"].strip(),
+                     e.raw["reference"].strip(), starts, expires, clients, networks, frozenset(member_groups),
+                     client_ids, where=f"{s.file}: {e.path}")
+
+
+def _lists(s: Section, base: Path) -> tuple[ListSource, ...]:
+    raw_lists = s.raw.get("lists") or []
+    if not isinstance(raw_lists, list):
+        raise ConfigError(s.where("lists"), "must be a list of {name, path or url, format, refresh}")
+    out = []
+    for i, item in enumerate(raw_lists):
+        if isinstance(item, str):
+            item = {"path": item}
+        entry = Section(item, s.file, f"{s.path}.lists[{i}]")
+        entry.check_keys(("name", "path", "url", "format", "refresh"))
+        path, url = entry.raw.get("path"), entry.raw.get("url")
+        if (path is None) == (url is None):
+            raise ConfigError(entry.where("path"), "give exactly one of path (a file) or url (http/https)")
+        if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+            raise ConfigError(entry.where("url"), f"must be an http:// or https:// URL, got {url!r}")
+        if path is not None and not isinstance(path, str):
+            raise ConfigError(entry.where("path"), "must be a file path")
+        fmt = str(entry.raw.get("format", "auto"))
+        if fmt not in LIST_FORMATS:
+            raise ConfigError(entry.where("format"), f"must be one of {', '.join(LIST_FORMATS)}, got {fmt!r}")
+        default_name = Path(path).stem if path is not None else str(url).rstrip("/").rsplit("/", 1)[-1].split(".")[0]
+        name = str(entry.raw.get("name", default_name or f"list{i}"))
+        if not _NAME.match(name):
+            raise ConfigError(entry.where("name"), f"{name!r}: letters, digits, '.', '-' and '_' only")
+        refresh = parse_duration(entry.raw.get("refresh", "24h"), entry.where("refresh"))
+        if refresh < 60:
+            raise ConfigError(entry.where("refresh"), "at least 60 seconds: list servers are somebody else's")
+        out.append(ListSource(name, None if path is None else base / path, url, fmt, refresh))
+    return tuple(out)
