@@ -21,7 +21,9 @@ from resolver.core.stats import Stats
 from resolver.core.wire import Query
 from resolver.errors import ConfigError, UpstreamError
 from resolver.metrics import MetricsServer, make_registry
-from resolver.sources import Loaded, load_policy
+from resolver.policyconfig import ListSource
+from resolver.reload import Reloader
+from resolver.sources import Loaded
 from resolver.transports import TcpListener, UdpListener
 from resolver.upstream import UpstreamPool
 
@@ -30,6 +32,7 @@ log = logging.getLogger("resolver")
 # Distinct questions that may wait on upstreams at once; past it new misses get SERVFAIL at once.
 MAX_INFLIGHT = 10_000
 DRAIN_SECONDS = 5.0
+MONITOR_LOG_SECONDS = 60
 
 
 class Server:
@@ -49,13 +52,12 @@ class Server:
         self.upstreams = UpstreamPool(upstreams, config.upstream_timeout, config.query_timeout, self.stats)
         self.tcp = TcpListener(self.pipeline, self, config.tcp.idle_timeout, config.tcp.max_connections)
         self.inflight: dict[bytes, list[tuple[Query, Callable[[bytes], None]]]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # in-flight queries and reloads: drained on shutdown
+        self.background: set[asyncio.Task[None]] = set()  # endless loops (watchers, refreshers): cancelled
         self.closers: list[Callable[[], None]] = []
         self.servers: list[asyncio.Server] = []
         self.bound: list[str] = []
-        self.policy_loaded_at = time.time()
-        self.reloads_ok = 0
-        self.reloads_failed = 0
+        self.reloader = Reloader(config_factory, config, self.pipeline, loaded)
         self.stopping = asyncio.Event()
 
     # -- forwarding -----------------------------------------------------------------------------------------------
@@ -105,7 +107,12 @@ class Server:
             self.servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
         for signame in ("SIGTERM", "SIGINT"):
             loop.add_signal_handler(getattr(signal, signame), self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload("SIGHUP")))
+        self._spawn(self.reloader.watch(), self.background)
+        self._spawn(self._report_monitored(), self.background)
+        for source in self.config.policy.lists:
+            if source.url is not None:
+                self._spawn(self._refresh(source), self.background)
         log.info("resolver ready: dns %s (udp+tcp), upstreams %s, metrics %s, policy %s",
                  " ".join(self.bound), " ".join(str(e) for e in self.upstreams.endpoints),
                  self.config.metrics or "off", self.pipeline.policy.version)
@@ -119,36 +126,38 @@ class Server:
         port: int = transport.get_extra_info("sockname")[1]
         return port
 
+    async def _reload(self, why: str) -> None:
+        await self.reloader.reload(why)
+
+    async def _refresh(self, source: ListSource) -> None:
+        # A copy fetched at start-up (or by a previous run) is not fetched again before its refresh is due.
+        try:
+            age = time.time() - source.cache_path(self.config.policy.list_cache_dir).stat().st_mtime
+        except OSError:
+            age = source.refresh
+        await asyncio.sleep(max(0.0, source.refresh - age))
+        await self.reloader.refresh(source)
+
     def ready(self) -> bool:
         return bool(self.servers) and not self.stopping.is_set()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]] | None = None) -> None:
+        into = self.tasks if tasks is None else tasks
         task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        into.add(task)
+        task.add_done_callback(into.discard)
 
-    async def reload(self) -> None:
-        """Re-read config and lists off the loop and swap the policy in; on any error the old one keeps serving.
-
-        Listen addresses, upstreams and cache size need a restart; everything under ``policy`` and ``sinkhole``
-        reloads.
-        """
-        loop = asyncio.get_running_loop()
-
-        def build() -> Loaded:
-            return load_policy(self.config_factory())
-
-        try:
-            loaded = await loop.run_in_executor(None, build)
-        except ConfigError as err:
-            self.reloads_failed += 1
-            log.error("reload refused, old policy keeps serving: %s", err)
-            return
-        old = self.pipeline.policy
-        self.pipeline.policy = loaded.policy
-        self.policy_loaded_at = time.time()
-        self.reloads_ok += 1
-        log.info("policy reloaded: version %s -> %s", old.version, loaded.policy.version)
+    async def _report_monitored(self) -> None:
+        """Monitor mode is "logged as would-be blocks": one summary line a minute, never a line per query."""
+        last: dict[tuple[str, str], int] = {}
+        while True:
+            await asyncio.sleep(MONITOR_LOG_SECONDS)
+            now = dict(self.stats.monitored)
+            delta = {k: v - last.get(k, 0) for k, v in now.items() if v != last.get(k, 0)}
+            if delta:
+                log.info("monitor mode, would-be blocks in the last %ds: %s", MONITOR_LOG_SECONDS,
+                         ", ".join(f"{p}/{g}={n}" for (p, g), n in sorted(delta.items())))
+            last = now
 
     async def run(self) -> None:
         await self.start()
@@ -160,6 +169,8 @@ class Server:
         log.info("shutting down: draining %d in-flight queries", len(self.inflight))
         for server in self.servers:
             server.close()
+        for task in list(self.background):
+            task.cancel()
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=DRAIN_SECONDS)
         for close in self.closers:

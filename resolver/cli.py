@@ -85,7 +85,16 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str) -> int
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from resolver.app import Server
+    from resolver.reload import fetch_list
 
+    for source in config.policy.lists:
+        # A URL list never fetched before is fetched now, so the first policy already has it; on failure the
+        # resolver still starts (without that list) and keeps trying.
+        if source.url is not None and not source.cache_path(config.policy.list_cache_dir).exists():
+            try:
+                fetch_list(source, source.cache_path(config.policy.list_cache_dir))
+            except ConfigError as err:
+                log.error("list %s: first fetch failed, starting without it: %s", source.name, err)
     loaded = load_policy(config)
 
     async def run() -> None:

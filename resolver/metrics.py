@@ -103,12 +103,18 @@ class ResolverCollector(Collector):
                                  labels=["version"])
         info.add_metric([policy.version], 1)
         yield info
+        reload_stats = server.reloader.stats
         yield _gauge("resolver_policy_loaded_timestamp_seconds", "When the active policy was loaded.",
-                     server.policy_loaded_at)
+                     reload_stats.loaded_at)
         reloads = CounterMetricFamily("resolver_reloads", "Policy reloads by result.", labels=["result"])
-        reloads.add_metric(["success"], server.reloads_ok)
-        reloads.add_metric(["failure"], server.reloads_failed)
+        reloads.add_metric(["success"], reload_stats.ok)
+        reloads.add_metric(["failure"], reload_stats.failed)
         yield reloads
+        fetches = CounterMetricFamily("resolver_list_fetches", "Downloads of URL lists by result.",
+                                      labels=["result"])
+        fetches.add_metric(["success"], reload_stats.fetch_ok)
+        fetches.add_metric(["failure"], reload_stats.fetch_failed)
+        yield fetches
         build = GaugeMetricFamily("resolver_build_info", "Build information.", labels=["version"])
         build.add_metric([__version__], 1)
         yield build
