@@ -18,9 +18,9 @@ import pytest
 
 from resolver.core import cache as cache_mod
 from resolver.core import wire
+from resolver.core.builder import build_policy
 from resolver.core.cache import Cache, CacheLimits
 from resolver.core.pipeline import Pipeline
-from resolver.core.builder import build_policy
 from resolver.core.policy import (
     ALLOW,
     BLOCK,
