@@ -12,7 +12,7 @@ import pytest
 from tests.support.blocklists import load_platforms
 from tests.support.resolverproc import run_cli, write_config
 
-BLOCKED_BY_DEFAULT = {"social", "messaging"}
+BLOCKED_BY_DEFAULT = {"social", "messaging", "doh-bypass"}  # doh-bypass: policy.bypass.doh_servers
 
 
 # ------------------------------------------------------------------ check: valid
