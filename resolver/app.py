@@ -22,6 +22,7 @@ from resolver.core.wire import Query
 from resolver.errors import ConfigError, UpstreamError
 from resolver.metrics import MetricsServer, make_registry
 from resolver.policyconfig import ListSource
+from resolver.querylog import QueryLog
 from resolver.reload import Reloader
 from resolver.sources import Loaded
 from resolver.transports import TcpListener, UdpListener
@@ -32,6 +33,8 @@ log = logging.getLogger("resolver")
 # Distinct questions that may wait on upstreams at once; past it new misses get SERVFAIL at once.
 MAX_INFLIGHT = 10_000
 DRAIN_SECONDS = 5.0
+PROBE_SECONDS = 10.0  # upstream health probe interval
+READY_WITHIN = 30.0  # /readyz wants a good upstream reply at most this old
 MONITOR_LOG_SECONDS = 60
 
 
@@ -58,6 +61,11 @@ class Server:
         self.servers: list[asyncio.Server] = []
         self.bound: list[str] = []
         self.reloader = Reloader(config_factory, config, self.pipeline, loaded)
+        self.querylog: QueryLog | None = None
+        if config.query_log.path is not None:
+            self.querylog = QueryLog(config.query_log)
+            self.pipeline.querylog = self.querylog.append
+            self.pipeline.log_only_blocked = config.query_log.only_blocked
         self.stopping = asyncio.Event()
 
     # -- forwarding -----------------------------------------------------------------------------------------------
@@ -95,6 +103,8 @@ class Server:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.querylog is not None:
+            self.querylog.start()
         for endpoint in self.config.listen:
             port = await self._bind_udp(endpoint)
             server = await asyncio.start_server(self.tcp.handle, endpoint.host, port, reuse_address=True,
@@ -110,6 +120,7 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload("SIGHUP")))
         self._spawn(self.reloader.watch(), self.background)
         self._spawn(self._report_monitored(), self.background)
+        self._spawn(self._probe_upstreams(), self.background)
         for source in self.config.policy.lists:
             if source.url is not None:
                 self._spawn(self._refresh(source), self.background)
@@ -138,8 +149,14 @@ class Server:
         await asyncio.sleep(max(0.0, source.refresh - age))
         await self.reloader.refresh(source)
 
+    async def _probe_upstreams(self) -> None:
+        while True:
+            await self.upstreams.probe()
+            await asyncio.sleep(PROBE_SECONDS)
+
     def ready(self) -> bool:
-        return bool(self.servers) and not self.stopping.is_set()
+        """Listening, not shutting down, a policy loaded, and at least one upstream answering."""
+        return bool(self.servers) and not self.stopping.is_set() and self.upstreams.healthy(READY_WITHIN)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]] | None = None) -> None:
         into = self.tasks if tasks is None else tasks
@@ -177,4 +194,6 @@ class Server:
             close()
         for task in list(self.tasks):
             task.cancel()
+        if self.querylog is not None:
+            self.querylog.close()
         log.info("stopped")

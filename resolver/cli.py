@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from resolver import __version__
+from resolver import __version__, logs
 from resolver.config import Config, load_config, with_overrides
 from resolver.core.policy import ACTION_NAMES, ALLOW, BLOCK, Policy
 from resolver.errors import ConfigError, ResolverError
@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics over HTTP here")
     serve.add_argument("--blocklist", action="append", metavar="FILE", help="extra list blocked for every client")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
+                       help="stderr log format (auto: text on a terminal, JSON lines otherwise)")
 
     check = sub.add_parser("check", help="validate a config and its lists, print a summary")
     check.add_argument("-c", "--config")
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = make_config()
         if args.command == "serve":
-            return _serve(make_config, config, args.log_level)
+            return _serve(make_config, config, args.log_level, args.log_format)
         loaded = load_policy(config)
         if args.command == "check":
             _check(config, loaded)
@@ -81,9 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _serve(make_config: Callable[[], Config], config: Config, level: str) -> int:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: str) -> int:
+    logs.setup(level, fmt)
     from resolver.app import Server
     from resolver.reload import fetch_list
 

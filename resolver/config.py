@@ -16,6 +16,7 @@ import yaml
 from resolver.core.cache import CacheLimits
 from resolver.errors import ConfigError
 from resolver.policyconfig import ListSource, PolicyConfig, parse_policy
+from resolver.querylog import CLIENT_MODES, QueryLogConfig
 from resolver.reader import Section
 
 
@@ -70,6 +71,7 @@ class Config:
     cache: CacheLimits = field(default_factory=CacheLimits)
     tcp: TcpConfig = field(default_factory=TcpConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    query_log: QueryLogConfig = field(default_factory=QueryLogConfig)
 
 
 def parse_endpoint(text: str, default_port: int | None, where: str) -> Endpoint:
@@ -126,7 +128,7 @@ def load_config(path: str | Path | None) -> Config:
 def config_from_dict(raw: Any, file: str, base: Path) -> Config:
     top = Section(raw, file, "")
     top.check_keys(("listen", "upstreams", "upstream_timeout", "query_timeout", "metrics", "sinkhole", "cache",
-                    "tcp", "policy"))
+                    "tcp", "policy", "query_log"))
     default = Config()
     listen = tuple(
         parse_endpoint(item, None, f"{top.where('listen')}[{i}]")
@@ -176,6 +178,30 @@ def config_from_dict(raw: Any, file: str, base: Path) -> Config:
         cache=cache,
         tcp=tcp,
         policy=parse_policy(top.section("policy"), base),
+        query_log=_query_log(top.section("query_log"), base),
+    )
+
+
+def _query_log(s: Section, base: Path) -> QueryLogConfig:
+    s.check_keys(("path", "only_blocked", "client", "salt", "max_bytes", "backups", "queue"))
+    path = s.raw.get("path")
+    client = str(s.raw.get("client", "hashed"))
+    if client not in CLIENT_MODES:
+        raise ConfigError(s.where("client"), f"must be one of {', '.join(CLIENT_MODES)}, got {client!r}")
+    only = s.raw.get("only_blocked", False)
+    if not isinstance(only, bool):
+        raise ConfigError(s.where("only_blocked"), f"must be true or false, got {only!r}")
+    salt = s.raw.get("salt", "")
+    if not isinstance(salt, str):
+        raise ConfigError(s.where("salt"), "must be text")
+    return QueryLogConfig(
+        path=None if path is None else base / str(path),
+        only_blocked=only,
+        client=client,
+        salt=salt,
+        max_bytes=s.number("max_bytes", 100 * 1024 * 1024, 1024, 1 << 40, integer=True),
+        backups=s.number("backups", 5, 0, 100, integer=True),
+        queue=s.number("queue", 10_000, 1, 10_000_000, integer=True),
     )
 
 

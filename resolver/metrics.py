@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from resolver import __version__
-from resolver.core.stats import LATENCY_BOUNDS, OUTCOMES, TRANSPORTS
+from resolver.core.stats import LATENCY_BOUNDS, OUTCOMES, QTYPES, TRANSPORTS
 
 if TYPE_CHECKING:
     from resolver.app import Server
@@ -33,11 +33,15 @@ class ResolverCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         server = self.server
         stats = server.stats
-        queries = CounterMetricFamily("resolver_queries", "DNS queries answered, by transport and outcome.",
-                                      labels=["transport", "outcome"])
-        for t, transport in enumerate(TRANSPORTS):
-            for o, outcome in enumerate(OUTCOMES):
-                queries.add_metric([transport, outcome], stats.count(t, o))
+        queries = CounterMetricFamily("resolver_queries", "DNS queries answered, by transport, query type and outcome.",
+                                      labels=["transport", "qtype", "outcome"])
+        totals = stats.queries
+        i = 0
+        for transport in TRANSPORTS:
+            for qtype in QTYPES:
+                for outcome in OUTCOMES:
+                    queries.add_metric([transport, qtype, outcome], totals[i])
+                    i += 1
         yield queries
         for name, doc, counts in (
             ("resolver_blocked", "Blocked queries by platform (or list:NAME, or bypass) and group.", stats.blocked),
@@ -51,12 +55,7 @@ class ResolverCollector(Collector):
         latency = HistogramMetricFamily("resolver_query_duration_seconds",
                                         "Time from receiving a query to sending its answer.", labels=["outcome"])
         for o, outcome in enumerate(OUTCOMES):
-            cumulative = 0
-            buckets = []
-            for bound, count in zip((*LATENCY_BOUNDS, float("inf")), stats.buckets[o], strict=True):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            latency.add_metric([outcome], buckets, stats.sums[o])
+            latency.add_metric([outcome], _buckets(stats.buckets[o]), stats.sums[o])
         yield latency
         yield _counter("resolver_malformed_packets", "Packets dropped unanswered (unreadable, or a response).",
                        stats.malformed)
@@ -74,11 +73,20 @@ class ResolverCollector(Collector):
                                      labels=["upstream"])
         up_to = CounterMetricFamily("resolver_upstream_timeouts", "Upstream queries that timed out.",
                                     labels=["upstream"])
+        up_latency = HistogramMetricFamily("resolver_upstream_duration_seconds",
+                                           "Time for an upstream to answer (attempts that got a reply).",
+                                           labels=["upstream"])
+        up_healthy = GaugeMetricFamily("resolver_upstream_healthy",
+                                       "1 while an upstream is in the rotation, 0 while it is asked last.",
+                                       labels=["upstream"])
+        loop_now = asyncio.get_running_loop().time()
         for name, ups in server.upstreams.upstream_stats.items():
             up_req.add_metric([name], ups.requests)
             up_err.add_metric([name], ups.errors)
             up_to.add_metric([name], ups.timeouts)
-        yield from (up_req, up_err, up_to)
+            up_latency.add_metric([name], _buckets(ups.latency_buckets), ups.latency_sum)
+            up_healthy.add_metric([name], 0 if ups.down_until > loop_now else 1)
+        yield from (up_req, up_err, up_to, up_latency, up_healthy)
         policy = server.pipeline.policy
         domains = GaugeMetricFamily("resolver_policy_domains", "Domains listed per platform.",
                                     labels=["platform", "category", "blocked"])
@@ -115,9 +123,25 @@ class ResolverCollector(Collector):
         fetches.add_metric(["success"], reload_stats.fetch_ok)
         fetches.add_metric(["failure"], reload_stats.fetch_failed)
         yield fetches
+        lines = CounterMetricFamily("resolver_querylog_lines", "Query log lines by result (dropped: queue or disk "
+                                    "full; answering never waits for the log).", labels=["result"])
+        if server.querylog is not None:
+            lines.add_metric(["written"], server.querylog.written)
+            lines.add_metric(["dropped"], server.querylog.dropped)
+        yield lines
         build = GaugeMetricFamily("resolver_build_info", "Build information.", labels=["version"])
         build.add_metric([__version__], 1)
         yield build
+
+
+def _buckets(counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts -> Prometheus's cumulative (le, count) pairs."""
+    out: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, count in zip((*LATENCY_BOUNDS, float("inf")), counts, strict=True):
+        cumulative += count
+        out.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return out
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -12,12 +12,13 @@ import asyncio
 import logging
 import secrets
 import socket
-from dataclasses import dataclass
+from bisect import bisect_left
+from dataclasses import dataclass, field
 
 from resolver.config import Endpoint
 from resolver.core import wire
 from resolver.core.cache import matches
-from resolver.core.stats import Stats
+from resolver.core.stats import LATENCY_BOUNDS, Stats
 from resolver.core.wire import Query
 from resolver.errors import UpstreamError, UpstreamTimeout
 
@@ -34,8 +35,15 @@ class UpstreamStats:
     errors: int = 0
     timeouts: int = 0
     latency_sum: float = 0.0
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
     answered: int = 0
-    down_until: float = 0.0
+    down_until: float = 0.0  # loop time until which it is asked last
+    last_ok: float = -1e9  # loop time of its last good reply (a query or a probe)
+
+    def answered_in(self, seconds: float) -> None:
+        self.answered += 1
+        self.latency_sum += seconds
+        self.latency_buckets[bisect_left(LATENCY_BOUNDS, seconds)] += 1
 
 
 class UpstreamPool:
@@ -81,17 +89,38 @@ class UpstreamPool:
                 stats.down_until = loop.time() + PENALTY_SECONDS
                 last_error = err
                 continue
-            stats.answered += 1
-            stats.latency_sum += loop.time() - started
+            stats.answered_in(loop.time() - started)
             if reply[3] & 0x0F in _RETRY_RCODES:
                 stats.errors += 1
                 fallback = reply
                 continue
             stats.down_until = 0.0
+            stats.last_ok = loop.time()
             return reply
         if fallback is not None:
             return fallback
         raise UpstreamError(f"no upstream answered: {last_error}") from last_error
+
+    def healthy(self, within: float) -> bool:
+        """Whether any upstream gave a good reply in the last ``within`` seconds (for /readyz)."""
+        now = asyncio.get_running_loop().time()
+        return any(now - s.last_ok <= within for s in self.upstream_stats.values())
+
+    async def probe(self) -> None:
+        """Ask every upstream for the root NS set: any matching reply (even REFUSED) shows it is alive and
+        puts it back in the rotation; silence takes it out. Runs whether or not clients are asking."""
+        loop = asyncio.get_running_loop()
+        probe = wire.parse_query(wire.HEADER.pack(0, wire.RD, 1, 0, 0, 0) + b"\x00\x00\x02\x00\x01")
+        for endpoint in self.endpoints:
+            stats = self.upstream_stats[str(endpoint)]
+            qid = secrets.randbits(16)
+            try:
+                await self._udp(endpoint, wire.upstream_query(probe, qid), qid, probe, self.timeout)
+            except (UpstreamError, OSError):
+                stats.down_until = loop.time() + PENALTY_SECONDS
+            else:
+                stats.down_until = 0.0
+                stats.last_ok = loop.time()
 
     async def _udp(self, endpoint: Endpoint, packet: bytes, qid: int, query: Query, timeout: float) -> bytes:
         loop = asyncio.get_running_loop()

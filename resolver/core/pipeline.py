@@ -18,9 +18,12 @@ from resolver.core import cache as cache_mod
 from resolver.core import wire
 from resolver.core.cache import Cache, Entry
 from resolver.core.policy import BLOCK, MONITOR, Policy, Verdict
-from resolver.core.stats import BLOCKED, CACHED, ERROR, FORWARDED, REFUSED, UDP, Stats
+from resolver.core.stats import BLOCKED, CACHED, ERROR, FORWARDED, OTHER_QTYPE, QTYPE_INDEX, REFUSED, UDP, Stats
 from resolver.core.wire import EdnsVersionError, Query
 from resolver.errors import WireFormatError
+
+# (unix time, client, group, qname wire, qtype, outcome, platform label, rule source, seconds)
+QueryRecord = tuple[float, str, str, bytes, int, int, str, str, float]
 
 
 class Pipeline:
@@ -31,6 +34,9 @@ class Pipeline:
         self.stats = stats
         self.clock = clock  # monotonic seconds: TTLs and latency
         self.wallclock = wallclock  # Unix time: exemptions start and expire at wall-clock instants
+        # The query log's sink (a bounded queue's append, see resolver/querylog.py); None when it is off.
+        self.querylog: Callable[[QueryRecord], None] | None = None
+        self.log_only_blocked = False
 
     def on_query(self, data: bytes, transport: int, client: str, client_id: str | None = None) -> bytes | Query | None:
         """Bytes to send back now, a Query to forward upstream, or None to drop the packet."""
@@ -38,21 +44,24 @@ class Pipeline:
         try:
             query = wire.parse_query(data)
         except EdnsVersionError as err:
-            return self._done(transport, ERROR, now, wire.badvers_reply(err))
+            return self._done(transport, ERROR, now, wire.badvers_reply(err), None)
         except WireFormatError:
             if not wire.reply_possible(data):
                 self.stats.malformed += 1
                 return None
-            return self._done(transport, ERROR, now, wire.error_reply(data, wire.FORMERR))
+            return self._done(transport, ERROR, now, wire.error_reply(data, wire.FORMERR), None)
         if query.flags & (wire.QR | wire.OPCODE_MASK):
             if query.flags & wire.QR:  # a response sent to us: answering it would make a reflection loop
                 self.stats.malformed += 1
                 return None
-            return self._done(transport, ERROR, now, wire.error_reply(data, wire.NOTIMP))
+            return self._done(transport, ERROR, now, wire.error_reply(data, wire.NOTIMP), query)
+        query.transport = transport
+        query.client = client
+        query.client_id = client_id
         if query.qclass != wire.CLASS_IN:
-            return self._done(transport, REFUSED, now, wire.simple_reply(query, wire.REFUSED))
+            return self._done(transport, REFUSED, now, wire.simple_reply(query, wire.REFUSED), query)
         policy = self.policy
-        group = policy.group_of(client, client_id) if policy.grouped else 0
+        group = query.group = policy.group_of(client, client_id) if policy.grouped else 0
         verdicts = policy.trie.lookup(query.labels)
         if verdicts is not None:
             verdict = verdicts[group]
@@ -68,12 +77,9 @@ class Pipeline:
                 cloak = self._cloaked(policy, entry, group, client, client_id)
                 if cloak is not None:
                     return self._blocked(policy, cloak, query, transport, now)
-            return self._done(transport, CACHED, now, self._fit(cache_mod.render(entry, query, now), query, transport))
+            reply = self._fit(cache_mod.render(entry, query, now), query, transport)
+            return self._done(transport, CACHED, now, reply, query)
         query.received = now
-        query.transport = transport
-        query.client = client
-        query.client_id = client_id
-        query.group = group
         return query
 
     def on_reply(self, query: Query, reply: bytes) -> bytes:
@@ -91,11 +97,11 @@ class Pipeline:
                 return self._blocked(policy, cloak, query, query.transport, query.received)
         outcome = FORWARDED if entry.rcode in (wire.NOERROR, wire.NXDOMAIN) else ERROR
         answer = self._fit(cache_mod.render(entry, query, now), query, query.transport)
-        return self._done(query.transport, outcome, query.received, answer, now)
+        return self._done(query.transport, outcome, query.received, answer, query, now=now)
 
     def on_failure(self, query: Query) -> bytes:
         """No upstream answered in time: SERVFAIL, never silence, so the phone can move on."""
-        return self._done(query.transport, ERROR, query.received, wire.simple_reply(query, wire.SERVFAIL))
+        return self._done(query.transport, ERROR, query.received, wire.simple_reply(query, wire.SERVFAIL), query)
 
     def on_shed(self, query: Query) -> bytes:
         """Too much work pending: answer SERVFAIL at once rather than queue without bound."""
@@ -123,7 +129,7 @@ class Pipeline:
         blocked = self.stats.blocked
         blocked[verdict.key] = blocked.get(verdict.key, 0) + 1
         reply = self._fit(policy.blocked_reply(query, verdict), query, transport)
-        return self._done(transport, BLOCKED, started, reply)
+        return self._done(transport, BLOCKED, started, reply, query, verdict)
 
     @staticmethod
     def _fit(reply: bytes, query: Query, transport: int) -> bytes:
@@ -134,6 +140,14 @@ class Pipeline:
                 return wire.truncated(query)
         return reply
 
-    def _done(self, transport: int, outcome: int, started: float, reply: bytes, now: float | None = None) -> bytes:
-        self.stats.observe(transport, outcome, (self.clock() if now is None else now) - started)
+    def _done(self, transport: int, outcome: int, started: float, reply: bytes, query: Query | None,
+              verdict: Verdict | None = None, now: float | None = None) -> bytes:
+        elapsed = (self.clock() if now is None else now) - started
+        qtype = OTHER_QTYPE if query is None else QTYPE_INDEX.get(query.qtype, OTHER_QTYPE)
+        self.stats.observe(transport, qtype, outcome, elapsed)
+        log = self.querylog
+        if log is not None and query is not None and (outcome == BLOCKED or not self.log_only_blocked):
+            rule = None if verdict is None else verdict.rule
+            log((self.wallclock(), query.client, self.policy.groups[query.group].name, query.qname, query.qtype,
+                 outcome, "" if verdict is None else verdict.label, "" if rule is None else rule.source, elapsed))
         return reply

@@ -12,6 +12,10 @@ TRANSPORTS = ("udp", "tcp")
 UDP, TCP = 0, 1
 OUTCOMES = ("blocked", "forwarded", "cached", "error", "refused")
 BLOCKED, FORWARDED, CACHED, ERROR, REFUSED = range(len(OUTCOMES))
+# A fixed set of query types as a label (plus "other"), so a client cannot grow the label set.
+QTYPES = ("A", "AAAA", "HTTPS", "SVCB", "CNAME", "MX", "TXT", "PTR", "SRV", "NS", "SOA", "ANY", "other")
+QTYPE_INDEX = {1: 0, 28: 1, 65: 2, 64: 3, 5: 4, 15: 5, 16: 6, 12: 7, 33: 8, 2: 9, 6: 10, 255: 11}
+OTHER_QTYPE = len(QTYPES) - 1
 # Seconds. Blocked and cached answers land in the first buckets, forwarded ones in the middle.
 LATENCY_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -21,7 +25,7 @@ class Stats:
                  "upstream_mismatch")
 
     def __init__(self) -> None:
-        self.queries = [0] * (len(TRANSPORTS) * len(OUTCOMES))
+        self.queries = [0] * (len(TRANSPORTS) * len(QTYPES) * len(OUTCOMES))
         # keyed by (platform or list label, group)
         self.blocked: dict[tuple[str, str], int] = {}
         self.monitored: dict[tuple[str, str], int] = {}  # would-be blocks in monitor mode
@@ -32,10 +36,11 @@ class Stats:
         self.upstream_mismatch = 0  # upstream replies dropped: wrong ID or question
         self.shed = 0  # queries refused because a bound was reached
 
-    def observe(self, transport: int, outcome: int, seconds: float) -> None:
-        self.queries[transport * len(OUTCOMES) + outcome] += 1
+    def observe(self, transport: int, qtype: int, outcome: int, seconds: float) -> None:
+        self.queries[(transport * len(QTYPES) + qtype) * len(OUTCOMES) + outcome] += 1
         self.buckets[outcome][bisect_left(LATENCY_BOUNDS, seconds)] += 1
         self.sums[outcome] += seconds
 
-    def count(self, transport: int, outcome: int) -> int:
-        return self.queries[transport * len(OUTCOMES) + outcome]
+    def count(self, transport: int, outcome: int, qtype: int | None = None) -> int:
+        qtypes = range(len(QTYPES)) if qtype is None else (qtype,)
+        return sum(self.queries[(transport * len(QTYPES) + q) * len(OUTCOMES) + outcome] for q in qtypes)

@@ -390,13 +390,15 @@ class AuthServer:
     def _soa(self, name: str) -> RR:
         labels = name.split(".")
         apex = ".".join(labels[-2:]) if len(labels) >= 2 else name
+        # The root (a resolver's health probe asks ". NS") gets a SOA owned by "." from a made-up server.
+        server = apex or "root-servers.test"
         return RR(
             apex + ".",
             QTYPE.SOA,
             ttl=self.soa_ttl,
             rdata=SOA(
-                f"ns.{apex}.",
-                f"hostmaster.{apex}.",
+                f"ns.{server}.",
+                f"hostmaster.{server}.",
                 (2024010101, 3600, 600, 86400, self.soa_minimum),
             ),
         )

@@ -1,0 +1,153 @@
+"""The query log: JSON lines in a size-bounded, rotated file, written by a thread that never holds up answers.
+
+The pipeline appends a plain tuple to a bounded deque (one C call); the writer thread turns batches into JSON
+and writes them. When the queue is full, or the disk is full or slow, lines are dropped and counted - never
+queries. Who tried to reach TikTok is what an audit asks for, so ``only_blocked`` keeps just those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from resolver.core.pipeline import QueryRecord
+from resolver.core.stats import OUTCOMES
+
+log = logging.getLogger("resolver.querylog")
+CLIENT_MODES = ("full", "hashed", "none")
+_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV", 64: "SVCB",
+          65: "HTTPS", 255: "ANY"}
+
+
+@dataclass(frozen=True, slots=True)
+class QueryLogConfig:
+    path: Path | None = None  # None: off
+    only_blocked: bool = False
+    client: str = "hashed"
+    salt: str = ""  # secret for hashed clients; empty: a random one per start (hashes do not survive restarts)
+    max_bytes: int = 100 * 1024 * 1024
+    backups: int = 5
+    queue: int = 10_000
+    flush_seconds: float = 0.5
+
+
+def _name(qname: bytes) -> str:
+    labels = []
+    pos = 0
+    while pos < len(qname) and qname[pos]:
+        length = qname[pos]
+        labels.append(qname[pos + 1 : pos + 1 + length].decode("ascii", "backslashreplace"))
+        pos += 1 + length
+    return ".".join(labels) + "."
+
+
+class QueryLog:
+    def __init__(self, config: QueryLogConfig) -> None:
+        assert config.path is not None
+        self.config = config
+        self.path = config.path
+        self.queue: deque[QueryRecord] = deque()
+        self.written = 0
+        self.dropped = 0  # lines lost to a full queue or a failed write
+        self.rotations = 0
+        self._salt = (config.salt or secrets.token_hex(16)).encode()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="querylog", daemon=True)
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+
+    def append(self, record: QueryRecord) -> None:
+        """The pipeline's sink: O(1), no I/O, never blocks."""
+        if len(self.queue) >= self.config.queue:
+            self.dropped += 1
+            return
+        self.queue.append(record)
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _client(self, client: str) -> str | None:
+        mode = self.config.client
+        if mode == "full":
+            return client
+        if mode == "none":
+            return None
+        return hmac.new(self._salt, client.encode(), hashlib.sha256).hexdigest()[:16]
+
+    def format(self, record: QueryRecord) -> str:
+        when, client, group, qname, qtype, outcome, platform, rule, seconds = record
+        line: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when * 1000) % 1000:03d}Z",
+            "client": self._client(client),
+            "group": group,
+            "name": _name(qname),
+            "type": _TYPES.get(qtype, str(qtype)),
+            "outcome": OUTCOMES[outcome],
+            "platform": platform or None,
+            "rule": rule or None,
+            "latency_ms": round(seconds * 1000, 3),
+        }
+        return json.dumps(line, separators=(",", ":"))
+
+    def _run(self) -> None:
+        handle = None
+        while not self._stop.is_set() or self.queue:
+            self._wake.wait(self.config.flush_seconds)
+            self._wake.clear()
+            batch = []
+            while self.queue:
+                batch.append(self.queue.popleft())
+            if not batch:
+                continue
+            data = ("\n".join(self.format(r) for r in batch) + "\n").encode()
+            try:
+                if handle is None:
+                    handle = open(self.path, "ab")  # noqa: SIM115 (kept open across batches)
+                if handle.tell() + len(data) > self.config.max_bytes and handle.tell() > 0:
+                    handle.close()
+                    handle = None
+                    self._rotate()
+                    handle = open(self.path, "ab")  # noqa: SIM115
+                handle.write(data)
+                handle.flush()
+                self.written += len(batch)
+            except OSError as err:
+                # Disk full, read-only, gone: the lines are lost (and counted); answering goes on regardless.
+                if self.dropped == 0 or self.dropped % 10_000 < len(batch):
+                    log.error("query log write failed, dropping lines: %s", err)
+                self.dropped += len(batch)
+                if handle is not None:
+                    with contextlib.suppress(OSError):
+                        handle.close()
+                    handle = None
+        if handle is not None:
+            handle.close()
+
+    def _rotate(self) -> None:
+        """queries.log -> .1 -> .2 … ; the oldest beyond ``backups`` is deleted. Bounded on disk by
+        (backups + 1) * max_bytes."""
+        backups = self.config.backups
+        for i in range(backups - 1, 0, -1):
+            older = Path(f"{self.path}.{i}")
+            if older.exists():
+                os.replace(older, f"{self.path}.{i + 1}")
+        if backups > 0:
+            os.replace(self.path, f"{self.path}.1")
+        else:
+            os.remove(self.path)
+        self.rotations += 1
