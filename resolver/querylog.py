@@ -114,16 +114,23 @@ class QueryLog:
                 batch.append(self.queue.popleft())
             if not batch:
                 continue
-            data = ("\n".join(self.format(r) for r in batch) + "\n").encode()
             try:
                 if handle is None:
                     handle = open(self.path, "ab")  # noqa: SIM115 (kept open across batches)
-                if handle.tell() + len(data) > self.config.max_bytes and handle.tell() > 0:
-                    handle.close()
-                    handle = None
-                    self._rotate()
-                    handle = open(self.path, "ab")  # noqa: SIM115
-                handle.write(data)
+                size = handle.tell()
+                chunk: list[bytes] = []
+                for record in batch:
+                    line = (self.format(record) + "\n").encode()
+                    if size + len(line) > self.config.max_bytes and size > 0:
+                        handle.write(b"".join(chunk))
+                        handle.close()
+                        handle = None
+                        self._rotate()
+                        handle = open(self.path, "ab")  # noqa: SIM115
+                        chunk, size = [], 0
+                    chunk.append(line)
+                    size += len(line)
+                handle.write(b"".join(chunk))
                 handle.flush()
                 self.written += len(batch)
             except OSError as err:
