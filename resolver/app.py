@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from resolver.config import Config, Endpoint, system_nameservers
+from resolver.core.access import AccessList, RateLimiter
 from resolver.core.cache import Cache
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import Stats
@@ -60,6 +61,9 @@ class Server:
         self.closers: list[Callable[[], None]] = []
         self.servers: list[asyncio.Server] = []
         self.bound: list[str] = []
+        self.pipeline.access = AccessList(config.access)
+        if config.rate_limit.qps > 0:
+            self.pipeline.limiter = RateLimiter(config.rate_limit)
         self.reloader = Reloader(config_factory, config, self.pipeline, loaded)
         self.querylog: QueryLog | None = None
         if config.query_log.path is not None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from resolver.core.access import DEFAULT_ALLOWED, AccessSpec, RateSpec
 from resolver.core.cache import CacheLimits
 from resolver.errors import ConfigError
 from resolver.policyconfig import ListSource, PolicyConfig, parse_policy
@@ -72,6 +73,8 @@ class Config:
     tcp: TcpConfig = field(default_factory=TcpConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     query_log: QueryLogConfig = field(default_factory=QueryLogConfig)
+    access: AccessSpec = field(default_factory=AccessSpec)
+    rate_limit: RateSpec = field(default_factory=RateSpec)
 
 
 def parse_endpoint(text: str, default_port: int | None, where: str) -> Endpoint:
@@ -128,7 +131,7 @@ def load_config(path: str | Path | None) -> Config:
 def config_from_dict(raw: Any, file: str, base: Path) -> Config:
     top = Section(raw, file, "")
     top.check_keys(("listen", "upstreams", "upstream_timeout", "query_timeout", "metrics", "sinkhole", "cache",
-                    "tcp", "policy", "query_log"))
+                    "tcp", "policy", "query_log", "access", "rate_limit"))
     default = Config()
     listen = tuple(
         parse_endpoint(item, None, f"{top.where('listen')}[{i}]")
@@ -179,7 +182,33 @@ def config_from_dict(raw: Any, file: str, base: Path) -> Config:
         tcp=tcp,
         policy=parse_policy(top.section("policy"), base),
         query_log=_query_log(top.section("query_log"), base),
+        access=_access(top.section("access")),
+        rate_limit=_rate_limit(top.section("rate_limit")),
     )
+
+
+def _access(s: Section) -> AccessSpec:
+    s.check_keys(("allow", "action"))
+    action = str(s.raw.get("action", "refuse"))
+    if action not in ("refuse", "drop"):
+        raise ConfigError(s.where("action"), f"must be refuse or drop, got {action!r}")
+    networks = []
+    for i, text in enumerate(s.strings("allow", DEFAULT_ALLOWED)):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=True))
+        except ValueError as err:
+            raise ConfigError(f"{s.where('allow')}[{i}]", f"{text!r} is not a network (CIDR): {err}") from None
+    return AccessSpec(tuple(networks), action)
+
+
+def _rate_limit(s: Section) -> RateSpec:
+    s.check_keys(("qps", "burst", "action", "max_clients"))
+    action = str(s.raw.get("action", "drop"))
+    if action not in ("drop", "truncate"):
+        raise ConfigError(s.where("action"), f"must be drop or truncate, got {action!r}")
+    qps = s.number("qps", 0, 0, 1e6)
+    return RateSpec(qps, s.number("burst", 2 * qps, 0, 1e7), action,
+                    s.number("max_clients", 100_000, 1, 10_000_000, integer=True))
 
 
 def _query_log(s: Section, base: Path) -> QueryLogConfig:

@@ -61,6 +61,10 @@ class ResolverCollector(Collector):
                        stats.malformed)
         yield _counter("resolver_upstream_mismatched_replies",
                        "Upstream replies dropped because ID or question did not match.", stats.upstream_mismatch)
+        yield _counter("resolver_acl_dropped_packets", "Packets from clients outside access.allow, dropped.",
+                       stats.acl_dropped)
+        yield _counter("resolver_rate_limited_queries", "Queries over a client's rate limit (dropped or truncated).",
+                       stats.rate_limited)
         yield _counter("resolver_shed_queries", "Queries answered SERVFAIL at once because a bound was reached.",
                        stats.shed)
         cache = server.cache

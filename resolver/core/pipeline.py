@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from resolver.core import cache as cache_mod
 from resolver.core import wire
+from resolver.core.access import AccessList, RateLimiter
 from resolver.core.cache import Cache, Entry
 from resolver.core.policy import BLOCK, MONITOR, Policy, Verdict
 from resolver.core.stats import BLOCKED, CACHED, ERROR, FORWARDED, OTHER_QTYPE, QTYPE_INDEX, REFUSED, UDP, Stats
@@ -37,10 +38,28 @@ class Pipeline:
         # The query log's sink (a bounded queue's append, see resolver/querylog.py); None when it is off.
         self.querylog: Callable[[QueryRecord], None] | None = None
         self.log_only_blocked = False
+        self.access: AccessList | None = None
+        self.limiter: RateLimiter | None = None
 
     def on_query(self, data: bytes, transport: int, client: str, client_id: str | None = None) -> bytes | Query | None:
         """Bytes to send back now, a Query to forward upstream, or None to drop the packet."""
         now = self.clock()
+        # Who may ask and how fast come first, before any parsing: a flood costs a dict lookup per packet.
+        refuse = throttle = False
+        access = self.access
+        if access is not None and not access.allows(client):
+            if access.spec.action == "drop":
+                self.stats.acl_dropped += 1
+                return None
+            refuse = True
+        limiter = self.limiter
+        # In truncate mode TCP is not limited: that is where the TC answer sends a real (not spoofed) client.
+        if limiter is not None and (transport == UDP or limiter.spec.action == "drop") \
+                and not limiter.allow(client, now):
+            self.stats.rate_limited += 1
+            if limiter.spec.action == "drop":
+                return None
+            throttle = True
         try:
             query = wire.parse_query(data)
         except EdnsVersionError as err:
@@ -58,6 +77,9 @@ class Pipeline:
         query.transport = transport
         query.client = client
         query.client_id = client_id
+        if refuse or throttle:
+            return self._done(transport, REFUSED, now,
+                              wire.simple_reply(query, wire.REFUSED) if refuse else wire.truncated(query), query)
         if query.qclass != wire.CLASS_IN:
             return self._done(transport, REFUSED, now, wire.simple_reply(query, wire.REFUSED), query)
         policy = self.policy
@@ -71,6 +93,8 @@ class Pipeline:
             elif verdict.action == MONITOR:
                 monitored = self.stats.monitored
                 monitored[verdict.key] = monitored.get(verdict.key, 0) + 1
+        if query.qtype == wire.TYPE_ANY:
+            return self._done(transport, REFUSED, now, wire.any_reply(query), query)
         entry = self.cache.get(query.cache_key, now)
         if entry is not None:
             if entry.cnames and policy.cname_cloaking:

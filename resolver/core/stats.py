@@ -21,8 +21,8 @@ LATENCY_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 
 
 class Stats:
-    __slots__ = ("blocked", "buckets", "exempted", "malformed", "monitored", "queries", "shed", "sums",
-                 "upstream_mismatch")
+    __slots__ = ("acl_dropped", "blocked", "buckets", "exempted", "malformed", "monitored", "queries",
+                 "rate_limited", "shed", "sums", "upstream_mismatch")
 
     def __init__(self) -> None:
         self.queries = [0] * (len(TRANSPORTS) * len(QTYPES) * len(OUTCOMES))
@@ -35,6 +35,8 @@ class Stats:
         self.malformed = 0  # packets dropped without a reply
         self.upstream_mismatch = 0  # upstream replies dropped: wrong ID or question
         self.shed = 0  # queries refused because a bound was reached
+        self.acl_dropped = 0  # packets from clients outside the access list, dropped unanswered
+        self.rate_limited = 0  # queries over a client's rate limit (dropped or truncated)
 
     def observe(self, transport: int, qtype: int, outcome: int, seconds: float) -> None:
         self.queries[(transport * len(QTYPES) + qtype) * len(OUTCOMES) + outcome] += 1

@@ -30,7 +30,7 @@ ECHO_MASK = OPCODE_MASK | RD | CD
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16
 
-TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA, TYPE_MX, TYPE_TXT = 1, 2, 5, 6, 15, 16
+TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA, TYPE_HINFO, TYPE_MX, TYPE_TXT = 1, 2, 5, 6, 13, 15, 16
 TYPE_AAAA, TYPE_OPT, TYPE_SVCB, TYPE_HTTPS, TYPE_ANY = 28, 41, 64, 65, 255
 CLASS_IN = 1
 
@@ -261,6 +261,13 @@ def badvers_reply(err: EdnsVersionError) -> bytes:
     # BADVERS is 16: the upper 8 bits go in the OPT record, the lower 4 (zero) in the header.
     header = HEADER.pack(err.qid, QR | RA | (err.flags & ECHO_MASK), 1, 0, 0, 1)
     return header + err.question + opt_record(False, ext_rcode=BADVERS >> 4)
+
+
+def any_reply(query: Query) -> bytes:
+    """RFC 8482: ANY gets one synthesised HINFO record instead of everything (an amplification favourite)."""
+    opt = opt_record(query.do) if query.edns else b""
+    header = HEADER.pack(query.id, QR | RA | (query.flags & ECHO_MASK), 1, 1, 0, 1 if opt else 0)
+    return header + query.question + rr(TYPE_HINFO, 3600, b"\x07RFC8482\x00") + opt
 
 
 def truncated(query: Query) -> bytes:
