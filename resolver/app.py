@@ -25,6 +25,7 @@ from resolver.metrics import MetricsServer, make_registry
 from resolver.policyconfig import ListSource
 from resolver.querylog import QueryLog
 from resolver.reload import Reloader
+from resolver.snapshot import take
 from resolver.sources import Loaded
 from resolver.transports import TcpListener, UdpListener
 from resolver.upstream import UpstreamPool
@@ -71,6 +72,7 @@ class Server:
             self.pipeline.querylog = self.querylog.append
             self.pipeline.log_only_blocked = config.query_log.only_blocked
         self.stopping = asyncio.Event()
+        self.started = time.time()
 
     # -- forwarding -----------------------------------------------------------------------------------------------
 
@@ -116,7 +118,7 @@ class Server:
             self.servers.append(server)
             self.bound.append(str(Endpoint(endpoint.host, port)))
         if self.config.metrics is not None:
-            metrics = MetricsServer(make_registry(self), self.ready)
+            metrics = MetricsServer(make_registry(lambda: take(self)), self.ready)
             m = self.config.metrics
             self.servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
         for signame in ("SIGTERM", "SIGINT"):
@@ -157,6 +159,9 @@ class Server:
         while True:
             await self.upstreams.probe()
             await asyncio.sleep(PROBE_SECONDS)
+
+    def loop_time(self) -> float:
+        return asyncio.get_running_loop().time()
 
     def ready(self) -> bool:
         """Listening, not shutting down, a policy loaded, and at least one upstream answering."""

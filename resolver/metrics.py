@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -18,35 +17,33 @@ from prometheus_client.registry import Collector
 
 from resolver import __version__
 from resolver.core.stats import LATENCY_BOUNDS, OUTCOMES, QTYPES, TRANSPORTS
-
-if TYPE_CHECKING:
-    from resolver.app import Server
+from resolver.snapshot import Snapshot
 
 log = logging.getLogger("resolver.metrics")
 MAX_REQUEST_BYTES = 8192
 
 
 class ResolverCollector(Collector):
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    """Builds every family from one Snapshot, so one process and N workers are exported the same way."""
+
+    def __init__(self, source: Callable[[], Snapshot]) -> None:
+        self.source = source
 
     def collect(self) -> Iterator[Metric]:
-        server = self.server
-        stats = server.stats
+        snap = self.source()
         queries = CounterMetricFamily("resolver_queries", "DNS queries answered, by transport, query type and outcome.",
                                       labels=["transport", "qtype", "outcome"])
-        totals = stats.queries
         i = 0
         for transport in TRANSPORTS:
             for qtype in QTYPES:
                 for outcome in OUTCOMES:
-                    queries.add_metric([transport, qtype, outcome], totals[i])
+                    queries.add_metric([transport, qtype, outcome], snap.queries[i])
                     i += 1
         yield queries
         for name, doc, counts in (
-            ("resolver_blocked", "Blocked queries by platform (or list:NAME, or bypass) and group.", stats.blocked),
-            ("resolver_monitored", "Would-be blocks in monitor mode, answered normally.", stats.monitored),
-            ("resolver_exempted", "Blocks lifted by an active exemption.", stats.exempted),
+            ("resolver_blocked", "Blocked queries by platform (or list:NAME, or bypass) and group.", snap.blocked),
+            ("resolver_monitored", "Would-be blocks in monitor mode, answered normally.", snap.monitored),
+            ("resolver_exempted", "Blocks lifted by an active exemption.", snap.exempted),
         ):
             family = CounterMetricFamily(name, doc, labels=["platform", "group"])
             for (label, group), value in sorted(counts.items()):
@@ -55,23 +52,25 @@ class ResolverCollector(Collector):
         latency = HistogramMetricFamily("resolver_query_duration_seconds",
                                         "Time from receiving a query to sending its answer.", labels=["outcome"])
         for o, outcome in enumerate(OUTCOMES):
-            latency.add_metric([outcome], _buckets(stats.buckets[o]), stats.sums[o])
+            latency.add_metric([outcome], _buckets(snap.buckets[o]), snap.sums[o])
         yield latency
-        yield _counter("resolver_malformed_packets", "Packets dropped unanswered (unreadable, or a response).",
-                       stats.malformed)
-        yield _counter("resolver_upstream_mismatched_replies",
-                       "Upstream replies dropped because ID or question did not match.", stats.upstream_mismatch)
-        yield _counter("resolver_acl_dropped_packets", "Packets from clients outside access.allow, dropped.",
-                       stats.acl_dropped)
-        yield _counter("resolver_rate_limited_queries", "Queries over a client's rate limit (dropped or truncated).",
-                       stats.rate_limited)
-        yield _counter("resolver_shed_queries", "Queries answered SERVFAIL at once because a bound was reached.",
-                       stats.shed)
-        cache = server.cache
-        yield _gauge("resolver_cache_entries", "Answers held in the cache.", len(cache))
-        yield _counter("resolver_cache_hits", "Cache lookups that found a live answer.", cache.hits)
-        yield _counter("resolver_cache_misses", "Cache lookups that found nothing live.", cache.misses)
-        yield _counter("resolver_cache_evictions", "Answers evicted to keep the cache bounded.", cache.evictions)
+        c = snap.counters
+        for name, doc, key in (
+            ("resolver_malformed_packets", "Packets dropped unanswered (unreadable, or a response).", "malformed"),
+            ("resolver_upstream_mismatched_replies", "Upstream replies dropped because ID or question did not match.",
+             "upstream_mismatch"),
+            ("resolver_acl_dropped_packets", "Packets from clients outside access.allow, dropped.", "acl_dropped"),
+            ("resolver_rate_limited_queries", "Queries over a client's rate limit (dropped or truncated).",
+             "rate_limited"),
+            ("resolver_shed_queries", "Queries answered SERVFAIL at once because a bound was reached.", "shed"),
+            ("resolver_tcp_rejected_connections", "TCP connections closed at once: tcp.max_connections reached.",
+             "tcp_rejected"),
+            ("resolver_cache_hits", "Cache lookups that found a live answer.", "cache_hits"),
+            ("resolver_cache_misses", "Cache lookups that found nothing live.", "cache_misses"),
+            ("resolver_cache_evictions", "Answers evicted to keep the cache bounded.", "cache_evictions"),
+        ):
+            yield _counter(name, doc, c.get(key, 0))
+        yield _gauge("resolver_cache_entries", "Answers held in the cache (summed over workers).", snap.cache_entries)
         up_req = CounterMetricFamily("resolver_upstream_requests", "Queries sent upstream.", labels=["upstream"])
         up_err = CounterMetricFamily("resolver_upstream_errors", "Upstream failures other than timeouts.",
                                      labels=["upstream"])
@@ -83,20 +82,17 @@ class ResolverCollector(Collector):
         up_healthy = GaugeMetricFamily("resolver_upstream_healthy",
                                        "1 while an upstream is in the rotation, 0 while it is asked last.",
                                        labels=["upstream"])
-        loop_now = asyncio.get_running_loop().time()
-        for name, ups in server.upstreams.upstream_stats.items():
-            up_req.add_metric([name], ups.requests)
-            up_err.add_metric([name], ups.errors)
-            up_to.add_metric([name], ups.timeouts)
-            up_latency.add_metric([name], _buckets(ups.latency_buckets), ups.latency_sum)
-            up_healthy.add_metric([name], 0 if ups.down_until > loop_now else 1)
+        for name, up in snap.upstreams.items():
+            up_req.add_metric([name], up.requests)
+            up_err.add_metric([name], up.errors)
+            up_to.add_metric([name], up.timeouts)
+            up_latency.add_metric([name], _buckets(up.latency_buckets), up.latency_sum)
+            up_healthy.add_metric([name], 1 if up.healthy else 0)
         yield from (up_req, up_err, up_to, up_latency, up_healthy)
-        policy = server.pipeline.policy
         domains = GaugeMetricFamily("resolver_policy_domains", "Domains listed per platform.",
                                     labels=["platform", "category", "blocked"])
-        for platform in policy.platforms.values():
-            domains.add_metric([platform.id, platform.category, str(platform.id in policy.blocked_platforms).lower()],
-                               len(platform.domains))
+        for pid, category, blocked, count in snap.platforms:
+            domains.add_metric([pid, category, str(blocked).lower()], count)
         yield domains
         now = time.time()
         states = GaugeMetricFamily("resolver_exemptions", "Exemptions by state.", labels=["state"])
@@ -104,35 +100,37 @@ class ResolverCollector(Collector):
         expiry = GaugeMetricFamily("resolver_exemption_expiry_timestamp_seconds",
                                    "When each exemption expires (alert before it does).",
                                    labels=["reference", "platforms", "state"])
-        for exemption in policy.exemptions:
-            state = exemption.state(now)
+        for reference, platforms, starts, expires in snap.exemptions:
+            state = "pending" if now < starts else "expired" if now >= expires else "active"
             by_state[state] += 1
-            expiry.add_metric([exemption.reference, ",".join(sorted(exemption.platforms)), state], exemption.expires)
+            expiry.add_metric([reference, platforms, state], expires)
         for state, count in by_state.items():
             states.add_metric([state], count)
         yield from (states, expiry)
         info = GaugeMetricFamily("resolver_policy_info", "The active policy version (a content hash).",
                                  labels=["version"])
-        info.add_metric([policy.version], 1)
+        info.add_metric([snap.policy_version], 1)
         yield info
-        reload_stats = server.reloader.stats
-        yield _gauge("resolver_policy_loaded_timestamp_seconds", "When the active policy was loaded.",
-                     reload_stats.loaded_at)
+        yield _gauge("resolver_policy_loaded_timestamp_seconds", "When the active policy was loaded.", snap.loaded_at)
         reloads = CounterMetricFamily("resolver_reloads", "Policy reloads by result.", labels=["result"])
-        reloads.add_metric(["success"], reload_stats.ok)
-        reloads.add_metric(["failure"], reload_stats.failed)
+        reloads.add_metric(["success"], c.get("reloads_ok", 0))
+        reloads.add_metric(["failure"], c.get("reloads_failed", 0))
         yield reloads
         fetches = CounterMetricFamily("resolver_list_fetches", "Downloads of URL lists by result.",
                                       labels=["result"])
-        fetches.add_metric(["success"], reload_stats.fetch_ok)
-        fetches.add_metric(["failure"], reload_stats.fetch_failed)
+        fetches.add_metric(["success"], c.get("fetch_ok", 0))
+        fetches.add_metric(["failure"], c.get("fetch_failed", 0))
         yield fetches
         lines = CounterMetricFamily("resolver_querylog_lines", "Query log lines by result (dropped: queue or disk "
                                     "full; answering never waits for the log).", labels=["result"])
-        if server.querylog is not None:
-            lines.add_metric(["written"], server.querylog.written)
-            lines.add_metric(["dropped"], server.querylog.dropped)
+        if snap.querylog is not None:
+            lines.add_metric(["written"], snap.querylog[0])
+            lines.add_metric(["dropped"], snap.querylog[1])
         yield lines
+        yield _gauge("resolver_workers", "Worker processes serving (1 without --workers).", snap.workers)
+        yield _counter("resolver_worker_restarts", "Worker processes restarted after dying.",
+                       c.get("worker_restarts", 0))
+        yield _gauge("resolver_start_time_seconds", "When the resolver started.", snap.started)
         build = GaugeMetricFamily("resolver_build_info", "Build information.", labels=["version"])
         build.add_metric([__version__], 1)
         yield build
@@ -156,9 +154,9 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
-def make_registry(server: Server) -> CollectorRegistry:
+def make_registry(source: Callable[[], Snapshot]) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ResolverCollector(server))
+    registry.register(ResolverCollector(source))
     ProcessCollector(registry=registry)
     return registry
 

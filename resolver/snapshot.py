@@ -1,0 +1,132 @@
+"""A picklable copy of every number the metrics and the status page show, and how to add them up.
+
+One process takes its snapshot at scrape time. With ``--workers N`` each worker sends one a second to the
+supervisor, which adds them (plus what workers that died had counted, so counters never go backwards).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from resolver.app import Server
+
+
+@dataclass(slots=True)
+class UpstreamSnap:
+    requests: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    latency_buckets: list[int] = field(default_factory=list)
+    latency_sum: float = 0.0
+    healthy: bool = False
+
+
+@dataclass(slots=True)
+class Snapshot:
+    queries: list[int]
+    buckets: list[list[int]]
+    sums: list[float]
+    blocked: dict[tuple[str, str], int]
+    monitored: dict[tuple[str, str], int]
+    exempted: dict[tuple[str, str], int]
+    counters: dict[str, int]  # malformed, upstream_mismatch, shed, acl_dropped, rate_limited, cache_*, …
+    cache_entries: int
+    upstreams: dict[str, UpstreamSnap]
+    policy_version: str
+    platforms: list[tuple[str, str, bool, int]]  # id, category, blocked for default, domains
+    exemptions: list[tuple[str, str, float, float]]  # reference, platforms, starts, expires
+    loaded_at: float
+    ready: bool
+    started: float
+    querylog: tuple[int, int] | None = None  # written, dropped
+    workers: int = 1
+    taken: float = field(default_factory=time.time)
+
+
+def take(server: Server) -> Snapshot:
+    stats = server.stats
+    cache = server.cache
+    policy = server.pipeline.policy
+    reload_stats = server.reloader.stats
+    healthy_now = server.loop_time()
+    default = policy.groups[0]
+    return Snapshot(
+        queries=list(stats.queries),
+        buckets=[list(b) for b in stats.buckets],
+        sums=list(stats.sums),
+        blocked=dict(stats.blocked),
+        monitored=dict(stats.monitored),
+        exempted=dict(stats.exempted),
+        counters={
+            "malformed": stats.malformed, "upstream_mismatch": stats.upstream_mismatch, "shed": stats.shed,
+            "acl_dropped": stats.acl_dropped, "rate_limited": stats.rate_limited, "cache_hits": cache.hits,
+            "cache_misses": cache.misses, "cache_evictions": cache.evictions, "reloads_ok": reload_stats.ok,
+            "reloads_failed": reload_stats.failed, "fetch_ok": reload_stats.fetch_ok,
+            "fetch_failed": reload_stats.fetch_failed, "tcp_rejected": server.tcp.rejected,
+        },
+        cache_entries=len(cache),
+        upstreams={
+            name: UpstreamSnap(u.requests, u.errors, u.timeouts, list(u.latency_buckets), u.latency_sum,
+                               u.down_until <= healthy_now)
+            for name, u in server.upstreams.upstream_stats.items()
+        },
+        policy_version=policy.version,
+        platforms=[(p.id, p.category, p.id in default.block, len(p.domains)) for p in policy.platforms.values()],
+        exemptions=[(e.reference, ",".join(sorted(e.platforms)), e.starts, e.expires) for e in policy.exemptions],
+        loaded_at=reload_stats.loaded_at,
+        ready=server.ready(),
+        started=server.started,
+        querylog=None if server.querylog is None else (server.querylog.written, server.querylog.dropped),
+    )
+
+
+def _add_lists(a: list[int], b: list[int]) -> list[int]:
+    return [x + y for x, y in zip(a, b, strict=True)] if a else list(b)
+
+
+def _add_dicts(a: dict[tuple[str, str], int], b: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = out.get(key, 0) + value
+    return out
+
+
+def merge(parts: list[Snapshot], retired: Snapshot | None = None) -> Snapshot:
+    """Counters add up; the cache sizes add up (each worker has its own); policy facts come from the newest."""
+    every = ([retired] if retired is not None else []) + parts
+    live = parts or every
+    newest = max(live, key=lambda s: s.loaded_at)
+    out = Snapshot(
+        queries=[], buckets=[], sums=[], blocked={}, monitored={}, exempted={}, counters={}, cache_entries=0,
+        upstreams={}, policy_version=newest.policy_version, platforms=newest.platforms,
+        exemptions=newest.exemptions, loaded_at=newest.loaded_at, ready=bool(parts) and all(s.ready for s in parts),
+        started=min(s.started for s in every), workers=len(parts),
+    )
+    for snap in every:
+        out.queries = _add_lists(out.queries, snap.queries)
+        out.buckets = [_add_lists(a, b) for a, b in zip(out.buckets, snap.buckets, strict=True)] \
+            if out.buckets else [list(b) for b in snap.buckets]
+        out.sums = [a + b for a, b in zip(out.sums, snap.sums, strict=True)] if out.sums else list(snap.sums)
+        out.blocked = _add_dicts(out.blocked, snap.blocked)
+        out.monitored = _add_dicts(out.monitored, snap.monitored)
+        out.exempted = _add_dicts(out.exempted, snap.exempted)
+        for key, value in snap.counters.items():
+            out.counters[key] = out.counters.get(key, 0) + value
+        for name, up in snap.upstreams.items():
+            mine = out.upstreams.setdefault(name, UpstreamSnap())
+            mine.requests += up.requests
+            mine.errors += up.errors
+            mine.timeouts += up.timeouts
+            mine.latency_buckets = _add_lists(mine.latency_buckets, up.latency_buckets)
+            mine.latency_sum += up.latency_sum
+        if snap.querylog is not None:
+            written, dropped = out.querylog or (0, 0)
+            out.querylog = (written + snap.querylog[0], dropped + snap.querylog[1])
+    for snap in parts:
+        out.cache_entries += snap.cache_entries
+        for name, up in snap.upstreams.items():
+            out.upstreams[name].healthy |= up.healthy
+    return out
