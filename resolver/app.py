@@ -21,7 +21,7 @@ from resolver.core.pipeline import Pipeline
 from resolver.core.stats import Stats
 from resolver.core.wire import Query
 from resolver.errors import ConfigError, UpstreamError
-from resolver.metrics import MetricsServer, make_registry
+from resolver.metrics import MetricsServer
 from resolver.policyconfig import ListSource
 from resolver.querylog import QueryLog
 from resolver.reload import Reloader
@@ -118,7 +118,7 @@ class Server:
             self.servers.append(server)
             self.bound.append(str(Endpoint(endpoint.host, port)))
         if self.config.metrics is not None:
-            metrics = MetricsServer(make_registry(lambda: take(self)), self.ready)
+            metrics = MetricsServer(lambda: take(self), self.ready)
             m = self.config.metrics
             self.servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
         for signame in ("SIGTERM", "SIGINT"):

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from resolver import __version__
+from resolver import __version__, statuspage
 from resolver.core.stats import LATENCY_BOUNDS, OUTCOMES, QTYPES, TRANSPORTS
 from resolver.snapshot import Snapshot
 
@@ -136,6 +136,33 @@ class ResolverCollector(Collector):
         yield build
 
 
+def status_of(snap: Snapshot) -> statuspage.StatusSnapshot:
+    """The status page's plain numbers, from the same snapshot the metrics use."""
+    per_outcome = {outcome: 0 for outcome in OUTCOMES}
+    for i, count in enumerate(snap.queries):
+        per_outcome[OUTCOMES[i % len(OUTCOMES)]] += count
+    now = time.time()
+    exemptions = {"active": 0, "pending": 0, "expired": 0}
+    for _, _, starts, expires in snap.exemptions:
+        exemptions["pending" if now < starts else "expired" if now >= expires else "active"] += 1
+    return statuspage.StatusSnapshot(
+        time=now,
+        uptime_seconds=now - snap.started,
+        version=__version__,
+        policy_version=snap.policy_version,
+        policy_loaded_at=snap.loaded_at,
+        queries=per_outcome,
+        blocked=statuspage.by_platform(snap.blocked),
+        cache_hits=snap.counters.get("cache_hits", 0),
+        cache_misses=snap.counters.get("cache_misses", 0),
+        cache_entries=snap.cache_entries,
+        upstreams={name: {"requests": u.requests, "errors": u.errors, "timeouts": u.timeouts,
+                          "healthy": 1 if u.healthy else 0} for name, u in snap.upstreams.items()},
+        reloads_failed=snap.counters.get("reloads_failed", 0),
+        exemptions=exemptions,
+    )
+
+
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:
     """Per-bucket counts -> Prometheus's cumulative (le, count) pairs."""
     out: list[tuple[str, float]] = []
@@ -164,8 +191,9 @@ def make_registry(source: Callable[[], Snapshot]) -> CollectorRegistry:
 class MetricsServer:
     """Just enough HTTP/1.1 for Prometheus and probes: GET, one response, close."""
 
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
-        self.registry = registry
+    def __init__(self, source: Callable[[], Snapshot], ready: Callable[[], bool]) -> None:
+        self.source = source
+        self.registry = make_registry(source)
         self.ready = ready
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -192,6 +220,10 @@ class MetricsServer:
         path = parts[1].split(b"?", 1)[0]
         if path == b"/metrics":
             return "200 OK", "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
+        if path == b"/":
+            return "200 OK", "text/html; charset=utf-8", statuspage.PAGE
+        if path == b"/status.json":
+            return "200 OK", "application/json", statuspage.status_json(status_of(self.source()))
         if path == b"/healthz":
             return "200 OK", "text/plain", b"ok\n"
         if path == b"/readyz":
