@@ -12,6 +12,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from resolver.config import Config, Endpoint, system_nameservers
@@ -23,12 +24,13 @@ from resolver.core.wire import Query
 from resolver.errors import ConfigError, UpstreamError
 from resolver.metrics import MetricsServer
 from resolver.policyconfig import ListSource
-from resolver.querylog import QueryLog
+from resolver.querylog import QueryLog, QueryLogConfig
 from resolver.reload import Reloader
 from resolver.snapshot import take
 from resolver.sources import Loaded
 from resolver.transports import TcpListener, UdpListener
 from resolver.upstream import UpstreamPool
+from resolver.workers import SnapshotSender
 
 log = logging.getLogger("resolver")
 
@@ -40,8 +42,20 @@ READY_WITHIN = 30.0  # /readyz wants a good upstream reply at most this old
 MONITOR_LOG_SECONDS = 60
 
 
+def _worker_log(config: QueryLogConfig, worker: int) -> QueryLogConfig:
+    """One query log file per worker (queries.w0.jsonl, …): rotation needs a single writer per file."""
+    if config.path is None:
+        return config
+    return replace(config, path=config.path.with_name(f"{config.path.stem}.w{worker}{config.path.suffix}"))
+
+
 class Server:
-    def __init__(self, config_factory: Callable[[], Config], config: Config, loaded: Loaded) -> None:
+    def __init__(self, config_factory: Callable[[], Config], config: Config, loaded: Loaded,
+                 worker: int | None = None, snapshot_fd: int | None = None) -> None:
+        self.worker = worker  # index when one of --workers N: share ports, report to the supervisor
+        self.snapshot_fd = snapshot_fd
+        if worker is not None:
+            config = replace(config, metrics=None, query_log=_worker_log(config.query_log, worker))
         self.config_factory = config_factory  # re-reads the file and applies the flags again, for reloads
         self.config = config
         self.stats = Stats()
@@ -67,10 +81,10 @@ class Server:
             self.pipeline.limiter = RateLimiter(config.rate_limit)
         self.reloader = Reloader(config_factory, config, self.pipeline, loaded)
         self.querylog: QueryLog | None = None
-        if config.query_log.path is not None:
-            self.querylog = QueryLog(config.query_log)
+        if self.config.query_log.path is not None:
+            self.querylog = QueryLog(self.config.query_log)
             self.pipeline.querylog = self.querylog.append
-            self.pipeline.log_only_blocked = config.query_log.only_blocked
+            self.pipeline.log_only_blocked = self.config.query_log.only_blocked
         self.stopping = asyncio.Event()
         self.started = time.time()
 
@@ -114,7 +128,7 @@ class Server:
         for endpoint in self.config.listen:
             port = await self._bind_udp(endpoint)
             server = await asyncio.start_server(self.tcp.handle, endpoint.host, port, reuse_address=True,
-                                                backlog=1024)
+                                                reuse_port=self.worker is not None, backlog=1024)
             self.servers.append(server)
             self.bound.append(str(Endpoint(endpoint.host, port)))
         if self.config.metrics is not None:
@@ -130,7 +144,11 @@ class Server:
         for source in self.config.policy.lists:
             if source.url is not None:
                 self._spawn(self._refresh(source), self.background)
-        log.info("resolver ready: dns %s (udp+tcp), upstreams %s, metrics %s, policy %s",
+        if self.snapshot_fd is not None:
+            sender = SnapshotSender(self.snapshot_fd)
+            self._spawn(sender.run(lambda: take(self)), self.background)
+        what = "resolver ready" if self.worker is None else f"worker {self.worker} ready"
+        log.info("%s: dns %s (udp+tcp), upstreams %s, metrics %s, policy %s", what,
                  " ".join(self.bound), " ".join(str(e) for e in self.upstreams.endpoints),
                  self.config.metrics or "off", self.pipeline.policy.version)
 
@@ -138,7 +156,8 @@ class Server:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: UdpListener(self.pipeline, self), local_addr=(endpoint.host, endpoint.port), family=family)
+            lambda: UdpListener(self.pipeline, self), local_addr=(endpoint.host, endpoint.port), family=family,
+            reuse_port=self.worker is not None)
         self.closers.append(transport.close)
         port: int = transport.get_extra_info("sockname")[1]
         return port

@@ -10,7 +10,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from resolver import __version__, logs
 from resolver.config import Config, load_config, with_overrides
@@ -37,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
                        help="stderr log format (auto: text on a terminal, JSON lines otherwise)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker processes sharing the ports (SO_REUSEPORT); default 1")
+    serve.add_argument("--worker", help=argparse.SUPPRESS)  # INDEX:FD, set by the supervisor for its workers
 
     check = sub.add_parser("check", help="validate a config and its lists, print a summary")
     check.add_argument("-c", "--config")
@@ -63,7 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = make_config()
         if args.command == "serve":
-            return _serve(make_config, config, args.log_level, args.log_format)
+            if args.workers < 1:
+                raise ConfigError("--workers", "must be at least 1")
+            if args.workers > 1 and args.worker is None:
+                return _supervise(list(argv if argv is not None else sys.argv[1:]), config, args)
+            return _serve(make_config, config, args.log_level, args.log_format, args.worker)
         loaded = load_policy(config)
         if args.command == "check":
             _check(config, loaded)
@@ -83,7 +91,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: str) -> int:
+def _run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    return uvloop.run(main())
+
+
+def _supervise(argv: list[str], config: Config, args: argparse.Namespace) -> int:
+    from resolver.workers import Supervisor, pin_ports
+
+    logs.setup(args.log_level, args.log_format)
+    load_policy(config)  # refuse a bad config here, once, rather than in N workers
+    config = pin_ports(config)
+    worker_argv: list[str] = []
+    skip = 0
+    for item in argv:
+        if skip:
+            skip -= 1
+            continue
+        if item in ("--workers", "--listen"):
+            skip = 1
+            continue
+        if item.startswith(("--workers=", "--listen=")):
+            continue
+        worker_argv.append(item)
+    for endpoint in config.listen:
+        worker_argv += ["--listen", str(endpoint)]
+
+    async def main() -> int:
+        return await Supervisor(args.workers, worker_argv, config).run()
+
+    result: int = _run(main)
+    return result
+
+
+def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: str,
+           worker: str | None = None) -> int:
     logs.setup(level, fmt)
     from resolver.app import Server
     from resolver.reload import fetch_list
@@ -98,16 +143,13 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
                 log.error("list %s: first fetch failed, starting without it: %s", source.name, err)
     loaded = load_policy(config)
 
+    index, fd = (int(x) for x in worker.split(":")) if worker else (None, None)
+
     async def run() -> None:
-        server = Server(make_config, config, loaded)
+        server = Server(make_config, config, loaded, worker=index, snapshot_fd=fd)
         await server.run()
 
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(run())
-    else:
-        uvloop.run(run())
+    _run(run)
     return 0
 
 

@@ -1,0 +1,73 @@
+"""``--workers N``: processes sharing the ports, restarted when killed, reloaded and stopped together; the
+supervisor's metrics add the workers up."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tests.integration.test_metrics import by_label, parse_samples, total
+from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, wait_for, write_config
+
+
+def _workers(server: ResolverProcess) -> list[int]:
+    assert server.proc is not None
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+
+def _answered_all(server: ResolverProcess, names: list[str], expected: str) -> int:
+    """Ask each name (dnspython picks a new random source port each time, so SO_REUSEPORT spreads them)."""
+    for name in names:
+        assert addresses(server.query(name, "A", timeout=3), "A") == [expected], name
+    return len(names)
+
+
+def test_two_workers_share_the_port_and_metrics_add_up(resolver_factory: ResolverFactory) -> None:
+    server = resolver_factory(None, ["--workers", "2"], metrics=True)
+    assert len(_workers(server)) == 2
+    sent = _answered_all(server, [f"w{i}.tiktok.com" for i in range(40)], "0.0.0.0")
+
+    def settled() -> bool:
+        samples = parse_samples(server.metrics_text())
+        return total(samples, "resolver_queries_total") == sent
+
+    assert wait_for(settled, timeout=10)
+    samples = parse_samples(server.metrics_text())
+    assert total(samples, "resolver_workers") == 2
+    assert by_label(samples, "resolver_blocked_total", "platform") == {"tiktok": 40.0}
+
+
+def test_a_killed_worker_is_restarted_and_nothing_is_lost(resolver_factory: ResolverFactory) -> None:
+    server = resolver_factory(None, ["--workers", "2"], metrics=True)
+    sent = _answered_all(server, [f"a{i}.tiktok.com" for i in range(20)], "0.0.0.0")
+    assert wait_for(lambda: total(parse_samples(server.metrics_text()), "resolver_queries_total") == sent, 10)
+    victim = _workers(server)[0]
+    os.kill(victim, signal.SIGKILL)
+    # The other worker answers meanwhile: every query gets its answer.
+    sent += _answered_all(server, [f"b{i}.tiktok.com" for i in range(20)], "0.0.0.0")
+    assert wait_for(lambda: len(_workers(server)) == 2 and victim not in _workers(server), timeout=15)
+    # Two workers and the supervisor said "ready" at start; the restarted worker says it again.
+    assert wait_for(lambda: server.stderr_text().count(" ready: dns") >= 4, timeout=10), server.stderr_text()
+    sent += _answered_all(server, [f"c{i}.tiktok.com" for i in range(20)], "0.0.0.0")
+
+    def counted() -> bool:
+        samples = parse_samples(server.metrics_text())
+        return total(samples, "resolver_worker_restarts_total") == 1 and \
+            total(samples, "resolver_queries_total") >= sent - 20
+    # What the dead worker answered after its last report (< 1 s of traffic) is the only count that can be lost.
+    assert wait_for(counted, timeout=10), server.metrics_text()[-2000:]
+
+
+def test_sighup_reloads_every_worker_and_sigterm_stops_them(resolver_factory: ResolverFactory) -> None:
+    server = resolver_factory({"policy": {"block": ["tiktok"]}}, ["--workers", "2"])
+    assert server.config_path is not None and server.proc is not None
+    write_config(server.config_path, {"policy": {"block": ["facebook"]}})
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: server.stderr_text().count("policy reloaded") >= 2, timeout=15), server.stderr_text()
+    _answered_all(server, [f"f{i}.facebook.com" for i in range(30)], "0.0.0.0")
+    workers = _workers(server)
+    assert server.stop() == 0
+    assert not any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+                   for pid in workers)
