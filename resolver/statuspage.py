@@ -262,11 +262,11 @@ async function poll() {
     const r = await fetch("status.json", {cache: "no-store"});
     if (!r.ok) throw new Error("HTTP " + r.status);
     const s = await r.json();
-    const prev = samples[samples.length - 1];
-    const restarted = prev && (s.time < prev.time || s.uptime_seconds < prev.uptime_seconds
-                               || s.queries_total < prev.queries_total);
-    if (restarted) {
+    let prev = samples[samples.length - 1];
+    if (prev && (s.time < prev.time || s.uptime_seconds < prev.uptime_seconds
+                 || s.queries_total < prev.queries_total)) {
       samples = [];  // the resolver restarted: its counters began again
+      prev = undefined;
     }
     if (!prev || s.time > prev.time) samples.push(s); else samples[samples.length - 1] = s;
     while (samples.length > 2 && s.time - samples[0].time > WINDOW_S) samples.shift();
