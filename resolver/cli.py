@@ -170,7 +170,7 @@ def _check(config: Config, loaded: Loaded) -> None:
         out(f"  {name}: {parsed.source}  {parsed.format}  {len(parsed.entries)} entries, "
             f"{len(parsed.skipped)} lines skipped\n")
         for skip in parsed.skipped[:20]:
-            out(f"    line {skip.line}: {skip.reason}: {skip.text}\n")
+            out(f"    line {skip.line}: {_printable(skip.reason)}: {_printable(skip.text)}\n")
         if len(parsed.skipped) > 20:
             out(f"    … and {len(parsed.skipped) - 20} more\n")
     out(f"groups: {len(policy.groups)}\n")
@@ -193,6 +193,11 @@ def _check(config: Config, loaded: Loaded) -> None:
     out(f"listen: {' '.join(str(e) for e in config.listen)}; upstreams: "
         f"{' '.join(str(e) for e in config.upstreams) or 'from /etc/resolv.conf'}\n")
     out("ok\n")
+
+
+def _printable(text: str) -> str:
+    """A stranger's list must not send escape sequences to the operator's terminal: show them escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _summary(platform_ids: frozenset[str], loaded: Loaded) -> str:

@@ -5,6 +5,7 @@ Errors name the file and the line or key, and the reason; ``resolver check`` and
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from resolver.core.builder import build_policy
 from resolver.core.policy import ListInput, Platform, Policy, SinkholeSpec
 from resolver.errors import ConfigError
 from resolver.lists import ParsedList, SkippedLine, normalise_name, parse_file
-from resolver.policyconfig import ListSource
+from resolver.policyconfig import ListSource, PolicyConfig
 
 PLATFORM_KEYS = ("name", "category", "owner", "domains", "notes", "sources")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -42,7 +43,7 @@ def load_policy(config: Config) -> Loaded:
     sinkhole = SinkholeSpec(config.sinkhole.mode, config.sinkhole.ipv4, config.sinkhole.ipv6, config.sinkhole.ttl)
     spec = replace(spec, groups=groups, allow_domains=_names(spec.allow_domains, f"{spec.where}.allow_domains"),
                    sinkhole=sinkhole)
-    inputs = [ListInput(p.source, ((e.domain, e.match, e.action) for e in p.entries), src.name)
+    inputs = [ListInput(p.source, ((e.domain, e.match, e.action) for e in p.entries), src.name, _digest(src, pc))
               for p, src in zip(lists, pc.lists, strict=True)]
     return Loaded(build_policy(platforms, inputs, spec), platforms, lists)
 
@@ -56,6 +57,19 @@ def load_list(source: ListSource, cache_dir: Path) -> ParsedList:
         return ParsedList(str(source.url), "domains", (), (SkippedLine(0, "not fetched yet: no copy on disk", ""),))
     parsed = parse_file(cached, source.format)  # type: ignore[arg-type]
     return replace(parsed, source=str(source.url))
+
+
+def _digest(source: ListSource, config: PolicyConfig) -> str:
+    """Content hash of a list file (the policy version changes exactly when a list's content does)."""
+    path = source.path if source.path is not None else source.cache_path(config.list_cache_dir)
+    digest = hashlib.sha256(source.format.encode())
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        digest.update(b"missing")
+    return digest.hexdigest()
 
 
 def _names(names: tuple[str, ...], where: str) -> tuple[str, ...]:

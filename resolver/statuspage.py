@@ -108,7 +108,7 @@ background:var(--dim)}
 .legend i{display:inline-block;width:12px;height:3px;margin-right:6px;vertical-align:middle}
 .legend .q{background:var(--q)}.legend .b{background:var(--b)}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:0}dt{color:var(--dim)}dd{margin:0}
-code{font-size:13px}.alarm{color:var(--bad)}
+h2.next{margin-top:22px}code{font-size:13px}.alarm{color:var(--bad)}
 body.stale .value,body.stale td{opacity:.45}
 footer{padding:0 24px 20px;color:var(--dim);font-size:12px}footer a{color:var(--q)}
 """
@@ -184,7 +184,7 @@ function render(s) {
   setText("hit-sub", hcap + "; " + fmtInt(s.cache.entries) + " entries");
   const errors = s.queries.error || 0;
   const [er, ecap] = share(errors, total(s), first.queries.error || 0, total(first));
-  setText("errors", er === null ? "—" : fmtPct(er)); setText("errors-sub", ecap);
+  setText("errors", er === null ? "—" : fmtPct(er)); setText("errors-sub", ecap + " (SERVFAIL, FORMERR…)");
   $("errors").className = "value" + (er !== null && er > 0.05 ? " alarm" : "");
   setText("meta", "version " + s.version + " · up " + fmtAge(s.uptime_seconds) + " · updated " + fmtUtc(s.time));
   // top blocked platforms
@@ -237,7 +237,7 @@ function drawChart(latest) {
   for (let i = 0; i <= 4; i++) {
     const v = (max * i) / 4;
     el("line", {x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid"});
-    el("text", {x: L - 6, y: y(v) + 4, "text-anchor": "end"}, fmtRate(v).replace(/\.0$/, ""));
+    el("text", {x: L - 6, y: y(v) + 4, "text-anchor": "end"}, (+v.toPrecision(3)).toLocaleString("en-GB"));
   }
   for (let m = 5; m >= 0; m--) {
     el("text", {x: x(latest.time - m * 60), y: H - 6, "text-anchor": m === 5 ? "start" : m ? "middle" : "end"},
@@ -290,7 +290,7 @@ _TILES = "\n".join(
         ("Blocked / s", "bqps", "bqps-sub"),
         ("Blocked share", "blocked-share", "blocked-sub"),
         ("Cache hit ratio", "hit-ratio", "hit-sub"),
-        ("Errors (SERVFAIL, FORMERR…)", "errors", "errors-sub"),
+        ("Error answers", "errors", "errors-sub"),
     )
 )
 
@@ -308,14 +308,14 @@ _BODY = """<header><h1>resolver</h1><span id="conn" class="pill">connecting…</
 <tbody></tbody></table></section>
 <section class="card"><h2>Upstreams</h2><table id="upstreams"><thead><tr><th scope="col">Upstream</th>
 <th scope="col">Requests</th><th scope="col">Errors</th><th scope="col">Timeouts</th><th scope="col">Failed</th>
-<th scope="col">State</th></tr></thead><tbody></tbody></table></section>
-</div>
-<section class="card"><h2>Policy</h2><dl>
+<th scope="col">State</th></tr></thead><tbody></tbody></table>
+<h2 class="next">Policy</h2><dl>
 <dt>Version</dt><dd><code id="policy-version">—</code></dd>
 <dt>Loaded</dt><dd id="policy-loaded">—</dd>
 <dt>Failed reloads</dt><dd id="reloads-failed">—</dd>
 <dt>Exemptions</dt><dd id="exemptions">—</dd>
 </dl></section>
+</div>
 </main>
 <footer>Refreshes every 2 s. Rates are computed in this browser from the resolver's counters and reset when the page
 is reloaded. Prometheus metrics: <a href="metrics">/metrics</a>.</footer>""".replace("{tiles}", _TILES)

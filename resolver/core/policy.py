@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from resolver.core import wire
-from resolver.core.trie import DomainTrie, Match
+from resolver.core.trie import Match, PackedTrie
 from resolver.core.wire import ECHO_MASK, HEADER, QR, RA, Query
 
 PASS, ALLOW, BLOCK, MONITOR = 0, 1, 2, 3
@@ -144,6 +144,7 @@ class ListInput:
     source: str
     entries: Iterable[tuple[str, Match, str]]
     name: str = ""
+    digest: str = ""  # of the list's content, for the policy version; empty: hashed entry by entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +198,7 @@ DOH_CATEGORY = "doh-bypass"
 
 class Policy:
     def __init__(
-        self, trie: DomainTrie[tuple[Verdict, ...]], platforms: dict[str, Platform], groups: tuple[Group, ...],
+        self, trie: PackedTrie[tuple[Verdict, ...]], platforms: dict[str, Platform], groups: tuple[Group, ...],
         exemptions: tuple[Exemption, ...], spec: PolicySpec, version: str, lists: dict[str, str],
     ) -> None:
         self.trie = trie

@@ -209,6 +209,16 @@ class ResolverProcess:
         with self._cond:
             return self._cond.wait_for(lambda: any(text in line for line in self._lines), timeout)
 
+    def stderr_lines(self, text: str) -> list[str]:
+        """The stderr lines so far that contain ``text``."""
+        with self._cond:
+            return [line for line in self._lines if text in line]
+
+    def wait_stderr_count(self, text: str, count: int, timeout: float = 5.0) -> bool:
+        """Wait until at least ``count`` stderr lines contain ``text`` (e.g. the n-th ``policy reloaded``)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: sum(text in line for line in self._lines) >= count, timeout)
+
     # ---------------------------------------------------------------- talking to it
 
     def query(self, name: str, rtype: str = "A", **kwargs: Any) -> dns.message.Message:
@@ -303,12 +313,17 @@ def query(
     rd: bool = True,
     timeout: float = 3.0,
     host: str = "127.0.0.1",
+    source: str | None = None,
 ) -> dns.message.Message:
-    """Ask the resolver at ``host:port`` with dnspython; the reply must match the query's ID and question."""
+    """Ask the resolver at ``host:port`` with dnspython; the reply must match the query's ID and question.
+
+    ``source`` sends from that local address, so the server sees another client: all of 127.0.0.0/8 is local on
+    Linux, so ``source="127.0.0.2"`` makes a second client without any network set-up.
+    """
     q = make_query(name, rtype, edns=edns, payload=payload, rd=rd)
     if tcp:
-        return dns.query.tcp(q, host, port=port, timeout=timeout)
-    return dns.query.udp(q, host, port=port, timeout=timeout, raise_on_truncation=False)
+        return dns.query.tcp(q, host, port=port, timeout=timeout, source=source)
+    return dns.query.udp(q, host, port=port, timeout=timeout, raise_on_truncation=False, source=source)
 
 
 def udp_exchange(port: int, payload: bytes, *, timeout: float = 3.0, host: str = "127.0.0.1") -> bytes | None:

@@ -474,3 +474,29 @@ def test_pipeline_truncates_for_small_udp_buffers() -> None:
         assert bool(dns.message.from_wire(out).flags & dns.flags.TC) == truncated
     tcp = pipe.on_query(make_query("big.example.test", "TXT"), TCP, "127.0.0.1")
     assert isinstance(tcp, bytes) and len(dns.message.from_wire(tcp).answer[0]) == 10
+
+
+def test_packed_trie_answers_exactly_like_the_dict_trie() -> None:
+    import random
+
+    from resolver.core.trie import PackedTrie
+
+    rng = random.Random(5)
+    words = ["a", "b", "cdn", "www", "tiktok", "example", "co", "uk", "com", "x1", "deep"]
+    trie: DomainTrie[str] = DomainTrie()
+    entries = []
+    for i in range(3000):
+        name = [rng.choice(words).encode() for _ in range(rng.randint(1, 5))]
+        match = rng.choice(["exact", "subtree", "below"])
+        trie.insert(name, match, f"v{i % 37}")  # type: ignore[arg-type]
+        entries.append((name, match))
+    packed = PackedTrie(trie)
+    assert len(packed) == len(trie)
+    for _ in range(20000):
+        name = [rng.choice(words).encode() for _ in range(rng.randint(1, 7))]
+        assert packed.lookup(name) == trie.lookup(name), name
+        assert packed.along(name) == trie.along(name), name
+    for name, match in entries:
+        assert packed.get(name, match) == trie.get(name, match)  # type: ignore[arg-type]
+    assert packed.lookup([b"not", b"there"]) is None and packed.along([b"nothere"]) == []
+    assert PackedTrie(DomainTrie()).lookup([b"com"]) is None
