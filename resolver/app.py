@@ -70,13 +70,14 @@ class Server:
             raise ConfigError(config.source, f"upstream {looped.pop()} is one of our own listen addresses")
         self.upstreams = UpstreamPool(upstreams, config.upstream_timeout, config.query_timeout, self.stats)
         self.tcp = TcpListener(self.pipeline, self, config.tcp.idle_timeout, config.tcp.max_connections)
-        self.inflight: dict[bytes, list[tuple[Query, Callable[[bytes], None]]]] = {}
+        self.inflight: dict[bytes, list[tuple[Query, Callable[[bytes], None] | None]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()  # in-flight queries and reloads: drained on shutdown
         self.background: set[asyncio.Task[None]] = set()  # endless loops (watchers, refreshers): cancelled
         self.closers: list[Callable[[], None]] = []
         self.servers: list[asyncio.Server] = []
         self.bound: list[str] = []
         self.pipeline.access = AccessList(config.access)
+        self.pipeline.prefetch = self.prefetch
         if config.rate_limit.qps > 0:
             self.pipeline.limiter = RateLimiter(config.rate_limit)
         self.reloader = Reloader(config_factory, config, self.pipeline, loaded)
@@ -90,7 +91,12 @@ class Server:
 
     # -- forwarding -----------------------------------------------------------------------------------------------
 
-    def forward(self, query: Query, respond: Callable[[bytes], None]) -> None:
+    def prefetch(self, query: Query) -> None:
+        """Refresh a popular cache entry before it expires; nobody waits for the answer."""
+        if query.cache_key not in self.inflight and len(self.inflight) < MAX_INFLIGHT // 2:
+            self.forward(query, None)
+
+    def forward(self, query: Query, respond: Callable[[bytes], None] | None) -> None:
         """Send a cache miss upstream; identical misses in flight share one upstream query."""
         key = query.cache_key
         waiters = self.inflight.get(key)
@@ -98,7 +104,8 @@ class Server:
             waiters.append((query, respond))
             return
         if len(self.inflight) >= MAX_INFLIGHT:
-            respond(self.pipeline.on_shed(query))
+            if respond is not None:
+                respond(self.pipeline.on_shed(query))
             return
         self.inflight[key] = [(query, respond)]
         self._spawn(self._resolve(key, query))
@@ -117,7 +124,12 @@ class Server:
         finally:
             waiters = self.inflight.pop(key, [])
         for waiting, respond in waiters:
-            respond(self.pipeline.on_reply(waiting, reply) if reply is not None else self.pipeline.on_failure(waiting))
+            if respond is None:  # a prefetch
+                if reply is not None:
+                    self.pipeline.store(waiting, reply)
+            else:
+                respond(self.pipeline.on_reply(waiting, reply) if reply is not None
+                        else self.pipeline.on_failure(waiting))
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
 

@@ -159,12 +159,17 @@ def config_from_dict(raw: Any, file: str, base: Path) -> Config:
     sinkhole = SinkholeConfig(mode, ipv4, ipv6, sink.number("ttl", 10, 0, 86400, integer=True))
 
     cache_s = top.section("cache")
-    cache_s.check_keys(("max_entries", "min_ttl", "max_ttl", "negative_max_ttl"))
+    cache_s.check_keys(("max_entries", "min_ttl", "max_ttl", "negative_max_ttl", "stale_max_age", "stale_ttl",
+                        "prefetch_fraction", "prefetch_min_hits"))
     cache = CacheLimits(
         cache_s.number("max_entries", 100_000, 0, 50_000_000, integer=True),
         cache_s.number("min_ttl", 0, 0, 86400, integer=True),
         cache_s.number("max_ttl", 86400, 0, 7 * 86400, integer=True),
         cache_s.number("negative_max_ttl", 3600, 0, 86400, integer=True),
+        cache_s.number("stale_max_age", 86400, 0, 7 * 86400, integer=True),
+        cache_s.number("stale_ttl", 30, 1, 3600, integer=True),
+        cache_s.number("prefetch_fraction", 0.1, 0, 0.9),
+        cache_s.number("prefetch_min_hits", 3, 1, 1_000_000, integer=True),
     )
     tcp_s = top.section("tcp")
     tcp_s.check_keys(("idle_timeout", "max_connections"))

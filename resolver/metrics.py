@@ -21,6 +21,9 @@ from resolver.snapshot import Snapshot
 
 log = logging.getLogger("resolver.metrics")
 MAX_REQUEST_BYTES = 8192
+# The status page allows only its own inline style and script; nothing here may be framed, sniffed or cached.
+_SECURITY_HEADERS = (f"Content-Security-Policy: {statuspage.CONTENT_SECURITY_POLICY}; frame-ancestors 'none'\r\n"
+                     "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n")
 
 
 class ResolverCollector(Collector):
@@ -204,7 +207,7 @@ class MetricsServer:
             writer.close()
             return
         header = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                  "Connection: close\r\n\r\n").encode()
+                  f"{_SECURITY_HEADERS}Connection: close\r\n\r\n").encode()
         try:
             writer.write(header + body)
             await writer.drain()

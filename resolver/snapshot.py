@@ -53,12 +53,17 @@ def take(server: Server) -> Snapshot:
     reload_stats = server.reloader.stats
     healthy_now = server.loop_time()
     default = policy.groups[0]
+    # Every (platform, group) the policy blocks or monitors is exported from 0, so rate() sees the first one.
+    blocked = {(pid, g.name): 0 for g in policy.groups for pid in g.block}
+    blocked.update(stats.blocked)
+    monitored = {(pid, g.name): 0 for g in policy.groups for pid in g.monitor}
+    monitored.update(stats.monitored)
     return Snapshot(
         queries=list(stats.queries),
         buckets=[list(b) for b in stats.buckets],
         sums=list(stats.sums),
-        blocked=dict(stats.blocked),
-        monitored=dict(stats.monitored),
+        blocked=blocked,
+        monitored=monitored,
         exempted=dict(stats.exempted),
         counters={
             "malformed": stats.malformed, "upstream_mismatch": stats.upstream_mismatch, "shed": stats.shed,

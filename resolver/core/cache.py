@@ -17,6 +17,7 @@ from resolver.errors import WireFormatError
 _OPT_DO = wire.opt_record(True)
 _OPT_PLAIN = wire.opt_record(False)
 _RCODE_MASK = 0x000F
+_EDE_STALE = wire.ede_option(3, "upstreams unreachable; serving an expired answer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +26,20 @@ class CacheLimits:
     min_ttl: int = 0
     max_ttl: int = 86_400
     negative_max_ttl: int = 3_600
+    # RFC 8767: when every upstream fails, answer from an expired entry (with stale_ttl) for this long after it
+    # expired; 0 turns serve-stale off.
+    stale_max_age: int = 86_400
+    stale_ttl: int = 30
+    # Refresh a popular entry in the background when this fraction of its TTL is left (0: no prefetch).
+    prefetch_fraction: float = 0.1
+    prefetch_min_hits: int = 3
 
 
 class Entry:
     """One upstream answer minus header, question and OPT; ``ttl`` 0 means it must not be cached."""
 
-    __slots__ = ("an", "ar", "body", "cnames", "expires", "flags", "ns", "stored", "ttl", "ttl_offsets", "ttls")
+    __slots__ = ("an", "ar", "body", "cnames", "expires", "flags", "hits", "ns", "prefetch_at", "refreshing", "stored",
+                 "ttl", "ttl_offsets", "ttls")
 
     def __init__(
         self, flags: int, counts: tuple[int, int, int], body: bytes, ttl_offsets: list[int], ttls: list[int],
@@ -45,6 +54,9 @@ class Entry:
         self.ttl = ttl
         self.expires = stored + ttl
         self.cnames = cnames  # CNAME targets in the answer, for the cloaking check
+        self.hits = 0
+        self.prefetch_at = self.expires  # set by Cache.put from the limits
+        self.refreshing = False
 
     @property
     def rcode(self) -> int:
@@ -118,25 +130,32 @@ def prepare(reply: bytes, query: Query, now: float, limits: CacheLimits) -> Entr
                  cache_ttl, tuple(cnames))
 
 
-def render(entry: Entry, query: Query, now: float) -> bytes:
-    """The client's reply: its ID, flags and question, the cached records with TTLs aged by the time held."""
+def render(entry: Entry, query: Query, now: float, stale_ttl: int | None = None) -> bytes:
+    """The client's reply: its ID, flags and question, the cached records with TTLs aged by the time held.
+
+    ``stale_ttl``: an expired entry served because upstreams failed (RFC 8767): every TTL is set to it, and an
+    EDNS client is told so with Extended DNS Error 3 "Stale Answer".
+    """
     body = entry.body
     elapsed = int(now - entry.stored)
-    if elapsed > 0 and entry.ttl_offsets:
+    if (elapsed > 0 or stale_ttl is not None) and entry.ttl_offsets:
         patched = bytearray(body)
         pack_into = wire.U32.pack_into
         for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
-            pack_into(patched, offset, ttl - elapsed if ttl > elapsed else 0)
+            pack_into(patched, offset, stale_ttl if stale_ttl is not None else ttl - elapsed if ttl > elapsed else 0)
         body = bytes(patched)
     flags = QR | RA | (query.flags & ECHO_MASK) | entry.flags
     if query.edns:
         header = HEADER.pack(query.id, flags, 1, entry.an, entry.ns, entry.ar + 1)
+        if stale_ttl is not None:
+            return header + query.question + body + wire.opt_record(query.do, _EDE_STALE)
         return header + query.question + body + (_OPT_DO if query.do else _OPT_PLAIN)
     return HEADER.pack(query.id, flags, 1, entry.an, entry.ns, entry.ar) + query.question + body
 
 
 class Cache:
-    """LRU over ``Query.cache_key``; bounded in entries, expired entries are dropped when met."""
+    """LRU over ``Query.cache_key``, bounded in entries. Expired entries stay (still bounded by the LRU) for
+    ``stale_max_age`` so they can be served stale when every upstream is down; past that they are dropped."""
 
     def __init__(self, limits: CacheLimits) -> None:
         self.limits = limits
@@ -154,16 +173,34 @@ class Cache:
             self.misses += 1
             return None
         if entry.expires <= now:
-            del self._entries[key]
+            if entry.expires + self.limits.stale_max_age <= now:
+                del self._entries[key]
             self.misses += 1
             return None
         self._entries.move_to_end(key)
         self.hits += 1
+        entry.hits += 1
         return entry
+
+    def get_stale(self, key: bytes, now: float) -> Entry | None:
+        """An expired entry still inside the serve-stale window (RFC 8767), for when upstreams have failed."""
+        entry = self._entries.get(key)
+        if entry is None or entry.expires > now or entry.expires + self.limits.stale_max_age <= now:
+            return None
+        return entry
+
+    def wants_prefetch(self, entry: Entry, now: float) -> bool:
+        """A popular entry close to expiry: refresh it in the background so nobody waits for it (once)."""
+        if entry.refreshing or now < entry.prefetch_at or entry.hits < self.limits.prefetch_min_hits:
+            return False
+        entry.refreshing = True
+        return True
 
     def put(self, key: bytes, entry: Entry) -> None:
         if entry.ttl <= 0 or self.limits.max_entries <= 0:
             return
+        if self.limits.prefetch_fraction > 0:
+            entry.prefetch_at = entry.expires - entry.ttl * self.limits.prefetch_fraction
         self._entries[key] = entry
         self._entries.move_to_end(key)
         if len(self._entries) > self.limits.max_entries:

@@ -12,6 +12,7 @@ Every outcome is counted here, once, with its latency.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from resolver.core import cache as cache_mod
@@ -19,7 +20,19 @@ from resolver.core import wire
 from resolver.core.access import AccessList, RateLimiter
 from resolver.core.cache import Cache, Entry
 from resolver.core.policy import BLOCK, MONITOR, Policy, Verdict
-from resolver.core.stats import BLOCKED, CACHED, ERROR, FORWARDED, OTHER_QTYPE, QTYPE_INDEX, REFUSED, UDP, Stats
+from resolver.core.stats import (
+    BLOCKED,
+    CACHED,
+    ERROR,
+    FORWARDED,
+    INVALID,
+    OTHER_QTYPE,
+    QTYPE_INDEX,
+    REFUSED,
+    STALE,
+    UDP,
+    Stats,
+)
 from resolver.core.wire import EdnsVersionError, Query
 from resolver.errors import WireFormatError
 
@@ -40,6 +53,8 @@ class Pipeline:
         self.log_only_blocked = False
         self.access: AccessList | None = None
         self.limiter: RateLimiter | None = None
+        # Where a popular entry about to expire is sent for a background refresh (the app's forwarder).
+        self.prefetch: Callable[[Query], None] | None = None
 
     def on_query(self, data: bytes, transport: int, client: str, client_id: str | None = None) -> bytes | Query | None:
         """Bytes to send back now, a Query to forward upstream, or None to drop the packet."""
@@ -63,17 +78,17 @@ class Pipeline:
         try:
             query = wire.parse_query(data)
         except EdnsVersionError as err:
-            return self._done(transport, ERROR, now, wire.badvers_reply(err), None)
+            return self._done(transport, INVALID, now, wire.badvers_reply(err), None)
         except WireFormatError:
             if not wire.reply_possible(data):
                 self.stats.malformed += 1
                 return None
-            return self._done(transport, ERROR, now, wire.error_reply(data, wire.FORMERR), None)
+            return self._done(transport, INVALID, now, wire.error_reply(data, wire.FORMERR), None)
         if query.flags & (wire.QR | wire.OPCODE_MASK):
             if query.flags & wire.QR:  # a response sent to us: answering it would make a reflection loop
                 self.stats.malformed += 1
                 return None
-            return self._done(transport, ERROR, now, wire.error_reply(data, wire.NOTIMP), query)
+            return self._done(transport, INVALID, now, wire.error_reply(data, wire.NOTIMP), query)
         query.transport = transport
         query.client = client
         query.client_id = client_id
@@ -102,6 +117,8 @@ class Pipeline:
                 if cloak is not None:
                     return self._blocked(policy, cloak, query, transport, now)
             reply = self._fit(cache_mod.render(entry, query, now), query, transport)
+            if self.prefetch is not None and self.cache.wants_prefetch(entry, now):
+                self.prefetch(query)
             return self._done(transport, CACHED, now, reply, query)
         query.received = now
         return query
@@ -124,8 +141,24 @@ class Pipeline:
         return self._done(query.transport, outcome, query.received, answer, query, now=now)
 
     def on_failure(self, query: Query) -> bytes:
-        """No upstream answered in time: SERVFAIL, never silence, so the phone can move on."""
+        """No upstream answered in time: a stale answer if the cache still has one (RFC 8767), else SERVFAIL -
+        never silence, so the phone can move on."""
+        now = self.clock()
+        entry = self.cache.get_stale(query.cache_key, now)
+        if entry is not None:
+            policy = self.policy
+            if entry.cnames and policy.cname_cloaking:
+                cloak = self._cloaked(policy, entry, query.group, query.client, query.client_id)
+                if cloak is not None:
+                    return self._blocked(policy, cloak, query, query.transport, query.received)
+            reply = cache_mod.render(entry, query, now, self.cache.limits.stale_ttl)
+            return self._done(query.transport, STALE, query.received, self._fit(reply, query, query.transport), query)
         return self._done(query.transport, ERROR, query.received, wire.simple_reply(query, wire.SERVFAIL), query)
+
+    def store(self, query: Query, reply: bytes) -> None:
+        """A background refresh (prefetch) came back: cache it; nobody is waiting, nothing is counted."""
+        with contextlib.suppress(WireFormatError):  # a broken refresh leaves the old entry to expire
+            self.cache.put(query.cache_key, cache_mod.prepare(reply, query, self.clock(), self.cache.limits))
 
     def on_shed(self, query: Query) -> bytes:
         """Too much work pending: answer SERVFAIL at once rather than queue without bound."""

@@ -10,8 +10,10 @@ from bisect import bisect_left
 
 TRANSPORTS = ("udp", "tcp")
 UDP, TCP = 0, 1
-OUTCOMES = ("blocked", "forwarded", "cached", "error", "refused")
-BLOCKED, FORWARDED, CACHED, ERROR, REFUSED = range(len(OUTCOMES))
+# error: we could not answer (SERVFAIL); invalid: the client's query was (FORMERR, NOTIMP, BADVERS) - kept apart
+# so one broken app cannot page the on-call through the error-ratio alert.
+OUTCOMES = ("blocked", "forwarded", "cached", "error", "refused", "stale", "invalid")
+BLOCKED, FORWARDED, CACHED, ERROR, REFUSED, STALE, INVALID = range(len(OUTCOMES))
 # A fixed set of query types as a label (plus "other"), so a client cannot grow the label set.
 QTYPES = ("A", "AAAA", "HTTPS", "SVCB", "CNAME", "MX", "TXT", "PTR", "SRV", "NS", "SOA", "ANY", "other")
 QTYPE_INDEX = {1: 0, 28: 1, 65: 2, 64: 3, 5: 4, 15: 5, 16: 6, 12: 7, 33: 8, 2: 9, 6: 10, 255: 11}

@@ -33,7 +33,7 @@ from resolver.core.policy import (
     PolicySpec,
     SinkholeSpec,
 )
-from resolver.core.stats import BLOCKED, CACHED, ERROR, FORWARDED, TCP, UDP, Stats
+from resolver.core.stats import BLOCKED, CACHED, ERROR, FORWARDED, STALE, TCP, UDP, Stats
 from resolver.core.trie import DomainTrie
 from resolver.errors import ConfigError, WireFormatError
 
@@ -366,7 +366,7 @@ def test_cache_ttl_rules(rcode: int, answers: list[tuple[str, int, str]], soa: t
 
 
 def test_cache_is_lru_bounded_and_expires() -> None:
-    c = Cache(CacheLimits(max_entries=2))
+    c = Cache(CacheLimits(max_entries=2, stale_max_age=0))
     q = wire.parse_query(make_query("x.example.test"))
     entry = cache_mod.prepare(upstream_reply(wire.upstream_query(q, 1), answers=[("A", 10, "192.0.2.1")]), q, 0.0,
                               CacheLimits())
@@ -378,6 +378,43 @@ def test_cache_is_lru_bounded_and_expires() -> None:
     assert c.get(b"a", 9.9) is entry
     assert c.get(b"a", 10.0) is None  # expired at stored + ttl
     assert len(c) == 1
+
+
+def test_serve_stale_window_and_prefetch_trigger() -> None:
+    limits = CacheLimits(stale_max_age=100, stale_ttl=30, prefetch_fraction=0.1, prefetch_min_hits=2)
+    c = Cache(limits)
+    q = wire.parse_query(make_query("x.example.test"))
+    entry = cache_mod.prepare(upstream_reply(wire.upstream_query(q, 1), answers=[("A", 100, "192.0.2.1")]), q, 0.0,
+                              limits)
+    c.put(b"k", entry)
+    assert c.get(b"k", 50.0) is entry and not c.wants_prefetch(entry, 50.0)  # one hit, half the TTL left
+    assert c.get(b"k", 91.0) is entry and c.wants_prefetch(entry, 91.0)  # popular and 9% left: refresh once
+    assert not c.wants_prefetch(entry, 92.0)
+    assert c.get_stale(b"k", 99.0) is None  # not expired yet: nothing stale to serve
+    assert c.get(b"k", 100.0) is None and c.get_stale(b"k", 150.0) is entry
+    stale = dns.message.from_wire(cache_mod.render(entry, q, 150.0, stale_ttl=30))
+    assert stale.answer[0].ttl == 30
+    assert [(o.code, o.otype) for o in stale.options] == [(3, dns.edns.EDE)]
+    assert c.get_stale(b"k", 200.0) is None and c.get(b"k", 200.0) is None and len(c) == 0  # past the window
+
+
+def test_pipeline_serves_stale_when_upstreams_fail() -> None:
+    clock = Clock()
+    stats = Stats()
+    pipe = Pipeline(policy(), Cache(CacheLimits()), stats, clock, lambda: 1e9)
+    pending = pipe.on_query(make_query("www.example.test"), UDP, "127.0.0.1")
+    assert isinstance(pending, wire.Query)
+    pipe.on_reply(pending, upstream_reply(wire.upstream_query(pending, 7), answers=[("A", 60, "192.0.2.1")], qid=7))
+    clock.now += 600  # long expired
+    again = pipe.on_query(make_query("www.example.test"), UDP, "127.0.0.1")
+    assert isinstance(again, wire.Query)  # expired: asks upstream first
+    reply = dns.message.from_wire(pipe.on_failure(again))
+    assert reply.rcode() == dns.rcode.NOERROR and reply.answer[0][0].to_text() == "192.0.2.1"
+    assert reply.answer[0].ttl == 30
+    assert stats.count(UDP, STALE) == 1
+    nothing = pipe.on_query(make_query("never.example.test"), UDP, "127.0.0.1")
+    assert isinstance(nothing, wire.Query)
+    assert dns.message.from_wire(pipe.on_failure(nothing)).rcode() == dns.rcode.SERVFAIL
 
 
 def test_cache_key_separates_type_and_do_but_not_case() -> None:
