@@ -68,7 +68,8 @@ class Server:
         if looped:
             # resolv.conf pointing at ourselves is the classic way to build a query loop that melts the box.
             raise ConfigError(config.source, f"upstream {looped.pop()} is one of our own listen addresses")
-        self.upstreams = UpstreamPool(upstreams, config.upstream_timeout, config.query_timeout, self.stats)
+        self.upstreams = UpstreamPool(upstreams, config.upstream_timeout, config.query_timeout, self.stats,
+                                      config.upstream_strategy, config.upstream_ca)
         self.tcp = TcpListener(self.pipeline, self, config.tcp.idle_timeout, config.tcp.max_connections)
         self.inflight: dict[bytes, list[tuple[Query, Callable[[bytes], None] | None]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()  # in-flight queries and reloads: drained on shutdown

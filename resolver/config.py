@@ -37,13 +37,18 @@ MAX_CONFIG_BYTES = 1024 * 1024
 class Endpoint:
     host: str
     port: int
+    transport: str = "udp"  # udp (with TCP on truncation) | tcp | tls (DNS over TLS)
+    tls_name: str = ""  # the name the upstream's certificate must carry (tls); default: the address
 
     @property
     def family_v6(self) -> bool:
         return ":" in self.host
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if self.family_v6 else f"{self.host}:{self.port}"
+        address = f"[{self.host}]:{self.port}" if self.family_v6 else f"{self.host}:{self.port}"
+        if self.transport == "udp":
+            return address
+        return f"{self.transport}://{address}" + (f"#{self.tls_name}" if self.tls_name else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,8 @@ class Config:
     source: str = DEFAULT_SOURCE
     listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 5353),)
     upstreams: tuple[Endpoint, ...] = ()  # empty: the nameservers of /etc/resolv.conf, read at start
+    upstream_strategy: str = "strict"
+    upstream_ca: str | None = None  # extra CA bundle for DoT upstreams
     upstream_timeout: float = 1.5
     query_timeout: float = 4.0
     metrics: Endpoint | None = None
@@ -75,6 +82,19 @@ class Config:
     query_log: QueryLogConfig = field(default_factory=QueryLogConfig)
     access: AccessSpec = field(default_factory=AccessSpec)
     rate_limit: RateSpec = field(default_factory=RateSpec)
+
+
+def parse_upstream(text: str, where: str) -> Endpoint:
+    """``1.2.3.4[:53]`` (UDP, TCP when truncated), ``tcp://1.2.3.4[:53]``, ``tls://1.2.3.4[:853][#dns.name]``."""
+    text = str(text).strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return parse_endpoint(text, 53, where)
+    if scheme not in ("tcp", "tls"):
+        raise ConfigError(where, f"{text!r}: the scheme is udp (no scheme), tcp:// or tls://")
+    address, _, name = rest.partition("#")
+    endpoint = parse_endpoint(address, 853 if scheme == "tls" else 53, where)
+    return Endpoint(endpoint.host, endpoint.port, scheme, name.strip())
 
 
 def parse_endpoint(text: str, default_port: int | None, where: str) -> Endpoint:
@@ -130,7 +150,8 @@ def load_config(path: str | Path | None) -> Config:
 
 def config_from_dict(raw: Any, file: str, base: Path) -> Config:
     top = Section(raw, file, "")
-    top.check_keys(("listen", "upstreams", "upstream_timeout", "query_timeout", "metrics", "sinkhole", "cache",
+    top.check_keys(("listen", "upstreams", "upstream_strategy", "upstream_ca", "upstream_timeout", "query_timeout",
+                    "metrics", "sinkhole", "cache",
                     "tcp", "policy", "query_log", "access", "rate_limit"))
     default = Config()
     listen = tuple(
@@ -140,9 +161,15 @@ def config_from_dict(raw: Any, file: str, base: Path) -> Config:
     if not listen:
         raise ConfigError(top.where("listen"), "needs at least one ADDR:PORT")
     upstreams = tuple(
-        parse_endpoint(item, 53, f"{top.where('upstreams')}[{i}]")
+        parse_upstream(item, f"{top.where('upstreams')}[{i}]")
         for i, item in enumerate(top.strings("upstreams", ()))
     )
+    strategy = str(top.raw.get("upstream_strategy", "strict"))
+    if strategy not in ("strict", "random", "parallel_best"):
+        raise ConfigError(top.where("upstream_strategy"), f"must be strict, random or parallel_best, got {strategy!r}")
+    ca_file = top.raw.get("upstream_ca")
+    if ca_file is not None and not (base / str(ca_file)).is_file():
+        raise ConfigError(top.where("upstream_ca"), f"{ca_file!r}: no such file")
     metrics_raw = top.raw.get("metrics")
     metrics = None if metrics_raw is None else parse_endpoint(metrics_raw, None, top.where("metrics"))
 
@@ -179,6 +206,8 @@ def config_from_dict(raw: Any, file: str, base: Path) -> Config:
         source=file,
         listen=listen,
         upstreams=upstreams,
+        upstream_strategy=strategy,
+        upstream_ca=None if ca_file is None else str(base / str(ca_file)),
         upstream_timeout=top.number("upstream_timeout", 1.5, 0.05, 30),
         query_timeout=top.number("query_timeout", 4.0, 0.1, 60),
         metrics=metrics,
@@ -263,7 +292,7 @@ def with_overrides(
     if listen:
         config = replace(config, listen=tuple(parse_endpoint(x, None, "--listen") for x in listen))
     if upstreams:
-        config = replace(config, upstreams=tuple(parse_endpoint(x, 53, "--upstream") for x in upstreams))
+        config = replace(config, upstreams=tuple(parse_upstream(x, "--upstream") for x in upstreams))
     if metrics:
         config = replace(config, metrics=parse_endpoint(metrics, None, "--metrics"))
     if blocklists:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import socket
+import ssl
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
@@ -39,6 +41,7 @@ class UpstreamStats:
     answered: int = 0
     down_until: float = 0.0  # loop time until which it is asked last
     last_ok: float = -1e9  # loop time of its last good reply (a query or a probe)
+    ewma: float = 0.0  # smoothed answer time, for parallel_best
 
     def answered_in(self, seconds: float) -> None:
         self.answered += 1
@@ -47,59 +50,108 @@ class UpstreamStats:
 
 
 class UpstreamPool:
-    def __init__(self, endpoints: tuple[Endpoint, ...], timeout: float, deadline: float, stats: Stats) -> None:
+    def __init__(self, endpoints: tuple[Endpoint, ...], timeout: float, deadline: float, stats: Stats,
+                 strategy: str = "strict", ca_file: str | None = None) -> None:
         if not endpoints:
             raise UpstreamError("no upstream resolvers configured")
         self.endpoints = endpoints
+        self.strategy = strategy
+        # Certificates of DoT upstreams are verified: the system's trust store, plus ca_file when given.
+        self.tls_context = ssl.create_default_context(cafile=ca_file)
+        self.tls_context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.timeout = timeout
         self.deadline = deadline
         self.stats = stats
         self.upstream_stats = {str(e): UpstreamStats() for e in endpoints}
 
     def _order(self, now: float) -> list[Endpoint]:
+        """Healthy upstreams first (in config order, shuffled, or fastest first, by strategy), then the rest."""
         healthy = [e for e in self.endpoints if self.upstream_stats[str(e)].down_until <= now]
+        if self.strategy == "random":
+            healthy = random.sample(healthy, len(healthy))
+        elif self.strategy == "parallel_best":
+            healthy.sort(key=lambda e: self.upstream_stats[str(e)].ewma)
         return healthy + [e for e in self.endpoints if e not in healthy]
 
     async def resolve(self, query: Query) -> bytes:
-        """A reply matching ``query`` from the first upstream that gives a usable one, within the deadline."""
+        """A reply matching ``query`` from the first upstream that gives a usable one, within the deadline.
+
+        ``parallel_best`` asks the two fastest healthy upstreams at once and takes the first good answer; every
+        strategy then goes down the rest of the list one at a time. A SERVFAIL or REFUSED reply is kept as the
+        answer of last resort while other upstreams are tried.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.deadline
+        order = self._order(loop.time())
         fallback: bytes | None = None
-        last_error: Exception = UpstreamError("no upstream was asked")
-        for endpoint in self._order(loop.time()):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            stats = self.upstream_stats[str(endpoint)]
-            started = loop.time()
-            stats.requests += 1
+        errors: list[BaseException] = []
+        if self.strategy == "parallel_best" and len(order) >= 2:
+            first, order = order[:2], order[2:]
+            pending = {asyncio.ensure_future(self._attempt(e, query, deadline)) for e in first}
             try:
-                qid = secrets.randbits(16)
-                packet = wire.upstream_query(query, qid)
-                reply = await self._udp(endpoint, packet, qid, query, min(self.timeout, remaining))
-                if reply[2] & 0x02:  # TC: the whole answer only fits over TCP
-                    reply = await self._tcp(endpoint, packet, qid, query, max(0.05, deadline - loop.time()))
-            except UpstreamTimeout as err:
-                stats.timeouts += 1
-                stats.down_until = loop.time() + PENALTY_SECONDS
-                last_error = err
+                while pending:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        error = task.exception()
+                        if error is not None:
+                            errors.append(error)
+                            continue
+                        reply = task.result()
+                        if reply[3] & 0x0F not in _RETRY_RCODES:
+                            return reply
+                        fallback = reply
+            finally:
+                for task in pending:
+                    task.cancel()
+        for endpoint in order:
+            if deadline - loop.time() <= 0:
+                break
+            try:
+                reply = await self._attempt(endpoint, query, deadline)
+            except (UpstreamError, OSError) as err:
+                errors.append(err)
                 continue
-            except (OSError, UpstreamError, asyncio.IncompleteReadError) as err:
-                stats.errors += 1
-                stats.down_until = loop.time() + PENALTY_SECONDS
-                last_error = err
-                continue
-            stats.answered_in(loop.time() - started)
-            if reply[3] & 0x0F in _RETRY_RCODES:
-                stats.errors += 1
-                fallback = reply
-                continue
-            stats.down_until = 0.0
-            stats.last_ok = loop.time()
-            return reply
+            if reply[3] & 0x0F not in _RETRY_RCODES:
+                return reply
+            fallback = reply
         if fallback is not None:
             return fallback
-        raise UpstreamError(f"no upstream answered: {last_error}") from last_error
+        last = errors[-1] if errors else UpstreamError("no upstream was asked before the deadline")
+        raise UpstreamError(f"no upstream answered: {last}") from last
+
+    async def _attempt(self, endpoint: Endpoint, query: Query, deadline: float) -> bytes:
+        """One upstream, one question, counted; raises UpstreamError (or a subclass) on any failure."""
+        loop = asyncio.get_running_loop()
+        stats = self.upstream_stats[str(endpoint)]
+        started = loop.time()
+        stats.requests += 1
+        qid = secrets.randbits(16)
+        packet = wire.upstream_query(query, qid)
+        timeout = min(self.timeout, max(0.01, deadline - started))
+        try:
+            if endpoint.transport == "udp":
+                reply = await self._udp(endpoint, packet, qid, query, timeout)
+                if reply[2] & 0x02:  # TC: the whole answer only fits over TCP
+                    reply = await self._stream(endpoint, packet, qid, query, max(0.05, deadline - loop.time()))
+            else:
+                reply = await self._stream(endpoint, packet, qid, query, timeout)
+        except UpstreamTimeout:
+            stats.timeouts += 1
+            stats.down_until = loop.time() + PENALTY_SECONDS
+            raise
+        except (OSError, UpstreamError, asyncio.IncompleteReadError, ssl.SSLError) as err:
+            stats.errors += 1
+            stats.down_until = loop.time() + PENALTY_SECONDS
+            raise UpstreamError(f"{endpoint}: {err}") from err
+        elapsed = loop.time() - started
+        stats.answered_in(elapsed)
+        stats.ewma = elapsed if stats.ewma == 0.0 else 0.7 * stats.ewma + 0.3 * elapsed
+        if reply[3] & 0x0F in _RETRY_RCODES:
+            stats.errors += 1
+        else:
+            stats.down_until = 0.0
+            stats.last_ok = loop.time()
+        return reply
 
     def healthy(self, within: float) -> bool:
         """Whether any upstream gave a good reply in the last ``within`` seconds (for /readyz)."""
@@ -114,9 +166,13 @@ class UpstreamPool:
         for endpoint in self.endpoints:
             stats = self.upstream_stats[str(endpoint)]
             qid = secrets.randbits(16)
+            packet = wire.upstream_query(probe, qid)
             try:
-                await self._udp(endpoint, wire.upstream_query(probe, qid), qid, probe, self.timeout)
-            except (UpstreamError, OSError):
+                if endpoint.transport == "udp":
+                    await self._udp(endpoint, packet, qid, probe, self.timeout)
+                else:
+                    await self._stream(endpoint, packet, qid, probe, self.timeout)
+            except (UpstreamError, OSError, asyncio.IncompleteReadError, ssl.SSLError):
                 stats.down_until = loop.time() + PENALTY_SECONDS
             else:
                 stats.down_until = 0.0
@@ -155,9 +211,15 @@ class UpstreamPool:
         finally:
             sock.close()
 
-    async def _tcp(self, endpoint: Endpoint, packet: bytes, qid: int, query: Query, timeout: float) -> bytes:
+    async def _stream(self, endpoint: Endpoint, packet: bytes, qid: int, query: Query, timeout: float) -> bytes:
+        """TCP, or TLS (DNS over TLS, RFC 7858) with the certificate checked against the endpoint's name.
+        One connection per question: simple and robust; the UDP path carries the volume."""
+        tls = self.tls_context if endpoint.transport == "tls" else None
+
         async def exchange() -> bytes:
-            reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+            reader, writer = await asyncio.open_connection(
+                endpoint.host, endpoint.port, ssl=tls, server_hostname=(endpoint.tls_name or endpoint.host)
+                if tls is not None else None)
             try:
                 writer.write(len(packet).to_bytes(2, "big") + packet)
                 await writer.drain()
@@ -169,8 +231,8 @@ class UpstreamPool:
         try:
             reply = await asyncio.wait_for(exchange(), timeout)
         except TimeoutError:
-            raise UpstreamTimeout(f"{endpoint}: no TCP reply within {timeout:.2f}s") from None
+            raise UpstreamTimeout(f"{endpoint}: no {endpoint.transport.upper()} reply within {timeout:.2f}s") from None
         if not matches(reply, qid, query):
             self.stats.upstream_mismatch += 1
-            raise UpstreamError(f"{endpoint}: TCP reply does not match the question")
+            raise UpstreamError(f"{endpoint}: reply does not match the question")
         return reply

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import dns.edns
 import dns.rcode
+import pytest
 
 from tests.integration.test_metrics import by_label, parse_samples
 from tests.support.authserver import AuthServer
 from tests.support.resolverproc import ResolverFactory, addresses, wait_for
+from tests.support.tlsproxy import TlsProxy, make_ca
+from tests.support.zone import WWW, WWW_V4, populate
 
 
 def test_stale_answer_when_every_upstream_fails(resolver_factory: ResolverFactory, auth: AuthServer) -> None:
@@ -51,3 +55,78 @@ def test_popular_entry_is_refreshed_before_it_expires(resolver_factory: Resolver
     time.sleep(3)  # the original entry has expired by now; the refreshed one has not
     assert addresses(server.query("hot.example.test", "A"), "A") == ["192.0.2.46"]
     assert auth.count("hot.example.test", "A") == 2
+
+
+# --------------------------------------------------------------------------------- upstream transports
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+def test_dns_over_tls_upstream_with_a_verified_certificate(
+    resolver_factory: ResolverFactory, auth: AuthServer, certs: tuple[Path, Path, Path]
+) -> None:
+    ca, cert, key = certs
+    with TlsProxy(cert, key, ("127.0.0.1", int(auth.address.rsplit(":", 1)[1]))) as proxy:
+        server = resolver_factory({"upstream_ca": str(ca)}, upstreams=[f"tls://127.0.0.1:{proxy.port}#dns.test"])
+        assert addresses(server.query(WWW, "A"), "A") == [WWW_V4]
+        assert proxy.handshakes >= 1
+        assert auth.count(WWW, "A", transport="tcp") == 1 and auth.count(WWW, "A", transport="udp") == 0
+
+
+@pytest.mark.parametrize("problem", ["wrong name", "untrusted CA"])
+def test_dns_over_tls_refuses_a_certificate_it_cannot_verify(
+    resolver_factory: ResolverFactory, auth: AuthServer, certs: tuple[Path, Path, Path], problem: str
+) -> None:
+    ca, cert, key = certs
+    with TlsProxy(cert, key, ("127.0.0.1", int(auth.address.rsplit(":", 1)[1]))) as proxy:
+        name = "evil.test" if problem == "wrong name" else "dns.test"
+        config = {"upstream_timeout": 0.5, "query_timeout": 1.5, **({"upstream_ca": str(ca)}
+                                                                    if problem == "wrong name" else {})}
+        server = resolver_factory(config, upstreams=[f"tls://127.0.0.1:{proxy.port}#{name}"])
+        assert server.query(WWW, "A", timeout=5).rcode() == dns.rcode.SERVFAIL
+        assert auth.count(WWW) == 0, "the query went through an unverified TLS connection"
+
+
+def test_plain_tcp_upstream(resolver_factory: ResolverFactory, auth: AuthServer) -> None:
+    server = resolver_factory(upstreams=[f"tcp://{auth.address}"])
+    assert addresses(server.query(WWW, "A"), "A") == [WWW_V4]
+    assert auth.count(WWW, "A", transport="tcp") == 1 and auth.count(WWW, "A", transport="udp") == 0
+
+
+# --------------------------------------------------------------------------------- upstream strategies
+
+
+def test_parallel_best_asks_two_upstreams_at_once(resolver_factory: ResolverFactory) -> None:
+    with AuthServer() as silent, AuthServer() as good:
+        populate(good)
+        silent.set_behaviour("", "silent")
+        server = resolver_factory({"upstream_strategy": "parallel_best", "upstream_timeout": 3.0,
+                                   "query_timeout": 4.0}, upstreams=[silent.address, good.address])
+        # With one upstream at a time the silent one would hold the answer for its 3 s timeout; the client gives
+        # up after 2 s, so an answer at all shows both were asked at once.
+        assert addresses(server.query(WWW, "A", timeout=2), "A") == [WWW_V4]
+        assert silent.count(WWW, "A") == 1 and good.count(WWW, "A") == 1
+
+
+def test_random_strategy_spreads_queries(resolver_factory: ResolverFactory) -> None:
+    with AuthServer() as one, AuthServer() as two:
+        for s in (one, two):
+            for i in range(30):
+                s.add(f"r{i}.example.test", "A", "192.0.2.70")
+        server = resolver_factory({"upstream_strategy": "random"}, upstreams=[one.address, two.address])
+        for i in range(30):
+            assert addresses(server.query(f"r{i}.example.test", "A"), "A") == ["192.0.2.70"]
+        assert one.count_under("example.test") > 0 and two.count_under("example.test") > 0
+
+
+def test_strict_strategy_uses_the_first_healthy_upstream(resolver_factory: ResolverFactory) -> None:
+    with AuthServer() as one, AuthServer() as two:
+        for s in (one, two):
+            populate(s)
+        server = resolver_factory({"upstream_strategy": "strict"}, upstreams=[one.address, two.address])
+        for rtype in ("A", "AAAA", "MX"):
+            server.query(WWW, rtype)
+        assert one.count(WWW) == 3 and two.count(WWW) == 0
