@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from dnslib import QTYPE, RR, A, AAAA, DNSRecord
+from dnslib import AAAA, QTYPE, RR, A, DNSRecord
 from dnslib.proxy import ProxyResolver
 from dnslib.server import DNSLogger, DNSServer
 

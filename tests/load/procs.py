@@ -7,6 +7,7 @@ sends SIGTERM to each group, waits, then SIGKILL: nothing the benchmark started 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -94,10 +95,8 @@ class Proc:
     def reset_peak(self) -> None:
         """Reset VmHWM to the current RSS (writing 5 to clear_refs, Linux 4.0+), so a later peak is the reload's."""
         for pid in self.pids():
-            try:
+            with contextlib.suppress(OSError):
                 Path(f"/proc/{pid}/clear_refs").write_text("5")
-            except OSError:
-                pass
 
     def log_text(self) -> str:
         try:
@@ -107,14 +106,10 @@ class Proc:
 
     def stop(self) -> None:
         if self.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
         # Children (nsd's server processes) may outlive the leader: the group goes, whatever is left of it.
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if not self.pids():
@@ -142,6 +137,15 @@ def stop_all() -> None:
             print(f"warning: stopping {proc.name} (pid {proc.pid}): {err}")
     if _pidfile is not None and _pidfile.exists():
         _pidfile.write_text("")
+
+
+def cpu_busy_seconds(cpu: str) -> float:
+    """Time CPU ``cpu`` spent in user and system mode (any process, ours or not) since boot, from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            fields = [int(x) for x in line.split()[1:]]
+            return (fields[0] + fields[1] + fields[2]) / CLK_TCK  # user, nice, system
+    return 0.0
 
 
 def free_port() -> int:

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The load benchmark (README "Load tests"): installs what it needs on a fresh machine, then runs bench.py.
+#   bash tests/load/run.sh [--quick] [--servers resolver,dnsmasq] [--workloads W1] [--sizes 100k] ...
+# Loopback only; every process it starts is stopped on exit, on error and on Ctrl-C (bench.py does it, and the
+# trap below stops whatever a killed driver left behind, by the process-group ids it recorded).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON=${PYTHON:-python3}
+OUT=tests/load/out
+mkdir -p "$OUT"
+
+need=()
+command -v dnsperf >/dev/null 2>&1 || need+=(dnsperf)
+command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)   # the binary only: no service on port 53
+command -v unbound >/dev/null 2>&1 || need+=(unbound)
+command -v nsd >/dev/null 2>&1 || need+=(nsd)
+command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+if ((${#need[@]})); then
+    echo "run.sh: installing ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    # Packages must not start their daemons (unbound and nsd would take port 53): policy-rc.d says no while
+    # installing, and goes away again if we put it there.
+    added_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    [ -n "$added_policy" ] && rm -f /usr/sbin/policy-rc.d
+fi
+"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' pytest-benchmark
+
+cleanup() {
+    # bench.py stops its own processes; this is for the case where it was killed before it could.
+    if [ -s "$OUT/pids" ]; then
+        while read -r pgid; do
+            [ -n "$pgid" ] && kill -TERM -- "-$pgid" 2>/dev/null || true
+        done <"$OUT/pids"
+        sleep 1
+        while read -r pgid; do
+            [ -n "$pgid" ] && kill -KILL -- "-$pgid" 2>/dev/null || true
+        done <"$OUT/pids"
+        : >"$OUT/pids"
+    fi
+}
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
+
+"$PYTHON" tests/load/bench.py "$@"
