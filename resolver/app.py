@@ -70,7 +70,8 @@ class Server:
             raise ConfigError(config.source, f"upstream {looped.pop()} is one of our own listen addresses")
         self.upstreams = UpstreamPool(upstreams, config.upstream_timeout, config.query_timeout, self.stats,
                                       config.upstream_strategy, config.upstream_ca)
-        self.tcp = TcpListener(self.pipeline, self, config.tcp.idle_timeout, config.tcp.max_connections)
+        self.tcp = TcpListener(self.pipeline, self, config.tcp.idle_timeout, config.tcp.max_connections,
+                               config.tcp.max_per_client)
         self.inflight: dict[bytes, list[tuple[Query, Callable[[bytes], None] | None]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()  # in-flight queries and reloads: drained on shutdown
         self.background: set[asyncio.Task[None]] = set()  # endless loops (watchers, refreshers): cancelled

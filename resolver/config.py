@@ -63,6 +63,7 @@ class SinkholeConfig:
 class TcpConfig:
     idle_timeout: float = 10.0
     max_connections: int = 1024
+    max_per_client: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +200,10 @@ def config_from_dict(raw: Any, file: str, base: Path) -> Config:
         cache_s.number("prefetch_min_hits", 3, 1, 1_000_000, integer=True),
     )
     tcp_s = top.section("tcp")
-    tcp_s.check_keys(("idle_timeout", "max_connections"))
-    tcp = TcpConfig(tcp_s.number("idle_timeout", 10.0, 0.1, 3600), tcp_s.number("max_connections", 1024, 1, 1_000_000,
-                                                                             integer=True))
+    tcp_s.check_keys(("idle_timeout", "max_connections", "max_per_client"))
+    tcp = TcpConfig(tcp_s.number("idle_timeout", 10.0, 0.1, 3600),
+                    tcp_s.number("max_connections", 1024, 1, 1_000_000, integer=True),
+                    tcp_s.number("max_per_client", 32, 1, 1_000_000, integer=True))
     return Config(
         source=file,
         listen=listen,

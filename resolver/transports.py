@@ -63,22 +63,27 @@ class UdpListener(asyncio.DatagramProtocol):
 class TcpListener:
     """RFC 7766: 2-byte length framing, several (pipelined) queries per connection, answers in any order."""
 
-    def __init__(self, pipeline: Pipeline, forwarder: Forwarder, idle_timeout: float, max_connections: int) -> None:
+    def __init__(self, pipeline: Pipeline, forwarder: Forwarder, idle_timeout: float, max_connections: int,
+                 per_client: int = 32) -> None:
         self.pipeline = pipeline
         self.forwarder = forwarder
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.per_client = per_client
         self.connections = 0
+        self.by_client: dict[str, int] = {}
         self.rejected = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.connections >= self.max_connections:
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else ""
+        # One client may not take the whole connection table: a per-client cap below the total one.
+        if self.connections >= self.max_connections or self.by_client.get(client, 0) >= self.per_client:
             self.rejected += 1
             writer.close()
             return
         self.connections += 1
-        peer = writer.get_extra_info("peername")
-        client = peer[0] if peer else ""
+        self.by_client[client] = self.by_client.get(client, 0) + 1
         pending = 0
         drained = asyncio.Event()
         drained.set()
@@ -117,4 +122,9 @@ class TcpListener:
             pass
         finally:
             self.connections -= 1
+            left = self.by_client[client] - 1
+            if left:
+                self.by_client[client] = left
+            else:
+                del self.by_client[client]
             writer.close()

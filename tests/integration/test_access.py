@@ -75,3 +75,21 @@ def test_any_is_answered_minimally(resolver_factory: ResolverFactory, auth: Auth
     assert [rrset.rdtype for rrset in reply.answer] == [dns.rdatatype.HINFO]
     assert reply.answer[0][0].cpu == b"RFC8482"
     assert auth.count(WWW, "ANY") == 0, "ANY was forwarded"
+
+
+def test_tcp_connections_are_capped_per_client(resolver_factory: ResolverFactory) -> None:
+    import socket
+
+    server = resolver_factory({"tcp": {"max_per_client": 2, "idle_timeout": 5}}, metrics=True)
+    held = [socket.create_connection(("127.0.0.1", server.port), source_address=("127.0.0.7", 0)) for _ in range(2)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", server.port), source_address=("127.0.0.7", 0))
+        extra.settimeout(3)
+        assert extra.recv(1) == b"", "a third connection from one client was kept open"
+        extra.close()
+        # Another client is not affected, and the held connections still work.
+        assert addresses(query(server.port, "www.tiktok.com", "A", tcp=True, source="127.0.0.8"), "A") == ["0.0.0.0"]
+    finally:
+        for sock in held:
+            sock.close()
+    assert total(parse_samples(server.metrics_text()), "resolver_tcp_rejected_connections_total") == 1
