@@ -72,18 +72,10 @@ class DomainTrie(Generic[T]):
         return node.get(BELOW if match == "below" else HERE)  # type: ignore[return-value]
 
     def lookup(self, labels: list[bytes]) -> T | None:
-        """The value of the most specific entry that covers the name, or None."""
-        node = self._root
-        best = None
-        last = len(labels) - 1
-        for i in range(last, -1, -1):
-            node = node.get(labels[i])  # type: ignore[assignment]
-            if node is None:
-                break
-            value = node.get(HERE if i == 0 else BELOW)
-            if value is not None:
-                best = value
-        return best  # type: ignore[return-value]
+        """The value of the most specific entry that covers the name, or None. (Served from PackedTrie, whose
+        lookup is the hot path; this one is for building and tests.)"""
+        found = self.along(labels)
+        return found[-1][1] if found else None
 
     def along(self, labels: list[bytes]) -> list[tuple[int, T]]:
         """Every value that applies to the name, as (labels of the entry counted from the right, value),
