@@ -7,6 +7,7 @@ and plain sockets, independent of anything in ``resolver/``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import struct
@@ -90,6 +91,22 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
+def _only_loopback_upstreams(config: dict[str, Any] | None, upstreams: Sequence[str], extra: Sequence[str]) -> None:
+    """Tests only ever talk to loopback: a server with no upstream would forward to /etc/resolv.conf (and probe
+    it), so refuse to start one, and refuse any upstream that is not on 127.0.0.0/8 or ::1."""
+    given = list(upstreams) + [extra[i + 1] for i, a in enumerate(extra[:-1]) if a == "--upstream"]
+    if not given and config is not None:
+        given = [str(u) for u in config.get("upstreams") or []]
+    if not given:
+        raise ValueError("a test resolver needs a loopback upstream (it would use /etc/resolv.conf)")
+    for upstream in given:
+        host = upstream.split("://")[-1].split("#")[0]
+        host = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(":") == 1 \
+            else host
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"test upstream {upstream} is not on loopback")
+
+
 class ResolverProcess:
     """The real server, started on free loopback ports with the given config and upstreams."""
 
@@ -120,6 +137,7 @@ class ResolverProcess:
         if self.metrics_port is not None:
             args += ["--metrics", f"127.0.0.1:{self.metrics_port}"]
         args += list(extra_args)
+        _only_loopback_upstreams(config, upstreams, extra_args)
         self.args = args
         self._lines: list[str] = []
         self._cond = threading.Condition()
