@@ -7,6 +7,7 @@ line. Shutdown: close listeners, let in-flight upstream queries finish for a bou
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -137,6 +138,8 @@ class Server:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        gc.collect()
+        gc.freeze()  # the policy and the code loaded so far live for good: later collections skip them
         if self.querylog is not None:
             self.querylog.start()
         for endpoint in self.config.listen:

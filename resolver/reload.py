@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 import urllib.error
@@ -107,8 +108,16 @@ class Reloader:
             loop = asyncio.get_running_loop()
 
             def build() -> tuple[Config, Loaded]:
-                config = self.config_factory()
-                return config, load_policy(config)
+                # Building a big policy makes millions of objects: with the collector off it does not pause the
+                # serving thread again and again to scan them (the list parser does the same).
+                enabled = gc.isenabled()
+                gc.disable()
+                try:
+                    config = self.config_factory()
+                    return config, load_policy(config)
+                finally:
+                    if enabled:
+                        gc.enable()
 
             try:
                 config, loaded = await loop.run_in_executor(None, build)
@@ -118,6 +127,10 @@ class Reloader:
                 return False
             new = Summary.of(loaded)
             self.pipeline.policy = loaded.policy
+            del loaded  # the parsed lists: only the policy is kept
+            # The new policy is long-lived: keep it out of later collections. (No gc.collect() here: this is the
+            # serving thread, and a full collection of a big policy would stall answers.)
+            gc.freeze()
             self.config = config
             self.stats.ok += 1
             self.stats.loaded_at = time.time()

@@ -62,15 +62,16 @@ class UpstreamPool:
         self.timeout = timeout
         self.deadline = deadline
         self.stats = stats
-        self.upstream_stats = {str(e): UpstreamStats() for e in endpoints}
+        self._stats = {e: UpstreamStats() for e in endpoints}  # the per-query path: no str() per query
+        self.upstream_stats = {str(e): s for e, s in self._stats.items()}  # the same objects, for metrics
 
     def _order(self, now: float) -> list[Endpoint]:
         """Healthy upstreams first (in config order, shuffled, or fastest first, by strategy), then the rest."""
-        healthy = [e for e in self.endpoints if self.upstream_stats[str(e)].down_until <= now]
+        healthy = [e for e in self.endpoints if self._stats[e].down_until <= now]
         if self.strategy == "random":
             healthy = random.sample(healthy, len(healthy))
         elif self.strategy == "parallel_best":
-            healthy.sort(key=lambda e: self.upstream_stats[str(e)].ewma)
+            healthy.sort(key=lambda e: self._stats[e].ewma)
         return healthy + [e for e in self.endpoints if e not in healthy]
 
     async def resolve(self, query: Query) -> bytes:
@@ -122,7 +123,7 @@ class UpstreamPool:
     async def _attempt(self, endpoint: Endpoint, query: Query, deadline: float) -> bytes:
         """One upstream, one question, counted; raises UpstreamError (or a subclass) on any failure."""
         loop = asyncio.get_running_loop()
-        stats = self.upstream_stats[str(endpoint)]
+        stats = self._stats[endpoint]
         started = loop.time()
         stats.requests += 1
         qid = secrets.randbits(16)
@@ -164,7 +165,7 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         probe = wire.parse_query(wire.HEADER.pack(0, wire.RD, 1, 0, 0, 0) + b"\x00\x00\x02\x00\x01")
         for endpoint in self.endpoints:
-            stats = self.upstream_stats[str(endpoint)]
+            stats = self._stats[endpoint]
             qid = secrets.randbits(16)
             packet = wire.upstream_query(probe, qid)
             try:
