@@ -18,7 +18,7 @@ from resolver.core.cache import CacheLimits
 from resolver.errors import ConfigError
 from resolver.policyconfig import ListSource, PolicyConfig, parse_policy
 from resolver.querylog import CLIENT_MODES, QueryLogConfig
-from resolver.reader import Section
+from resolver.reader import Section, check_shape
 
 
 def _bundled_blocklists() -> Path:
@@ -144,8 +144,9 @@ def load_config(path: str | Path | None) -> Config:
         mark = err.problem_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{file}{line}", f"YAML syntax: {err.problem}") from None
-    except (yaml.YAMLError, RecursionError) as err:
+    except (yaml.YAMLError, RecursionError, ValueError) as err:  # ValueError: an int too long to read
         raise ConfigError(file, f"YAML: {err.__class__.__name__}") from None
+    check_shape(raw, file)
     return config_from_dict(raw, file, Path(path).resolve().parent)
 
 

@@ -2,9 +2,48 @@
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 from resolver.errors import ConfigError
+
+MAX_NODES = 200_000  # values in one YAML document, counting every use of an alias
+MAX_DEPTH = 64
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 60
+_SHORT.maxother = 60
+_SHORT.maxlevel = 2
+
+
+def short(value: Any) -> str:
+    """A bounded repr of a user's value for an error message (never the whole of a hostile value)."""
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # an int too long to print
+        return f"<{type(value).__name__}>"
+
+
+def check_shape(raw: Any, file: str) -> None:
+    """Refuse documents that are too big or too deep to walk safely: alias bombs ("billion laughs") expand to
+    an exponential number of values once anything walks or prints them; huge integers cannot even be printed."""
+    seen = 0
+    stack: list[tuple[Any, int]] = [(raw, 0)]
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise ConfigError(file, f"more than {MAX_NODES} values (counting aliases): refused")
+        if depth > MAX_DEPTH:
+            raise ConfigError(file, f"nested more than {MAX_DEPTH} levels deep: refused")
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and value.bit_length() > 64:
+            raise ConfigError(file, "a number with more than 64 bits: refused")
+        if isinstance(value, dict):
+            stack.extend((k, depth + 1) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 class Section:
@@ -34,7 +73,7 @@ class Section:
         value = self.raw.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
             kind = "a whole number" if integer else "a number"
-            raise ConfigError(self.where(key), f"must be {kind}, got {value!r}")
+            raise ConfigError(self.where(key), f"must be {kind}, got {short(value)}")
         if not minimum <= value <= maximum:
             raise ConfigError(self.where(key), f"must be between {minimum} and {maximum}, got {value}")
         return value
@@ -49,5 +88,5 @@ class Section:
             raise ConfigError(self.where(key), "must be a list")
         for i, item in enumerate(value):
             if not isinstance(item, (str, int)) or isinstance(item, bool):
-                raise ConfigError(f"{self.where(key)}[{i}]", f"must be a string, got {item!r}")
+                raise ConfigError(f"{self.where(key)}[{i}]", f"must be a string, got {short(item)}")
         return tuple(str(item) for item in value)

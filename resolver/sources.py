@@ -19,6 +19,7 @@ from resolver.core.policy import ListInput, Platform, Policy, SinkholeSpec
 from resolver.errors import ConfigError
 from resolver.lists import ParsedList, SkippedLine, normalise_name, parse_file
 from resolver.policyconfig import ListSource, PolicyConfig
+from resolver.reader import check_shape, short
 
 PLATFORM_KEYS = ("name", "category", "owner", "domains", "notes", "sources")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -110,8 +111,9 @@ def load_platform(path: Path) -> Platform:
     except yaml.MarkedYAMLError as err:
         line = f":{err.problem_mark.line + 1}" if err.problem_mark is not None else ""
         raise ConfigError(f"{file}{line}", f"YAML syntax: {err.problem}") from None
-    except (yaml.YAMLError, RecursionError) as err:
+    except (yaml.YAMLError, RecursionError, ValueError) as err:  # ValueError: an int too long to read
         raise ConfigError(file, f"YAML: {err.__class__.__name__}") from None
+    check_shape(raw, file)
     if not isinstance(raw, dict):
         raise ConfigError(file, "must be a mapping with keys " + ", ".join(PLATFORM_KEYS))
     for key in raw:
@@ -130,12 +132,13 @@ def load_platform(path: Path) -> Platform:
     for i, item in enumerate(domains_raw):
         try:
             if not isinstance(item, str):
-                raise ValueError(f"must be a name, got {item!r}")
+                raise ValueError(f"must be a name, got {short(item)}")
             name = normalise_name(item)
             if "." not in name:
                 raise ValueError("refusing to block a top-level domain")
         except ValueError as err:
-            raise ConfigError(f"{file}:{line_of(text, str(item))}", f"domains[{i}]: {item!r}: {err}") from None
+            raise ConfigError(f"{file}:{line_of(text, str(item)) if isinstance(item, str) else '?'}",
+                              f"domains[{i}]: {short(item)}: {err}") from None
         domains.append(name)
     sources = raw.get("sources")
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):

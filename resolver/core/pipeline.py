@@ -75,6 +75,9 @@ class Pipeline:
             if limiter.spec.action == "drop":
                 return None
             throttle = True
+        if len(data) > 2 and data[2] & 0x80:  # a response sent to us: answering it would make a reflection loop
+            self.stats.malformed += 1
+            return None
         try:
             query = wire.parse_query(data)
         except EdnsVersionError as err:

@@ -139,6 +139,8 @@ def parse_query(data: bytes) -> Query:
         length = data[pos]
         if length == 0:
             pos += 1
+            if pos - 12 > MAX_NAME:  # the whole name, root byte included (RFC 1035 3.1)
+                raise WireFormatError("question name longer than 255 octets")
             break
         if length > 63:
             # Compression in the question of a query is legal in theory, never seen in practice, and the
@@ -212,7 +214,7 @@ def read_labels(data: bytes, pos: int) -> list[bytes]:
         if length > 63:
             raise WireFormatError("bad label type")
         total += length + 1
-        if total > MAX_NAME:
+        if total + 1 > MAX_NAME:  # + the root byte
             raise WireFormatError("name longer than 255 octets")
         labels.append(data[pos + 1 : pos + 1 + length].lower())
         pos += 1 + length
