@@ -18,7 +18,7 @@ from resolver.core.cache import CacheLimits
 from resolver.errors import ConfigError
 from resolver.policyconfig import ListSource, PolicyConfig, parse_policy
 from resolver.querylog import CLIENT_MODES, QueryLogConfig
-from resolver.reader import Section, check_shape
+from resolver.reader import SAFE_LOADER, Section, check_shape
 
 
 def _bundled_blocklists() -> Path:
@@ -137,7 +137,7 @@ def load_config(path: str | Path | None) -> Config:
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(file, f"larger than {MAX_CONFIG_BYTES} bytes; lists belong in list files")
     try:
-        raw = yaml.safe_load(data.decode("utf-8"))
+        raw = yaml.load(data.decode("utf-8"), Loader=SAFE_LOADER)
     except UnicodeDecodeError as err:
         raise ConfigError(file, f"not UTF-8 text at byte {err.start}") from None
     except yaml.MarkedYAMLError as err:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import reprlib
 from typing import Any
 
+import yaml
+
 from resolver.errors import ConfigError
 
+# libyaml's C loader when PyYAML was built with it (about 10x faster on big files), else the Python one; both
+# are the *safe* loader: no Python objects from tags.
+SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_NODES = 200_000  # values in one YAML document, counting every use of an alias
 MAX_DEPTH = 64
 _SHORT = reprlib.Repr()

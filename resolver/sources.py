@@ -19,7 +19,7 @@ from resolver.core.policy import ListInput, Platform, Policy, SinkholeSpec
 from resolver.errors import ConfigError
 from resolver.lists import ParsedList, SkippedLine, normalise_name, parse_file
 from resolver.policyconfig import ListSource, PolicyConfig
-from resolver.reader import check_shape, short
+from resolver.reader import SAFE_LOADER, check_shape, short
 
 PLATFORM_KEYS = ("name", "category", "owner", "domains", "notes", "sources")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -105,7 +105,7 @@ def load_platform(path: Path) -> Platform:
         raise ConfigError(file, f"larger than {MAX_PLATFORM_BYTES} bytes")
     try:
         text = data.decode("utf-8")
-        raw: Any = yaml.safe_load(text)
+        raw: Any = yaml.load(text, Loader=SAFE_LOADER)
     except UnicodeDecodeError as err:
         raise ConfigError(file, f"not UTF-8 text at byte {err.start}") from None
     except yaml.MarkedYAMLError as err:

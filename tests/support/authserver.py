@@ -337,7 +337,13 @@ class AuthServer:
             reply.header.tc = 1
             send(reply.pack())
         else:
-            send(self._answer(query, transport))
+            try:
+                answer = self._answer(query, transport)
+            except Exception:  # a name dnslib cannot encode back: SERVFAIL, and the test upstream keeps serving
+                reply = self._reply_header(query)
+                reply.header.rcode = RCODE.SERVFAIL
+                answer = reply.pack()
+            send(answer)
 
     def _reply_header(self, query: DNSRecord) -> DNSRecord:
         reply = DNSRecord(
