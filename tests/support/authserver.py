@@ -271,10 +271,10 @@ class AuthServer:
 
         try:
             while True:
-                head = _recv_exact(conn, 2)
+                head = recv_exact(conn, 2)
                 if head is None:
                     return
-                body = _recv_exact(conn, struct.unpack("!H", head)[0])
+                body = recv_exact(conn, struct.unpack("!H", head)[0])
                 if body is None:
                     return
                 self._handle(body, "tcp", send)
@@ -410,7 +410,8 @@ class AuthServer:
         )
 
 
-def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
+def recv_exact(conn: socket.socket, n: int) -> bytes | None:
+    """Exactly n bytes from a stream socket, or None if it closes first."""
     buf = b""
     while len(buf) < n:
         chunk = conn.recv(n - len(buf))

@@ -26,7 +26,7 @@ import dns.query
 import dns.rdatatype
 import yaml
 
-from tests.support.authserver import format_address
+from tests.support.authserver import format_address, recv_exact
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_MARK = "resolver ready"
@@ -371,16 +371,6 @@ def tcp_recv(sock: socket.socket) -> bytes | None:
     if head is None:
         return None
     return recv_exact(sock, struct.unpack("!H", head)[0])
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
 
 
 def addresses(msg: dns.message.Message, rtype: str) -> list[str]:

@@ -9,6 +9,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+from tests.support.authserver import recv_exact
+
 
 def make_ca(directory: Path, name: str = "dns.test") -> tuple[Path, Path, Path]:
     """(CA certificate, server certificate, server key) for ``name`` and 127.0.0.1."""
@@ -22,16 +24,6 @@ def make_ca(directory: Path, name: str = "dns.test") -> tuple[Path, Path, Path]:
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
         "-out", "server.pem", "-days", "2", "-extfile", "san.cnf")
     return directory / "ca.pem", directory / "server.pem", directory / "server.key"
-
-
-def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 class TlsProxy:
@@ -72,16 +64,16 @@ class TlsProxy:
             with self.context.wrap_socket(raw, server_side=True) as conn:
                 self.handshakes += 1
                 while True:
-                    head = _recv_exact(conn, 2)
+                    head = recv_exact(conn, 2)
                     if head is None:
                         return
-                    query = _recv_exact(conn, int.from_bytes(head, "big"))
+                    query = recv_exact(conn, int.from_bytes(head, "big"))
                     if query is None:
                         return
                     with socket.create_connection(self.backend, timeout=5) as back:
                         back.sendall(head + query)
-                        size = _recv_exact(back, 2)
-                        reply = _recv_exact(back, int.from_bytes(size, "big")) if size else None
+                        size = recv_exact(back, 2)
+                        reply = recv_exact(back, int.from_bytes(size, "big")) if size else None
                     if reply is None:
                         return
                     conn.sendall(len(reply).to_bytes(2, "big") + reply)
