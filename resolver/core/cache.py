@@ -8,6 +8,7 @@ answers are cached for the SOA-derived time of RFC 2308 section 5.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from resolver.core import wire
@@ -38,8 +39,8 @@ class CacheLimits:
 class Entry:
     """One upstream answer minus header, question and OPT; ``ttl`` 0 means it must not be cached."""
 
-    __slots__ = ("an", "ar", "body", "cnames", "expires", "flags", "hits", "ns", "prefetch_at", "refreshing", "stored",
-                 "ttl", "ttl_offsets", "ttls")
+    __slots__ = ("aged", "an", "ar", "body", "cnames", "expires", "flags", "hits", "ns", "prefetch_at", "refreshing",
+                 "stored", "ttl", "ttl_offsets", "ttls")
 
     def __init__(
         self, flags: int, counts: tuple[int, int, int], body: bytes, ttl_offsets: list[int], ttls: list[int],
@@ -55,6 +56,7 @@ class Entry:
         self.expires = stored + ttl
         self.cnames = cnames  # CNAME targets in the answer, for the cloaking check
         self.hits = 0
+        self.aged: tuple[int, bytes] = (0, body)  # (seconds held, body with TTLs aged by that): one patch a second
         self.prefetch_at = self.expires  # set by Cache.put from the limits
         self.refreshing = False
 
@@ -136,14 +138,15 @@ def render(entry: Entry, query: Query, now: float, stale_ttl: int | None = None)
     ``stale_ttl``: an expired entry served because upstreams failed (RFC 8767): every TTL is set to it, and an
     EDNS client is told so with Extended DNS Error 3 "Stale Answer".
     """
-    body = entry.body
     elapsed = int(now - entry.stored)
-    if (elapsed > 0 or stale_ttl is not None) and entry.ttl_offsets:
-        patched = bytearray(body)
-        pack_into = wire.U32.pack_into
-        for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
-            pack_into(patched, offset, stale_ttl if stale_ttl is not None else ttl - elapsed if ttl > elapsed else 0)
-        body = bytes(patched)
+    if stale_ttl is not None and entry.ttl_offsets:
+        body = _patched(entry, lambda ttl: stale_ttl)
+    else:
+        held, body = entry.aged
+        if held != elapsed and entry.ttl_offsets:
+            # A popular name is answered many times a second: age its TTLs once per second, not once per answer.
+            body = _patched(entry, lambda ttl: ttl - elapsed if ttl > elapsed else 0)
+            entry.aged = (elapsed, body)
     flags = QR | RA | (query.flags & ECHO_MASK) | entry.flags
     if query.edns:
         header = HEADER.pack(query.id, flags, 1, entry.an, entry.ns, entry.ar + 1)
@@ -151,6 +154,14 @@ def render(entry: Entry, query: Query, now: float, stale_ttl: int | None = None)
             return header + query.question + body + wire.opt_record(query.do, _EDE_STALE)
         return header + query.question + body + (_OPT_DO if query.do else _OPT_PLAIN)
     return HEADER.pack(query.id, flags, 1, entry.an, entry.ns, entry.ar) + query.question + body
+
+
+def _patched(entry: Entry, ttl_for: Callable[[int], int]) -> bytes:
+    patched = bytearray(entry.body)
+    pack_into = wire.U32.pack_into
+    for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
+        pack_into(patched, offset, ttl_for(ttl))
+    return bytes(patched)
 
 
 class Cache:

@@ -537,3 +537,12 @@ def test_packed_trie_answers_exactly_like_the_dict_trie() -> None:
         assert packed.get(name, match) == trie.get(name, match)  # type: ignore[arg-type]
     assert packed.lookup([b"not", b"there"]) is None and packed.along([b"nothere"]) == []
     assert PackedTrie(DomainTrie()).lookup([b"com"]) is None
+
+
+def test_render_ages_ttls_once_per_second() -> None:
+    q = wire.parse_query(make_query("www.example.test"))
+    entry = cache_mod.prepare(upstream_reply(wire.upstream_query(q, 1), answers=[("A", 300, "192.0.2.1")]), q,
+                              1000.0, CacheLimits())
+    times = [1000.2, 1010.1, 1010.9, 1011.0, 1000.5, 1400.0]
+    ttls = [dns.message.from_wire(cache_mod.render(entry, q, now)).answer[0].ttl for now in times]
+    assert ttls == [300, 290, 290, 289, 300, 0]
