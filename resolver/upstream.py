@@ -49,6 +49,11 @@ class UpstreamStats:
         self.latency_buckets[bisect_left(LATENCY_BOUNDS, seconds)] += 1
 
 
+def _expire(future: asyncio.Future[bytes], endpoint: Endpoint, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(UpstreamTimeout(f"{endpoint}: no reply within {timeout:.2f}s"))
+
+
 class UpstreamPool:
     def __init__(self, endpoints: tuple[Endpoint, ...], timeout: float, deadline: float, stats: Stats,
                  strategy: str = "strict", ca_file: str | None = None) -> None:
@@ -202,12 +207,13 @@ class UpstreamPool:
             sock.setblocking(False)
             sock.connect((endpoint.host, endpoint.port))
             loop.add_reader(sock.fileno(), readable)
+            # A timer on the future itself: asyncio.wait_for would wrap it in another task per query.
+            timer = loop.call_later(timeout, _expire, future, endpoint, timeout)
             try:
                 sock.send(packet)
-                return await asyncio.wait_for(future, timeout)
-            except TimeoutError:
-                raise UpstreamTimeout(f"{endpoint}: no reply within {timeout:.2f}s") from None
+                return await future
             finally:
+                timer.cancel()
                 loop.remove_reader(sock.fileno())
         finally:
             sock.close()
