@@ -16,7 +16,7 @@ import yaml
 from resolver.core.access import DEFAULT_ALLOWED, AccessSpec, RateSpec
 from resolver.core.cache import CacheLimits
 from resolver.errors import ConfigError
-from resolver.policyconfig import ListSource, PolicyConfig, parse_policy
+from resolver.policyconfig import ListSource, PolicyConfig, parse_networks, parse_policy
 from resolver.querylog import CLIENT_MODES, QueryLogConfig
 from resolver.reader import SAFE_LOADER, Section, check_shape
 
@@ -229,13 +229,7 @@ def _access(s: Section) -> AccessSpec:
     action = str(s.raw.get("action", "refuse"))
     if action not in ("refuse", "drop"):
         raise ConfigError(s.where("action"), f"must be refuse or drop, got {action!r}")
-    networks = []
-    for i, text in enumerate(s.strings("allow", DEFAULT_ALLOWED)):
-        try:
-            networks.append(ipaddress.ip_network(text, strict=True))
-        except ValueError as err:
-            raise ConfigError(f"{s.where('allow')}[{i}]", f"{text!r} is not a network (CIDR): {err}") from None
-    return AccessSpec(tuple(networks), action)
+    return AccessSpec(parse_networks(s.strings("allow", DEFAULT_ALLOWED), s.where("allow")), action)
 
 
 def _rate_limit(s: Section) -> RateSpec:

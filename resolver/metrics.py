@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from resolver import __version__, statuspage
+from resolver.core.policy import exemption_state
 from resolver.core.stats import LATENCY_BOUNDS, OUTCOMES, QTYPES, TRANSPORTS
 from resolver.snapshot import Snapshot
 
@@ -104,7 +105,7 @@ class ResolverCollector(Collector):
                                    "When each exemption expires (alert before it does).",
                                    labels=["reference", "platforms", "state"])
         for reference, platforms, starts, expires in snap.exemptions:
-            state = "pending" if now < starts else "expired" if now >= expires else "active"
+            state = exemption_state(now, starts, expires)
             by_state[state] += 1
             expiry.add_metric([reference, platforms, state], expires)
         for state, count in by_state.items():
@@ -147,7 +148,7 @@ def status_of(snap: Snapshot) -> statuspage.StatusSnapshot:
     now = time.time()
     exemptions = {"active": 0, "pending": 0, "expired": 0}
     for _, _, starts, expires in snap.exemptions:
-        exemptions["pending" if now < starts else "expired" if now >= expires else "active"] += 1
+        exemptions[exemption_state(now, starts, expires)] += 1
     return statuspage.StatusSnapshot(
         time=now,
         uptime_seconds=now - snap.started,

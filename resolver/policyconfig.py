@@ -77,7 +77,8 @@ def parse_time(value: Any, where: str) -> float:
     return moment.timestamp()
 
 
-def _networks(items: tuple[str, ...], where: str) -> tuple[IPNetwork, ...]:
+def parse_networks(items: tuple[str, ...], where: str) -> tuple[IPNetwork, ...]:
+    """CIDRs, strict (no host bits set), so a typo such as 10.0.0.1/8 is an error rather than a surprise."""
     out = []
     for i, text in enumerate(items):
         try:
@@ -164,7 +165,7 @@ def _group(s: Section, name: str, raw: Any, is_default: bool, path: str) -> Grou
         raise ConfigError(g.where("networks"), "the default group takes every client in no other group: "
                                                "it has no networks or client_ids of its own")
     default_block = ("social", "messaging") if is_default else ()
-    networks = _networks(g.strings("networks", ()), g.where("networks"))
+    networks = parse_networks(g.strings("networks", ()), g.where("networks"))
     client_ids = g.strings("client_ids", ())
     if not is_default and not networks and not client_ids:
         raise ConfigError(g.where("networks"), "a group needs networks or client_ids, or no client can be in it")
@@ -199,7 +200,7 @@ def _exemption(s: Section, raw: Any, path: str, max_days: int, groups: set[str])
         if name not in groups:
             raise ConfigError(f"{e.where('groups')}[{i}]", f"unknown group {name!r}")
     clients = _addresses(e.strings("clients", ()), e.where("clients"))
-    networks = _networks(e.strings("networks", ()), e.where("networks"))
+    networks = parse_networks(e.strings("networks", ()), e.where("networks"))
     client_ids = frozenset(e.strings("client_ids", ()))
     if not (clients or networks or member_groups or client_ids):
         raise ConfigError(e.where("clients"), "an exemption names who it is for: clients, networks, groups or "

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resolver.core.pipeline import QueryRecord
-from resolver.core.stats import OUTCOMES
+from resolver.core.stats import OUTCOMES, QTYPE_INDEX, QTYPES
 
 log = logging.getLogger("resolver.querylog")
 CLIENT_MODES = ("full", "hashed", "none")
-_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV", 64: "SVCB",
-          65: "HTTPS", 255: "ANY"}
+_TYPES = {code: QTYPES[index] for code, index in QTYPE_INDEX.items()}  # the metrics label names
 
 
 @dataclass(frozen=True, slots=True)

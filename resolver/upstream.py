@@ -131,16 +131,8 @@ class UpstreamPool:
         stats = self._stats[endpoint]
         started = loop.time()
         stats.requests += 1
-        qid = secrets.randbits(16)
-        packet = wire.upstream_query(query, qid)
-        timeout = min(self.timeout, max(0.01, deadline - started))
         try:
-            if endpoint.transport == "udp":
-                reply = await self._udp(endpoint, packet, qid, query, timeout)
-                if reply[2] & 0x02:  # TC: the whole answer only fits over TCP
-                    reply = await self._stream(endpoint, packet, qid, query, max(0.05, deadline - loop.time()))
-            else:
-                reply = await self._stream(endpoint, packet, qid, query, timeout)
+            reply = await self._exchange(endpoint, query, deadline)
         except UpstreamTimeout:
             stats.timeouts += 1
             stats.down_until = loop.time() + PENALTY_SECONDS
@@ -171,18 +163,27 @@ class UpstreamPool:
         probe = wire.parse_query(wire.HEADER.pack(0, wire.RD, 1, 0, 0, 0) + b"\x00\x00\x02\x00\x01")
         for endpoint in self.endpoints:
             stats = self._stats[endpoint]
-            qid = secrets.randbits(16)
-            packet = wire.upstream_query(probe, qid)
             try:
-                if endpoint.transport == "udp":
-                    await self._udp(endpoint, packet, qid, probe, self.timeout)
-                else:
-                    await self._stream(endpoint, packet, qid, probe, self.timeout)
+                await self._exchange(endpoint, probe, loop.time() + self.timeout)
             except (UpstreamError, OSError, asyncio.IncompleteReadError, ssl.SSLError):
                 stats.down_until = loop.time() + PENALTY_SECONDS
             else:
                 stats.down_until = 0.0
                 stats.last_ok = loop.time()
+
+    async def _exchange(self, endpoint: Endpoint, query: Query, deadline: float) -> bytes:
+        """One question to one upstream over its transport: a fresh random ID, and for UDP the TCP retry when
+        the reply is truncated. Raises on any failure; counting is the caller's."""
+        loop = asyncio.get_running_loop()
+        qid = secrets.randbits(16)
+        packet = wire.upstream_query(query, qid)
+        timeout = min(self.timeout, max(0.01, deadline - loop.time()))
+        if endpoint.transport != "udp":
+            return await self._stream(endpoint, packet, qid, query, timeout)
+        reply = await self._udp(endpoint, packet, qid, query, timeout)
+        if reply[2] & 0x02:  # TC: the whole answer only fits over TCP
+            reply = await self._stream(endpoint, packet, qid, query, max(0.05, deadline - loop.time()))
+        return reply
 
     async def _udp(self, endpoint: Endpoint, packet: bytes, qid: int, query: Query, timeout: float) -> bytes:
         loop = asyncio.get_running_loop()

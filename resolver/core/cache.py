@@ -217,6 +217,3 @@ class Cache:
         if len(self._entries) > self.limits.max_entries:
             self._entries.popitem(last=False)
             self.evictions += 1
-
-    def clear(self) -> None:
-        self._entries.clear()

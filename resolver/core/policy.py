@@ -80,6 +80,11 @@ class Group:
     client_ids: frozenset[str] = frozenset()
 
 
+def exemption_state(now: float, starts: float, expires: float) -> str:
+    """pending before ``starts``, active until ``expires`` (exclusive), expired after."""
+    return "pending" if now < starts else "expired" if now >= expires else "active"
+
+
 @dataclass(frozen=True, slots=True)
 class Exemption:
     """An approved, time-limited exception: these platforms are reachable for these clients."""
@@ -97,7 +102,7 @@ class Exemption:
     where: str = ""
 
     def state(self, now: float) -> str:
-        return "pending" if now < self.starts else "expired" if now >= self.expires else "active"
+        return exemption_state(now, self.starts, self.expires)
 
     def covers(self, client: str, group: str, client_id: str | None) -> bool:
         if client in self.clients or group in self.groups or (client_id is not None and client_id in self.client_ids):
@@ -215,10 +220,6 @@ class Policy:
         self.by_client_id = {cid: i for i, g in enumerate(groups) for cid in g.client_ids}
         self.grouped = bool(self.by_network or self.by_client_id)
         self._memo: dict[str, int] = {}
-
-    @property
-    def blocked_platforms(self) -> frozenset[str]:
-        return self.groups[0].block
 
     def group_of(self, client: str, client_id: str | None = None) -> int:
         """Index of the client's group: a client id first, then the most specific network, else ``default``."""
