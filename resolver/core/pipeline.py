@@ -87,10 +87,7 @@ class Pipeline:
                 self.stats.malformed += 1
                 return None
             return self._done(transport, INVALID, now, wire.error_reply(data, wire.FORMERR), None)
-        if query.flags & (wire.QR | wire.OPCODE_MASK):
-            if query.flags & wire.QR:  # a response sent to us: answering it would make a reflection loop
-                self.stats.malformed += 1
-                return None
+        if query.flags & wire.OPCODE_MASK:  # (responses were dropped above, before parsing)
             return self._done(transport, INVALID, now, wire.error_reply(data, wire.NOTIMP), query)
         query.transport = transport
         query.client = client
