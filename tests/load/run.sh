@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
-OUT=tests/load/out
+OUT=${LOAD_OUT:-tests/load/out}   # LOAD_OUT: a separate directory per concurrent run
 mkdir -p "$OUT"
 
 need=()
@@ -33,17 +33,19 @@ if ((${#need[@]})); then
 fi
 "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' pytest-benchmark
 
+# One pid file per run, so that two runs on one box never stop each other's processes.
+export LOAD_PIDFILE="$OUT/pids.$$"
 cleanup() {
     # bench.py stops its own processes; this is for the case where it was killed before it could.
-    if [ -s "$OUT/pids" ]; then
+    if [ -s "$LOAD_PIDFILE" ]; then
         while read -r pgid; do
             [ -n "$pgid" ] && kill -TERM -- "-$pgid" 2>/dev/null || true
-        done <"$OUT/pids"
+        done <"$LOAD_PIDFILE"
         sleep 1
         while read -r pgid; do
             [ -n "$pgid" ] && kill -KILL -- "-$pgid" 2>/dev/null || true
-        done <"$OUT/pids"
-        : >"$OUT/pids"
+        done <"$LOAD_PIDFILE"
+        rm -f "$LOAD_PIDFILE"
     fi
 }
 trap cleanup EXIT
