@@ -7,6 +7,7 @@ line. Shutdown: close listeners, let in-flight upstream queries finish for a bou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -14,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from resolver.config import Config, Endpoint, system_nameservers
@@ -22,7 +24,7 @@ from resolver.core.cache import Cache
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import Stats
 from resolver.core.wire import Query
-from resolver.errors import ConfigError, UpstreamError
+from resolver.errors import ConfigError
 from resolver.metrics import MetricsServer
 from resolver.policyconfig import ListSource
 from resolver.querylog import QueryLog, QueryLogConfig
@@ -41,6 +43,7 @@ DRAIN_SECONDS = 5.0
 PROBE_SECONDS = 10.0  # upstream health probe interval
 READY_WITHIN = 30.0  # /readyz wants a good upstream reply at most this old
 MONITOR_LOG_SECONDS = 60
+UDP_RCVBUF = 4 << 20
 
 
 def _worker_log(config: QueryLogConfig, worker: int) -> QueryLogConfig:
@@ -74,7 +77,7 @@ class Server:
         self.tcp = TcpListener(self.pipeline, self, config.tcp.idle_timeout, config.tcp.max_connections,
                                config.tcp.max_per_client)
         self.inflight: dict[bytes, list[tuple[Query, Callable[[bytes], None] | None]]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()  # in-flight queries and reloads: drained on shutdown
+        self.tasks: set[asyncio.Task[None]] = set()  # reloads: drained on shutdown
         self.background: set[asyncio.Task[None]] = set()  # endless loops (watchers, refreshers): cancelled
         self.closers: list[Callable[[], None]] = []
         self.servers: list[asyncio.Server] = []
@@ -111,28 +114,20 @@ class Server:
                 respond(self.pipeline.on_shed(query))
             return
         self.inflight[key] = [(query, respond)]
-        self._spawn(self._resolve(key, query))
+        self.upstreams.resolve(query, partial(self._answer, key))
 
-    async def _resolve(self, key: bytes, query: Query) -> None:
-        reply: bytes | None = None
-        try:
-            reply = await self.upstreams.resolve(query)
-        except UpstreamError as err:
-            if log.isEnabledFor(logging.DEBUG):  # an upstream outage fails every query: no string work unless asked
-                log.debug("upstream failure for %s: %s", query.name, err)
-        except asyncio.CancelledError:
-            pass
-        except Exception:  # a bug: the client still gets SERVFAIL, and we hear about it
-            log.exception("internal error resolving %s", query.name)
-        finally:
-            waiters = self.inflight.pop(key, [])
-        for waiting, respond in waiters:
-            if respond is None:  # a prefetch
-                if reply is not None:
-                    self.pipeline.store(waiting, reply)
-            else:
-                respond(self.pipeline.on_reply(waiting, reply) if reply is not None
-                        else self.pipeline.on_failure(waiting))
+    def _answer(self, key: bytes, reply: bytes | None) -> None:
+        """Hand the upstream reply (None: none came in time, SERVFAIL) to every query that waited on it."""
+        for waiting, respond in self.inflight.pop(key, ()):
+            try:
+                if respond is None:  # a prefetch
+                    if reply is not None:
+                        self.pipeline.store(waiting, reply)
+                else:
+                    respond(self.pipeline.on_reply(waiting, reply) if reply is not None
+                            else self.pipeline.on_failure(waiting))
+            except Exception:  # a bug: one bad reply must not take the other waiters down with it
+                log.exception("internal error answering %s", waiting.name)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -176,6 +171,10 @@ class Server:
             lambda: UdpListener(self.pipeline, self), local_addr=(endpoint.host, endpoint.port), family=family,
             reuse_port=self.worker is not None)
         self.closers.append(transport.close)
+        # A burst (a thousand phones waking at a shift change, a stalled core) must queue, not be dropped by the
+        # kernel: ask for a deep receive buffer (the kernel caps it at net.core.rmem_max).
+        with contextlib.suppress(OSError):
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
         port: int = transport.get_extra_info("sockname")[1]
         return port
 
@@ -233,8 +232,9 @@ class Server:
             server.close()
         for task in list(self.background):
             task.cancel()
-        if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=DRAIN_SECONDS)
+        drained = asyncio.get_running_loop().time() + DRAIN_SECONDS
+        while (self.inflight or self.tasks) and asyncio.get_running_loop().time() < drained:
+            await asyncio.sleep(0.02)  # forwards run on callbacks, not tasks: nothing to wait on but the table
         for close in self.closers:
             close()
         for task in list(self.tasks):

@@ -15,7 +15,9 @@ import secrets
 import socket
 import ssl
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from resolver.config import Endpoint
 from resolver.core import wire
@@ -49,11 +51,6 @@ class UpstreamStats:
         self.latency_buckets[bisect_left(LATENCY_BOUNDS, seconds)] += 1
 
 
-def _expire(future: asyncio.Future[bytes], endpoint: Endpoint, timeout: float) -> None:
-    if not future.done():
-        future.set_exception(UpstreamTimeout(f"{endpoint}: no reply within {timeout:.2f}s"))
-
-
 class UpstreamPool:
     def __init__(self, endpoints: tuple[Endpoint, ...], timeout: float, deadline: float, stats: Stats,
                  strategy: str = "strict", ca_file: str | None = None) -> None:
@@ -69,6 +66,7 @@ class UpstreamPool:
         self.stats = stats
         self._stats = {e: UpstreamStats() for e in endpoints}  # the per-query path: no str() per query
         self.upstream_stats = {str(e): s for e, s in self._stats.items()}  # the same objects, for metrics
+        self.streams: set[asyncio.Task[bytes]] = set()  # TCP/TLS exchanges in flight (the loop holds tasks weakly)
 
     def _order(self, now: float) -> list[Endpoint]:
         """Healthy upstreams first (in config order, shuffled, or fastest first, by strategy), then the rest."""
@@ -79,77 +77,42 @@ class UpstreamPool:
             healthy.sort(key=lambda e: self._stats[e].ewma)
         return healthy + [e for e in self.endpoints if e not in healthy]
 
-    async def resolve(self, query: Query) -> bytes:
-        """A reply matching ``query`` from the first upstream that gives a usable one, within the deadline.
+    def resolve(self, query: Query, done: Callable[[bytes | None], None]) -> None:
+        """Find a reply matching ``query`` and hand it to ``done`` (None: no upstream gave one before the deadline).
 
-        ``parallel_best`` asks the two fastest healthy upstreams at once and takes the first good answer; every
-        strategy then goes down the rest of the list one at a time. A SERVFAIL or REFUSED reply is kept as the
-        answer of last resort while other upstreams are tried.
+        Callbacks, not a task per question: a cache miss costs a socket and a timer, nothing more. ``parallel_best``
+        asks the two fastest healthy upstreams at once and takes the first good answer; every strategy then goes
+        down the rest of the list one at a time. A SERVFAIL or REFUSED reply is kept as the answer of last resort
+        while other upstreams are tried.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.deadline
-        order = self._order(loop.time())
-        fallback: bytes | None = None
-        errors: list[BaseException] = []
-        if self.strategy == "parallel_best" and len(order) >= 2:
-            first, order = order[:2], order[2:]
-            pending = {asyncio.ensure_future(self._attempt(e, query, deadline)) for e in first}
-            try:
-                while pending:
-                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        error = task.exception()
-                        if error is not None:
-                            errors.append(error)
-                            continue
-                        reply = task.result()
-                        if reply[3] & 0x0F not in _RETRY_RCODES:
-                            return reply
-                        fallback = reply
-            finally:
-                for task in pending:
-                    task.cancel()
-        for endpoint in order:
-            if deadline - loop.time() <= 0:
-                break
-            try:
-                reply = await self._attempt(endpoint, query, deadline)
-            except (UpstreamError, OSError) as err:
-                errors.append(err)
-                continue
-            if reply[3] & 0x0F not in _RETRY_RCODES:
-                return reply
-            fallback = reply
-        if fallback is not None:
-            return fallback
-        last = errors[-1] if errors else UpstreamError("no upstream was asked before the deadline")
-        raise UpstreamError(f"no upstream answered: {last}") from last
+        _Resolution(self, query, done)
 
-    async def _attempt(self, endpoint: Endpoint, query: Query, deadline: float) -> bytes:
-        """One upstream, one question, counted; raises UpstreamError (or a subclass) on any failure."""
-        loop = asyncio.get_running_loop()
+    def _record(self, endpoint: Endpoint, started: float, reply: bytes | None, error: BaseException | None) -> bool:
+        """Count one finished attempt and keep the upstream's health; whether ``reply`` is a usable answer."""
         stats = self._stats[endpoint]
-        started = loop.time()
-        stats.requests += 1
-        try:
-            reply = await self._exchange(endpoint, query, deadline)
-        except UpstreamTimeout:
-            stats.timeouts += 1
-            stats.down_until = loop.time() + PENALTY_SECONDS
-            raise
-        except (OSError, UpstreamError, asyncio.IncompleteReadError, ssl.SSLError) as err:
-            stats.errors += 1
-            stats.down_until = loop.time() + PENALTY_SECONDS
-            raise UpstreamError(f"{endpoint}: {err}") from err
-        elapsed = loop.time() - started
+        now = self._loop().time()
+        if reply is None:
+            if isinstance(error, UpstreamTimeout):
+                stats.timeouts += 1
+            else:
+                stats.errors += 1
+            stats.down_until = now + PENALTY_SECONDS
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("upstream %s failed: %s", endpoint, error)
+            return False
+        elapsed = now - started
         stats.answered_in(elapsed)
         stats.ewma = elapsed if stats.ewma == 0.0 else 0.7 * stats.ewma + 0.3 * elapsed
         if reply[3] & 0x0F in _RETRY_RCODES:
             stats.errors += 1
-        else:
-            stats.down_until = 0.0
-            stats.last_ok = loop.time()
-        return reply
+            return False
+        stats.down_until = 0.0
+        stats.last_ok = now
+        return True
+
+    @staticmethod
+    def _loop() -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
 
     def healthy(self, within: float) -> bool:
         """Whether any upstream gave a good reply in the last ``within`` seconds (for /readyz)."""
@@ -163,61 +126,13 @@ class UpstreamPool:
         probe = wire.parse_query(wire.HEADER.pack(0, wire.RD, 1, 0, 0, 0) + b"\x00\x00\x02\x00\x01")
         for endpoint in self.endpoints:
             stats = self._stats[endpoint]
-            try:
-                await self._exchange(endpoint, probe, loop.time() + self.timeout)
-            except (UpstreamError, OSError, asyncio.IncompleteReadError, ssl.SSLError):
+            future: asyncio.Future[bytes | None] = loop.create_future()
+            _Attempt(self, endpoint, probe, loop.time() + self.timeout, partial(_settle, future))
+            if await future is None:
                 stats.down_until = loop.time() + PENALTY_SECONDS
             else:
                 stats.down_until = 0.0
                 stats.last_ok = loop.time()
-
-    async def _exchange(self, endpoint: Endpoint, query: Query, deadline: float) -> bytes:
-        """One question to one upstream over its transport: a fresh random ID, and for UDP the TCP retry when
-        the reply is truncated. Raises on any failure; counting is the caller's."""
-        loop = asyncio.get_running_loop()
-        qid = secrets.randbits(16)
-        packet = wire.upstream_query(query, qid)
-        timeout = min(self.timeout, max(0.01, deadline - loop.time()))
-        if endpoint.transport != "udp":
-            return await self._stream(endpoint, packet, qid, query, timeout)
-        reply = await self._udp(endpoint, packet, qid, query, timeout)
-        if reply[2] & 0x02:  # TC: the whole answer only fits over TCP
-            reply = await self._stream(endpoint, packet, qid, query, max(0.05, deadline - loop.time()))
-        return reply
-
-    async def _udp(self, endpoint: Endpoint, packet: bytes, qid: int, query: Query, timeout: float) -> bytes:
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET, socket.SOCK_DGRAM)
-        future: asyncio.Future[bytes] = loop.create_future()
-
-        def readable() -> None:
-            while not future.done():
-                try:
-                    data = sock.recv(65535)
-                except BlockingIOError:
-                    return
-                except OSError as err:  # e.g. ICMP port unreachable: fail now, not at the timeout
-                    future.set_exception(err)
-                    return
-                if matches(data, qid, query):
-                    future.set_result(data)
-                else:
-                    self.stats.upstream_mismatch += 1
-
-        try:
-            sock.setblocking(False)
-            sock.connect((endpoint.host, endpoint.port))
-            loop.add_reader(sock.fileno(), readable)
-            # A timer on the future itself: asyncio.wait_for would wrap it in another task per query.
-            timer = loop.call_later(timeout, _expire, future, endpoint, timeout)
-            try:
-                sock.send(packet)
-                return await future
-            finally:
-                timer.cancel()
-                loop.remove_reader(sock.fileno())
-        finally:
-            sock.close()
 
     async def _stream(self, endpoint: Endpoint, packet: bytes, qid: int, query: Query, timeout: float) -> bytes:
         """TCP, or TLS (DNS over TLS, RFC 7858) with the certificate checked against the endpoint's name.
@@ -240,7 +155,160 @@ class UpstreamPool:
             reply = await asyncio.wait_for(exchange(), timeout)
         except TimeoutError:
             raise UpstreamTimeout(f"{endpoint}: no {endpoint.transport.upper()} reply within {timeout:.2f}s") from None
+        except (OSError, asyncio.IncompleteReadError, ssl.SSLError) as err:
+            raise UpstreamError(f"{endpoint}: {err}") from err
         if not matches(reply, qid, query):
             self.stats.upstream_mismatch += 1
             raise UpstreamError(f"{endpoint}: reply does not match the question")
         return reply
+
+
+Done = Callable[[bytes | None, BaseException | None], None]
+
+
+def _settle(future: asyncio.Future[bytes | None], reply: bytes | None, _error: BaseException | None) -> None:
+    if not future.done():
+        future.set_result(reply)
+
+
+class _Attempt:
+    """One question to one upstream over its transport, reported once to ``done`` as (reply, None) or
+    (None, error). UDP runs on reader and timer callbacks over a fresh connected socket (a random source port
+    per question, and the kernel drops datagrams from any other address); a truncated reply, or a tcp:// or
+    tls:// upstream, takes a task for the stream exchange."""
+
+    __slots__ = ("deadline", "done", "endpoint", "fd", "loop", "pool", "qid", "query", "sock", "timer")
+
+    def __init__(self, pool: UpstreamPool, endpoint: Endpoint, query: Query, deadline: float, done: Done) -> None:
+        self.pool = pool
+        self.endpoint = endpoint
+        self.query = query
+        self.done = done
+        self.deadline = deadline
+        loop = self.loop = asyncio.get_running_loop()
+        timeout = min(pool.timeout, max(0.01, deadline - loop.time()))
+        self.qid = qid = secrets.randbits(16)
+        packet = wire.upstream_query(query, qid)
+        self.sock: socket.socket | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        if endpoint.transport != "udp":
+            self._stream(packet, timeout)
+            return
+        try:
+            sock = socket.socket(socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError as err:  # out of file descriptors, say: this question fails, the server goes on
+            loop.call_soon(done, None, UpstreamError(f"{endpoint}: {err}"))  # not from inside the caller
+            return
+        self.fd = sock.fileno()
+        try:
+            sock.setblocking(False)
+            sock.connect((endpoint.host, endpoint.port))
+            sock.send(packet)
+        except OSError as err:
+            sock.close()
+            loop.call_soon(done, None, UpstreamError(f"{endpoint}: {err}"))
+            return
+        self.sock = sock
+        loop.add_reader(self.fd, self._readable)
+        self.timer = loop.call_later(timeout, self._expire, timeout)
+
+    def _readable(self) -> None:
+        sock = self.sock
+        while sock is not None:
+            try:
+                data = sock.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError as err:  # e.g. ICMP port unreachable: fail now, not at the timeout
+                self._close()
+                self.done(None, UpstreamError(f"{self.endpoint}: {err}"))
+                return
+            if not matches(data, self.qid, self.query):
+                self.pool.stats.upstream_mismatch += 1  # forged or stale: keep listening for the real one
+                continue
+            self._close()
+            if data[2] & 0x02:  # TC: the whole answer only fits over TCP
+                qid = self.qid = secrets.randbits(16)
+                self._stream(wire.upstream_query(self.query, qid), max(0.05, self.deadline - self.loop.time()))
+            else:
+                self.done(data, None)
+            return
+
+    def _expire(self, timeout: float) -> None:
+        if self.sock is not None:
+            self._close()
+            self.done(None, UpstreamTimeout(f"{self.endpoint}: no reply within {timeout:.2f}s"))
+
+    def _close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.sock is not None:
+            self.loop.remove_reader(self.fd)
+            self.sock.close()
+            self.sock = None
+
+    def _stream(self, packet: bytes, timeout: float) -> None:
+        task = self.loop.create_task(self.pool._stream(self.endpoint, packet, self.qid, self.query, timeout))
+        self.pool.streams.add(task)
+        task.add_done_callback(self._streamed)
+
+    def _streamed(self, task: asyncio.Task[bytes]) -> None:
+        self.pool.streams.discard(task)
+        if task.cancelled():
+            self.done(None, UpstreamError(f"{self.endpoint}: cancelled"))
+        elif (error := task.exception()) is not None:
+            self.done(None, error)
+        else:
+            self.done(task.result(), None)
+
+
+class _Resolution:
+    """One question walking down the upstream list by callbacks, until a usable reply or the deadline."""
+
+    __slots__ = ("deadline", "done", "fallback", "live", "next", "order", "pool", "query")
+
+    def __init__(self, pool: UpstreamPool, query: Query, done: Callable[[bytes | None], None]) -> None:
+        self.pool = pool
+        self.query = query
+        self.done: Callable[[bytes | None], None] | None = done
+        now = asyncio.get_running_loop().time()
+        self.deadline = now + pool.deadline
+        self.order = pool._order(now)
+        self.fallback: bytes | None = None
+        self.live = 0
+        self.next = 0
+        self._launch(2 if pool.strategy == "parallel_best" else 1)
+
+    def _launch(self, count: int) -> None:
+        pool = self.pool
+        while count and self.next < len(self.order):
+            endpoint = self.order[self.next]
+            self.next += 1
+            count -= 1
+            pool._stats[endpoint].requests += 1
+            self.live += 1
+            started = pool._loop().time()
+            _Attempt(pool, endpoint, self.query, self.deadline, partial(self._finished, endpoint, started))
+        if not self.live:
+            self._finish(self.fallback)
+
+    def _finished(self, endpoint: Endpoint, started: float, reply: bytes | None, error: BaseException | None) -> None:
+        self.live -= 1
+        if self.done is None:  # already answered by the other of two parallel attempts
+            self.pool._record(endpoint, started, reply, error)
+            return
+        if self.pool._record(endpoint, started, reply, error):
+            self._finish(reply)
+            return
+        if reply is not None:
+            self.fallback = reply
+        if not self.live:
+            if self.deadline - self.pool._loop().time() > 0:
+                self._launch(1)
+            else:
+                self._finish(self.fallback)
+
+    def _finish(self, reply: bytes | None) -> None:
+        done, self.done = self.done, None
+        if done is not None:
+            done(reply)
