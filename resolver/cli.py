@@ -38,8 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
                        help="stderr log format (auto: text on a terminal, JSON lines otherwise)")
-    serve.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="worker processes sharing the ports (SO_REUSEPORT); default 1")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="worker processes sharing the ports (SO_REUSEPORT); default: one per CPU this "
+                            "process may run on. Each worker has its own cache")
     serve.add_argument("--worker", help=argparse.SUPPRESS)  # INDEX:FD, set by the supervisor for its workers
 
     check = sub.add_parser("check", help="validate a config and its lists, print a summary")
@@ -67,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = make_config()
         if args.command == "serve":
+            if args.workers is None:
+                args.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             if args.workers < 1:
                 raise ConfigError("--workers", "must be at least 1")
             if args.workers > 1 and args.worker is None:

@@ -40,6 +40,14 @@ def test_two_workers_share_the_port_and_metrics_add_up(resolver_factory: Resolve
     assert blocked == {"tiktok": 40.0}
 
 
+def test_by_default_one_worker_per_cpu(resolver_factory: ResolverFactory) -> None:
+    server = resolver_factory(None, metrics=True, workers=None)  # no --workers flag: the server's default
+    cpus = len(os.sched_getaffinity(0))
+    assert len(_workers(server)) == (cpus if cpus > 1 else 0)  # one CPU: the server is its own single worker
+    assert total(parse_samples(server.metrics_text()), "resolver_workers") == cpus
+    _answered_all(server, [f"d{i}.tiktok.com" for i in range(10)], "0.0.0.0")
+
+
 def test_a_killed_worker_is_restarted_and_nothing_is_lost(resolver_factory: ResolverFactory) -> None:
     server = resolver_factory(None, ["--workers", "2"], metrics=True)
     sent = _answered_all(server, [f"a{i}.tiktok.com" for i in range(20)], "0.0.0.0")

@@ -88,8 +88,8 @@ class Resolver(Server):
         config = self._conf(ctx, "resolver.yaml", ctx.resolver_config)
         argv = [sys.executable, "-m", "resolver", "serve", "-c", str(config), "--listen", f"{HOST}:{port}",
                 "--upstream", f"{HOST}:{ctx.auth_port}", "--blocklist", str(ctx.data.blocklist(size))]
-        if ctx.workers > 1 and workers_supported(ctx):
-            argv += ["--workers", str(ctx.workers)]  # HOOK(workers): passed through once the server has it
+        if workers_supported(ctx):  # always explicit: the server's default is one worker per CPU
+            argv += ["--workers", str(ctx.workers)]
         env = dict(os.environ, PYTHONPATH=str(ctx.resolver_src), PYTHONUNBUFFERED="1")
         return Proc(self.name, argv, SERVER_CPU, self._log(ctx, size), cwd=ctx.resolver_src, env=env)
 

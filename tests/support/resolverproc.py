@@ -120,6 +120,7 @@ class ResolverProcess:
         metrics: bool = False,
         listen_host: str = "127.0.0.1",
         port: int | None = None,
+        workers: int | None = 1,
     ) -> None:
         self.config = config
         self.tmp_path = tmp_path
@@ -137,6 +138,11 @@ class ResolverProcess:
         if self.metrics_port is not None:
             args += ["--metrics", f"127.0.0.1:{self.metrics_port}"]
         args += list(extra_args)
+        if workers is not None and not any(a == "--workers" or a.startswith("--workers=") for a in extra_args):
+            # One process unless a test asks for more (or for the server's default, workers=None): with several,
+            # a repeated question may land on another worker's cache (SO_REUSEPORT spreads by source port),
+            # which tests of one cache must not depend on.
+            args += ["--workers", str(workers)]
         _only_loopback_upstreams(config, upstreams, extra_args)
         self.args = args
         self._lines: list[str] = []
@@ -270,6 +276,7 @@ class ResolverFactory:
         metrics: bool = False,
         listen_host: str = "127.0.0.1",
         port: int | None = None,
+        workers: int | None = 1,
     ) -> ResolverProcess:
         proc = ResolverProcess(
             config,
@@ -279,6 +286,7 @@ class ResolverFactory:
             metrics=metrics,
             listen_host=listen_host,
             port=port,
+            workers=workers,
         )
         self.started.append(proc)
         return proc.start()
