@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     OUT.mkdir(exist_ok=True)
     set_pidfile(Path(os.environ.get("LOAD_PIDFILE", OUT / "pids")))
-    os.sched_setaffinity(0, {int(CLIENT_CPU)})  # the driver's probes and sampling stay off the server's core
+    # The driver's probes and sampling stay off the server's core.
+    os.sched_setaffinity(0, {int(c) for c in CLIENT_CPU.split(",")})
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return run(args)

@@ -139,13 +139,16 @@ def stop_all() -> None:
         _pidfile.write_text("")
 
 
-def cpu_busy_seconds(cpu: str) -> float:
-    """Time CPU ``cpu`` spent in user and system mode (any process, ours or not) since boot, from /proc/stat."""
+def cpu_busy_seconds(cpus: str) -> float:
+    """Time the CPUs of ``cpus`` (a taskset list such as "1" or "0,1") spent in user and system mode (any
+    process, ours or not) since boot, from /proc/stat."""
+    wanted = {f"cpu{c.strip()}" for c in cpus.split(",")}
+    total = 0
     for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{cpu} "):
-            fields = [int(x) for x in line.split()[1:]]
-            return (fields[0] + fields[1] + fields[2]) / CLK_TCK  # user, nice, system
-    return 0.0
+        fields = line.split()
+        if fields and fields[0] in wanted:
+            total += int(fields[1]) + int(fields[2]) + int(fields[3])  # user, nice, system
+    return total / CLK_TCK
 
 
 def free_port() -> int:

@@ -28,8 +28,10 @@ from pathlib import Path
 from loadgen import ANSWER_V4, Data, size_label
 from procs import HOST, Proc
 
-SERVER_CPU = "1"
-CLIENT_CPU = "0"  # dnsperf and the upstream
+# The server on CPU 1, dnsperf and the upstream on CPU 0. For the scale-out run (two workers against one) both
+# sides get both CPUs: LOAD_SERVER_CPUS=0,1 LOAD_CLIENT_CPUS=0,1 (taskset -c lists).
+SERVER_CPU = os.environ.get("LOAD_SERVER_CPUS", "1")
+CLIENT_CPU = os.environ.get("LOAD_CLIENT_CPUS", "0")
 HERE = Path(__file__).resolve().parent
 DEFAULT_RESOLVER_CONFIG = "# Only the benchmark blocklist decides: no platform is blocked.\npolicy:\n  block: []\n"
 
