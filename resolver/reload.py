@@ -126,7 +126,7 @@ class Reloader:
                 log.error("reload refused (%s), the old policy keeps serving: %s", why, err)
                 return False
             new = Summary.of(loaded)
-            self.pipeline.policy = loaded.policy
+            self.pipeline.swap(loaded.policy)
             del loaded  # the parsed lists: only the policy is kept
             # The new policy is long-lived: keep it out of later collections. (No gc.collect() here: this is the
             # serving thread, and a full collection of a big policy would stall answers.)

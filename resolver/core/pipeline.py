@@ -36,6 +36,9 @@ from resolver.core.stats import (
 from resolver.core.wire import EdnsVersionError, Query
 from resolver.errors import WireFormatError
 
+PARSE_MEMO = 4096  # distinct recent packets whose parse and verdicts are kept
+MEMO_PACKET = 512  # bigger packets (rare, TCP) are parsed every time: the memo stays small
+
 # (unix time, client, group, qname wire, qtype, outcome, platform label, rule source, seconds)
 QueryRecord = tuple[float, str, str, bytes, int, int, str, str, float]
 
@@ -55,6 +58,14 @@ class Pipeline:
         self.limiter: RateLimiter | None = None
         # Where a popular entry about to expire is sent for a background refresh (the app's forwarder).
         self.prefetch: Callable[[Query], None] | None = None
+        # packet minus its ID -> (the query it parsed to, the policy that judged it, that policy's verdicts)
+        self._parsed: dict[bytes, tuple[Query, Policy, tuple[Verdict, ...] | None]] = {}
+
+    def swap(self, policy: Policy) -> None:
+        """Serve ``policy`` from the next query on (a reload). The memo is emptied with it: it would keep the old
+        policy, tables and all, alive until its last entry was replaced."""
+        self.policy = policy
+        self._parsed.clear()
 
     def on_query(self, data: bytes, transport: int, client: str, client_id: str | None = None) -> bytes | Query | None:
         """Bytes to send back now, a Query to forward upstream, or None to drop the packet."""
@@ -78,15 +89,24 @@ class Pipeline:
         if len(data) > 2 and data[2] & 0x80:  # a response sent to us: answering it would make a reflection loop
             self.stats.malformed += 1
             return None
-        try:
-            query = wire.parse_query(data)
-        except EdnsVersionError as err:
-            return self._done(transport, INVALID, now, wire.badvers_reply(err), None)
-        except WireFormatError:
-            if not wire.reply_possible(data):
-                self.stats.malformed += 1
-                return None
-            return self._done(transport, INVALID, now, wire.error_reply(data, wire.FORMERR), None)
+        # Phones ask the same few hundred questions over and over, byte for byte but for the ID: the parse, and the
+        # policy's verdicts for the name while that policy serves, are looked up instead of done again. Only
+        # packets that parsed get in, and the memo is bounded.
+        parsed = self._parsed
+        key = data[2:] if len(data) <= MEMO_PACKET else b""  # (b"" is never a key: no packet parses to it)
+        hit = parsed.get(key)
+        if hit is not None:
+            query = hit[0].again(data[0] << 8 | data[1])
+        else:
+            try:
+                query = wire.parse_query(data)
+            except EdnsVersionError as err:
+                return self._done(transport, INVALID, now, wire.badvers_reply(err), None)
+            except WireFormatError:
+                if not wire.reply_possible(data):
+                    self.stats.malformed += 1
+                    return None
+                return self._done(transport, INVALID, now, wire.error_reply(data, wire.FORMERR), None)
         if query.flags & wire.OPCODE_MASK:  # (responses were dropped above, before parsing)
             return self._done(transport, INVALID, now, wire.error_reply(data, wire.NOTIMP), query)
         query.transport = transport
@@ -99,7 +119,15 @@ class Pipeline:
             return self._done(transport, REFUSED, now, wire.simple_reply(query, wire.REFUSED), query)
         policy = self.policy
         group = query.group = policy.group_of(client, client_id) if policy.grouped else 0
-        verdicts = policy.trie.lookup(query.labels)
+        if hit is not None and hit[1] is policy:
+            verdicts = hit[2]
+        else:
+            verdicts = policy.trie.lookup(query.labels)
+            if key:
+                if len(parsed) >= PARSE_MEMO:
+                    parsed.clear()  # a flood of distinct names costs a clear per PARSE_MEMO packets, not an LRU
+                # The template is a copy: the caller's query gets per-query fields set on it.
+                parsed[key] = (hit[0] if hit is not None else query.again(query.id), policy, verdicts)
         if verdicts is not None:
             verdict = verdicts[group]
             if verdict.action == BLOCK:

@@ -104,6 +104,12 @@ class Query:
         bits = (1 if self.do else 0) | (2 if self.flags & CD else 0)
         return self.qname + self.question[-4:] + bytes((bits,))
 
+    def again(self, qid: int) -> Query:
+        """The same question parsed from a packet that differed only in its ID (see ``Pipeline``'s memo): the
+        parsed parts are shared, which is safe because nothing changes them after parsing."""
+        return Query(qid, self.flags, self.question, self.qname, self.labels, self.qtype, self.qclass, self.edns,
+                     self.udp_size, self.do)
+
 
 def skip_name(data: bytes, pos: int) -> int:
     """Return the offset just past the (possibly compressed) name at ``pos``."""

@@ -475,6 +475,32 @@ def test_pipeline_checks_policy_before_cache() -> None:
     assert dns.message.from_wire(reply).answer[0][0].to_text() == "0.0.0.0"
 
 
+def test_a_repeated_packet_is_answered_as_its_own_query() -> None:
+    """The parse memo: the same question under new IDs gets answers carrying each one's own ID and case, and a
+    reload decides a remembered packet by the new policy."""
+    pipe = Pipeline(policy(block=("facebook",)), Cache(CacheLimits()), Stats(), Clock(), lambda: 1e9)
+    first = make_query("WwW.TikTok.com")
+    for qid in (1, 2, 0xFFFF):
+        packet = struct.pack("!H", qid) + first[2:]
+        pending = pipe.on_query(packet, UDP, "127.0.0.1")
+        assert isinstance(pending, wire.Query) and pending.id == qid and pending.question == packet[12:-11]
+    pipe.swap(policy(block=("tiktok",)))
+    reply = pipe.on_query(b"\x12\x34" + first[2:], UDP, "127.0.0.1")
+    assert isinstance(reply, bytes)
+    message = dns.message.from_wire(reply)
+    assert message.id == 0x1234 and message.answer[0][0].to_text() == "0.0.0.0"
+    assert message.question[0].name.to_text() == "WwW.TikTok.com."
+
+
+def test_the_parse_memo_is_bounded() -> None:
+    from resolver.core.pipeline import PARSE_MEMO
+
+    pipe = Pipeline(policy(), Cache(CacheLimits()), Stats(), Clock(), lambda: 1e9)
+    for i in range(PARSE_MEMO + 10):
+        pipe.on_query(make_query(f"n{i}.example.test"), UDP, "127.0.0.1")
+    assert 0 < len(pipe._parsed) <= PARSE_MEMO
+
+
 @pytest.mark.parametrize(
     ("packet", "expected"),
     [
