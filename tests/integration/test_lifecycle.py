@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,22 @@ def test_sighup_reloads_policy_and_a_broken_config_keeps_the_old_one(resolver_fa
     # The old policy keeps serving.
     assert addresses(server.query("www.facebook.com", "A"), "A") == ["0.0.0.0"]
     assert server.alive()
+
+
+def test_sigterm_answers_queries_in_flight_before_it_exits(resolver_factory: ResolverFactory,
+                                                           auth: AuthServer) -> None:
+    """A phone whose question is waiting on a slow upstream (1 s) when the service manager stops us still gets
+    its answer, and the process exits soon after (the drain is bounded at 5 s)."""
+    auth.set_behaviour(WWW, "slow:1")
+    server = resolver_factory({"upstream_timeout": 3, "query_timeout": 4})
+    assert server.proc is not None
+    answers: list[list[str]] = []
+    asker = threading.Thread(target=lambda: answers.append(addresses(server.query(WWW, "A", timeout=5), "A")))
+    asker.start()
+    assert auth.wait_for_queries(1, name=WWW)  # the question is upstream now
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    asker.join(10)
+    assert answers == [[WWW_V4]]
+    assert server.proc.wait(10) == 0
+    assert time.monotonic() - started < 1 + 5 + 2, "exit took longer than the slow answer plus the drain bound"
