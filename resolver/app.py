@@ -239,6 +239,7 @@ class Server:
             close()
         for task in list(self.tasks):
             task.cancel()
+        self.upstreams.close()
         if self.querylog is not None:
             self.querylog.close()
         log.info("stopped")

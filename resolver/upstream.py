@@ -18,6 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from resolver.config import Endpoint
 from resolver.core import wire
@@ -66,7 +67,8 @@ class UpstreamPool:
         self.stats = stats
         self._stats = {e: UpstreamStats() for e in endpoints}  # the per-query path: no str() per query
         self.upstream_stats = {str(e): s for e, s in self._stats.items()}  # the same objects, for metrics
-        self.streams: set[asyncio.Task[bytes]] = set()  # TCP/TLS exchanges in flight (the loop holds tasks weakly)
+        self.streams: set[asyncio.Task[Any]] = set()  # TCP/TLS tasks in flight (the loop holds tasks weakly)
+        self._conns: dict[Endpoint, _StreamConn] = {}
 
     def _order(self, now: float) -> list[Endpoint]:
         """Healthy upstreams first (in config order, shuffled, or fastest first, by strategy), then the rest."""
@@ -134,33 +136,122 @@ class UpstreamPool:
                 stats.down_until = 0.0
                 stats.last_ok = loop.time()
 
-    async def _stream(self, endpoint: Endpoint, packet: bytes, qid: int, query: Query, timeout: float) -> bytes:
-        """TCP, or TLS (DNS over TLS, RFC 7858) with the certificate checked against the endpoint's name.
-        One connection per question: simple and robust; the UDP path carries the volume."""
-        tls = self.tls_context if endpoint.transport == "tls" else None
-
-        async def exchange() -> bytes:
-            reader, writer = await asyncio.open_connection(
-                endpoint.host, endpoint.port, ssl=tls, server_hostname=(endpoint.tls_name or endpoint.host)
-                if tls is not None else None)
+    async def _stream(self, endpoint: Endpoint, query: Query, timeout: float) -> bytes:
+        """One question over TCP, or TLS (DNS over TLS, RFC 7858, the certificate checked against the endpoint's
+        name), on the endpoint's shared connection. A question sent on a reused connection that the upstream
+        had just closed (idle servers do) is sent once more on a fresh one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for fresh_only in (False, True):
+            conn = self._conns.get(endpoint)
+            if conn is None or conn.closed or fresh_only:
+                conn = self._conns[endpoint] = _StreamConn(self, endpoint)
+            reused = conn.answered > 0
             try:
-                writer.write(len(packet).to_bytes(2, "big") + packet)
-                await writer.drain()
-                size = int.from_bytes(await reader.readexactly(2), "big")
-                return await reader.readexactly(size)
-            finally:
-                writer.close()
+                return await asyncio.wait_for(conn.ask(query), max(0.01, deadline - loop.time()))
+            except TimeoutError:
+                raise UpstreamTimeout(f"{endpoint}: no {endpoint.transport.upper()} reply within {timeout:.2f}s") \
+                    from None
+            except _ConnectionLost as err:
+                if not reused or fresh_only:
+                    raise UpstreamError(f"{endpoint}: {err.__cause__ or err}") from err
+        raise AssertionError("unreachable")
 
+    def close(self) -> None:
+        """Close the shared TCP/TLS connections (at shutdown)."""
+        for conn in list(self._conns.values()):
+            conn.close()  # (takes itself out of the table)
+
+
+class _ConnectionLost(UpstreamError):
+    """The shared connection failed or was closed under a question."""
+
+
+class _StreamConn:
+    """One TCP or TLS connection to an upstream, shared by every question to it (RFC 7766 pipelining: several
+    questions in flight, answers in any order, matched on ID and question). One TLS handshake serves many
+    questions; the connection closes itself when idle and is opened again on the next question."""
+
+    IDLE_SECONDS = 10.0
+    MAX_PENDING = 1000  # questions in flight on one connection; past it new ones fail over to the next upstream
+
+    def __init__(self, pool: UpstreamPool, endpoint: Endpoint) -> None:
+        self.pool = pool
+        self.endpoint = endpoint
+        self.pending: dict[int, tuple[Query, asyncio.Future[bytes]]] = {}
+        self.closed = False
+        self.answered = 0
+        self.writer: asyncio.StreamWriter | None = None
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[asyncio.StreamWriter] = loop.create_future()
+        self.task = loop.create_task(self._run())
+        pool.streams.add(self.task)
+        self.task.add_done_callback(pool.streams.discard)
+
+    async def ask(self, query: Query) -> bytes:
+        if len(self.pending) >= self.MAX_PENDING:
+            raise UpstreamError(f"{self.endpoint}: {self.MAX_PENDING} questions already in flight")
+        writer = await asyncio.shield(self.opened)
+        qid = secrets.randbits(16)
+        while qid in self.pending:
+            qid = secrets.randbits(16)
+        packet = wire.upstream_query(query, qid)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.pending[qid] = (query, future)
         try:
-            reply = await asyncio.wait_for(exchange(), timeout)
-        except TimeoutError:
-            raise UpstreamTimeout(f"{endpoint}: no {endpoint.transport.upper()} reply within {timeout:.2f}s") from None
-        except (OSError, asyncio.IncompleteReadError, ssl.SSLError) as err:
-            raise UpstreamError(f"{endpoint}: {err}") from err
-        if not matches(reply, qid, query):
-            self.stats.upstream_mismatch += 1
-            raise UpstreamError(f"{endpoint}: reply does not match the question")
-        return reply
+            if self.closed:
+                raise _ConnectionLost("connection closed")
+            writer.write(len(packet).to_bytes(2, "big") + packet)
+            return await future
+        finally:
+            self.pending.pop(qid, None)
+
+    async def _run(self) -> None:
+        endpoint = self.endpoint
+        tls = self.pool.tls_context if endpoint.transport == "tls" else None
+        error: BaseException | None = None
+        try:
+            reader, writer = await asyncio.open_connection(
+                endpoint.host, endpoint.port, ssl=tls,
+                server_hostname=(endpoint.tls_name or endpoint.host) if tls is not None else None)
+            self.writer = writer
+            self.opened.set_result(writer)
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), self.IDLE_SECONDS)
+                except TimeoutError:
+                    if self.pending:
+                        continue
+                    return  # idle: close, and open again on the next question
+                reply = await reader.readexactly(int.from_bytes(head, "big"))
+                waiting = self.pending.get(reply[0] << 8 | reply[1]) if len(reply) >= 2 else None
+                if waiting is None or not matches(reply, reply[0] << 8 | reply[1], waiting[0]):
+                    self.pool.stats.upstream_mismatch += 1
+                    continue
+                self.answered += 1
+                if not waiting[1].done():
+                    waiting[1].set_result(reply)
+        except (OSError, asyncio.IncompleteReadError, ssl.SSLError, UpstreamError) as err:
+            error = err
+        finally:
+            self.close(error)
+
+    def close(self, error: BaseException | None = None) -> None:
+        self.closed = True
+        if self.pool._conns.get(self.endpoint) is self:
+            del self.pool._conns[self.endpoint]
+        lost = _ConnectionLost("connection closed" if error is None else str(error))
+        lost.__cause__ = error
+        if not self.opened.done():
+            self.opened.set_exception(lost)
+            self.opened.exception()  # retrieved here: a question that gave up waiting on it must not log it
+        for _, future in self.pending.values():
+            if not future.done():
+                future.set_exception(lost)
+        if self.writer is not None:
+            self.writer.close()
+        if not self.task.done() and asyncio.current_task() is not self.task:
+            self.task.cancel()
 
 
 Done = Callable[[bytes | None, BaseException | None], None]
@@ -187,13 +278,13 @@ class _Attempt:
         self.deadline = deadline
         loop = self.loop = asyncio.get_running_loop()
         timeout = min(pool.timeout, max(0.01, deadline - loop.time()))
-        self.qid = qid = secrets.randbits(16)
-        packet = wire.upstream_query(query, qid)
         self.sock: socket.socket | None = None
         self.timer: asyncio.TimerHandle | None = None
         if endpoint.transport != "udp":
-            self._stream(packet, timeout)
+            self._stream(timeout)
             return
+        self.qid = qid = secrets.randbits(16)
+        packet = wire.upstream_query(query, qid)
         try:
             sock = socket.socket(socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET, socket.SOCK_DGRAM)
         except OSError as err:  # out of file descriptors, say: this question fails, the server goes on
@@ -228,8 +319,7 @@ class _Attempt:
                 continue
             self._close()
             if data[2] & 0x02:  # TC: the whole answer only fits over TCP
-                qid = self.qid = secrets.randbits(16)
-                self._stream(wire.upstream_query(self.query, qid), max(0.05, self.deadline - self.loop.time()))
+                self._stream(max(0.05, self.deadline - self.loop.time()))
             else:
                 self.done(data, None)
             return
@@ -247,8 +337,8 @@ class _Attempt:
             self.sock.close()
             self.sock = None
 
-    def _stream(self, packet: bytes, timeout: float) -> None:
-        task = self.loop.create_task(self.pool._stream(self.endpoint, packet, self.qid, self.query, timeout))
+    def _stream(self, timeout: float) -> None:
+        task = self.loop.create_task(self.pool._stream(self.endpoint, self.query, timeout))
         self.pool.streams.add(task)
         task.add_done_callback(self._streamed)
 

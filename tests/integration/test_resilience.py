@@ -76,6 +76,26 @@ def test_dns_over_tls_upstream_with_a_verified_certificate(
         assert auth.count(WWW, "A", transport="tcp") == 1 and auth.count(WWW, "A", transport="udp") == 0
 
 
+def test_dns_over_tls_reuses_its_connection_and_survives_the_upstream_closing_it(
+    resolver_factory: ResolverFactory, auth: AuthServer, certs: tuple[Path, Path, Path]
+) -> None:
+    """Ten questions, one TLS handshake; the upstream then closes the idle connection, and the next question
+    is still answered (on a new connection)."""
+    ca, cert, key = certs
+    with TlsProxy(cert, key, ("127.0.0.1", int(auth.address.rsplit(":", 1)[1])), idle=1.0) as proxy:
+        server = resolver_factory({"upstream_ca": str(ca)}, upstreams=[f"tls://127.0.0.1:{proxy.port}#dns.test"])
+        baseline = proxy.handshakes  # the start-up health probe may have opened the connection already
+        assert baseline <= 1
+        for i in range(10):
+            auth.add(f"n{i}.example.test", "A", f"192.0.2.{100 + i}")
+            assert addresses(server.query(f"n{i}.example.test", "A"), "A") == [f"192.0.2.{100 + i}"]
+        assert proxy.handshakes == 1
+        time.sleep(1.5)  # the upstream closes the connection
+        assert addresses(server.query(WWW, "A"), "A") == [WWW_V4]
+        assert proxy.handshakes == 2
+        assert server.stop() == 0, server.stderr_text()  # and it shuts down cleanly with a connection open
+
+
 @pytest.mark.parametrize("problem", ["wrong name", "untrusted CA"])
 def test_dns_over_tls_refuses_a_certificate_it_cannot_verify(
     resolver_factory: ResolverFactory, auth: AuthServer, certs: tuple[Path, Path, Path], problem: str

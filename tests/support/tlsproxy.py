@@ -27,8 +27,9 @@ def make_ca(directory: Path, name: str = "dns.test") -> tuple[Path, Path, Path]:
 
 
 class TlsProxy:
-    def __init__(self, cert: Path, key: Path, backend: tuple[str, int]) -> None:
+    def __init__(self, cert: Path, key: Path, backend: tuple[str, int], idle: float = 5.0) -> None:
         self.backend = backend
+        self.idle = idle  # a connection quiet this long is closed, as real DoT servers do
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(cert, key)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -59,7 +60,7 @@ class TlsProxy:
             threading.Thread(target=self._relay, args=(raw,), daemon=True).start()
 
     def _relay(self, raw: socket.socket) -> None:
-        raw.settimeout(5)
+        raw.settimeout(self.idle)
         try:
             with self.context.wrap_socket(raw, server_side=True) as conn:
                 self.handshakes += 1
