@@ -37,6 +37,7 @@ from resolver.core.wire import EdnsVersionError, Query
 from resolver.errors import WireFormatError
 
 PARSE_MEMO = 4096  # distinct recent packets whose parse and verdicts are kept
+MEMO_PAUSE = 8 * PARSE_MEMO  # new packets not remembered after a full memo that served under a quarter of hits
 MEMO_PACKET = 512  # bigger packets (rare, TCP) are parsed every time: the memo stays small
 
 # (unix time, client, group, qname wire, qtype, outcome, platform label, rule source, seconds)
@@ -60,12 +61,33 @@ class Pipeline:
         self.prefetch: Callable[[Query], None] | None = None
         # packet minus its ID -> (the query it parsed to, the policy that judged it, that policy's verdicts)
         self._parsed: dict[bytes, tuple[Query, Policy, tuple[Verdict, ...] | None]] = {}
+        self._memo_hits = 0  # since the memo was last emptied
+        self._memo_paused = 0  # new packets still to go before the memo takes any again
 
     def swap(self, policy: Policy) -> None:
         """Serve ``policy`` from the next query on (a reload). The memo is emptied with it: it would keep the old
         policy, tables and all, alive until its last entry was replaced."""
         self.policy = policy
         self._parsed.clear()
+
+    def _remember(self, key: bytes, query: Query, policy: Policy, verdicts: tuple[Verdict, ...] | None) -> None:
+        """Keep a parse for the next packet like this one. Filling the memo with names that never come back (a
+        flood of random names, say) costs more than it saves, mostly in memory the CPU cache no longer holds:
+        when a full memo served few hits, stop filling it for a while."""
+        if self._memo_paused:
+            self._memo_paused -= 1
+            return
+        parsed = self._parsed
+        if len(parsed) >= PARSE_MEMO:
+            if self._memo_hits < PARSE_MEMO // 4:
+                self._memo_paused = MEMO_PAUSE
+            self._memo_hits = 0
+            parsed.clear()  # a clear per PARSE_MEMO new packets, not an LRU's bookkeeping per packet
+            if self._memo_paused:
+                return
+        # The query itself is the template: ``again`` copies only what parsing set, never the per-query fields
+        # (client, group, …) set on this one.
+        parsed[key] = (query, policy, verdicts)
 
     def on_query(self, data: bytes, transport: int, client: str, client_id: str | None = None) -> bytes | Query | None:
         """Bytes to send back now, a Query to forward upstream, or None to drop the packet."""
@@ -121,13 +143,11 @@ class Pipeline:
         group = query.group = policy.group_of(client, client_id) if policy.grouped else 0
         if hit is not None and hit[1] is policy:
             verdicts = hit[2]
+            self._memo_hits += 1
         else:
             verdicts = policy.trie.lookup(query.labels)
             if key:
-                if len(parsed) >= PARSE_MEMO:
-                    parsed.clear()  # a flood of distinct names costs a clear per PARSE_MEMO packets, not an LRU
-                # The template is a copy: the caller's query gets per-query fields set on it.
-                parsed[key] = (hit[0] if hit is not None else query.again(query.id), policy, verdicts)
+                self._remember(key, hit[0] if hit is not None else query, policy, verdicts)
         if verdicts is not None:
             verdict = verdicts[group]
             if verdict.action == BLOCK:

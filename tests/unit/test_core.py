@@ -492,13 +492,21 @@ def test_a_repeated_packet_is_answered_as_its_own_query() -> None:
     assert message.question[0].name.to_text() == "WwW.TikTok.com."
 
 
-def test_the_parse_memo_is_bounded() -> None:
-    from resolver.core.pipeline import PARSE_MEMO
+def test_the_parse_memo_is_bounded_and_stops_filling_under_a_flood_of_new_names() -> None:
+    from resolver.core.pipeline import MEMO_PAUSE, PARSE_MEMO
 
     pipe = Pipeline(policy(), Cache(CacheLimits()), Stats(), Clock(), lambda: 1e9)
-    for i in range(PARSE_MEMO + 10):
+    for i in range(PARSE_MEMO):
         pipe.on_query(make_query(f"n{i}.example.test"), UDP, "127.0.0.1")
-    assert 0 < len(pipe._parsed) <= PARSE_MEMO
+    assert len(pipe._parsed) == PARSE_MEMO
+    pipe.on_query(make_query("one-more.example.test"), UDP, "127.0.0.1")
+    assert len(pipe._parsed) == 0  # full, and it served no hits: emptied, and paused
+    for i in range(MEMO_PAUSE):
+        pending = pipe.on_query(make_query(f"m{i}.tiktok.com"), UDP, "127.0.0.1")
+        assert isinstance(pending, bytes)  # still decided one by one while the memo rests
+    assert len(pipe._parsed) == 0
+    pipe.on_query(make_query("again.example.test"), UDP, "127.0.0.1")
+    assert len(pipe._parsed) == 1
 
 
 @pytest.mark.parametrize(
