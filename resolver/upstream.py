@@ -270,14 +270,18 @@ class _Attempt:
 
     __slots__ = ("deadline", "done", "endpoint", "fd", "loop", "pool", "qid", "query", "sock", "timer")
 
-    def __init__(self, pool: UpstreamPool, endpoint: Endpoint, query: Query, deadline: float, done: Done) -> None:
+    def __init__(self, pool: UpstreamPool, endpoint: Endpoint, query: Query, deadline: float, done: Done,
+                 last: bool = False) -> None:
         self.pool = pool
         self.endpoint = endpoint
         self.query = query
         self.done = done
         self.deadline = deadline
         loop = self.loop = asyncio.get_running_loop()
-        timeout = min(pool.timeout, max(0.01, deadline - loop.time()))
+        # Each upstream gets upstream_timeout before the next is asked; the last one left may use all the time
+        # the question has (query_timeout), since there is nobody else to ask.
+        left = max(0.01, deadline - loop.time())
+        timeout = left if last else min(pool.timeout, left)
         self.sock: socket.socket | None = None
         self.timer: asyncio.TimerHandle | None = None
         if endpoint.transport != "udp":
@@ -378,7 +382,8 @@ class _Resolution:
             pool._stats[endpoint].requests += 1
             self.live += 1
             started = pool._loop().time()
-            _Attempt(pool, endpoint, self.query, self.deadline, partial(self._finished, endpoint, started))
+            _Attempt(pool, endpoint, self.query, self.deadline, partial(self._finished, endpoint, started),
+                     last=self.next == len(self.order))
         if not self.live:
             self._finish(self.fallback)
 

@@ -173,6 +173,10 @@ class Pipeline:
 
     def on_reply(self, query: Query, reply: bytes) -> bytes:
         """An upstream reply that matched the query: cache it and render the client's answer."""
+        if reply[3] & 0x0F in (wire.SERVFAIL, wire.REFUSED):
+            # Every upstream failed us (the forwarder tries the others first): a stale answer if there is one,
+            # else our own SERVFAIL - a REFUSED passed on would tell the phone that *we* refuse it.
+            return self.on_failure(query)
         now = self.clock()
         try:
             entry = cache_mod.prepare(reply, query, now, self.cache.limits)
