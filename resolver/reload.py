@@ -169,7 +169,9 @@ class Reloader:
             if now != seen:
                 changed = sorted(str(p) for p in set(now) | set(seen) if now.get(p) != seen.get(p))
                 await self.reload("changed: " + ", ".join(changed[:3]) + (" …" if len(changed) > 3 else ""))
-                seen = self.watched()
+                # What changed while that reload was being built must still count as a change: files watched
+                # before keep the state the reload started from; files the new config added start from now.
+                seen = {path: now.get(path, state) for path, state in self.watched().items()}
 
     async def refresh(self, source: ListSource) -> None:
         """Fetch a URL list every ``refresh`` seconds; reload when its content changed."""
