@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The load benchmark (README "Load tests"): installs what it needs on a fresh machine, then runs bench.py.
 #   bash tests/load/run.sh [--quick] [--servers resolver,dnsmasq] [--workloads W1] [--sizes 100k] ...
+#   bash tests/load/run.sh --soak 10 [--rate 5000] [--write-results]   (soak.py: memory and answers over time)
 # Loopback only; every process it starts is stopped on exit, on error and on Ctrl-C (bench.py does it, and the
 # trap below stops whatever a killed driver left behind, by the process-group ids it recorded).
 set -euo pipefail
@@ -8,6 +9,8 @@ cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 OUT=${LOAD_OUT:-tests/load/out}   # LOAD_OUT: a separate directory per concurrent run
 mkdir -p "$OUT"
+DRIVER=tests/load/bench.py
+for arg in "$@"; do [[ $arg == --soak* ]] && DRIVER=tests/load/soak.py; done
 
 need=()
 command -v dnsperf >/dev/null 2>&1 || need+=(dnsperf)
@@ -45,10 +48,10 @@ cleanup() {
         while read -r pgid; do
             [ -n "$pgid" ] && kill -KILL -- "-$pgid" 2>/dev/null || true
         done <"$LOAD_PIDFILE"
-        rm -f "$LOAD_PIDFILE"
     fi
+    rm -f "$LOAD_PIDFILE"
 }
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
 
-"$PYTHON" tests/load/bench.py "$@"
+"$PYTHON" "$DRIVER" "$@"
