@@ -15,8 +15,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from resolver.core.stats import OUTCOMES
+
 SCHEMA = 1  # bumped when a field of status.json changes meaning
-OUTCOMES = ("blocked", "forwarded", "cached", "error", "refused")
 UPSTREAM_COUNTS = ("requests", "errors", "timeouts")
 
 
@@ -29,7 +30,7 @@ class StatusSnapshot:
     version: str  # resolver build
     policy_version: str  # content hash, as in resolver_policy_info
     policy_loaded_at: float  # Unix time
-    queries: dict[str, int]  # outcome (blocked, forwarded, cached, error, refused) -> answered queries
+    queries: dict[str, int]  # outcome (as resolver_queries_total's label) -> answered queries
     blocked: dict[str, int]  # platform id (or list:NAME, or bypass) -> blocked queries, summed over groups
     cache_hits: int
     cache_misses: int
@@ -184,7 +185,9 @@ function render(s) {
   setText("hit-sub", hcap + "; " + fmtInt(s.cache.entries) + " entries");
   const errors = s.queries.error || 0;
   const [er, ecap] = share(errors, total(s), first.queries.error || 0, total(first));
-  setText("errors", er === null ? "—" : fmtPct(er)); setText("errors-sub", ecap + " (SERVFAIL, FORMERR…)");
+  const stale = s.queries.stale || 0;  // answered from expired cache entries: upstreams are failing
+  setText("errors", er === null ? "—" : fmtPct(er));
+  setText("errors-sub", ecap + " (SERVFAIL, FORMERR…)" + (stale ? " · " + fmtInt(stale) + " stale answers" : ""));
   $("errors").className = "value" + (er !== null && er > 0.05 ? " alarm" : "");
   setText("meta", "version " + s.version + " · up " + fmtAge(s.uptime_seconds) + " · updated " + fmtUtc(s.time));
   // top blocked platforms

@@ -460,7 +460,8 @@ def _snapshot(k: int = 1, **changes: Any) -> StatusSnapshot:
 def test_status_json_is_cumulative_counters_and_server_time() -> None:
     body = json.loads(status_json(_snapshot(4)))
     assert body["schema"] == 1 and body["time"] == 1_800_000_008.0 and body["uptime_seconds"] == 3608.0
-    assert body["queries"] == {"blocked": 100, "forwarded": 200, "cached": 80, "error": 16, "refused": 4}
+    assert body["queries"] == {"blocked": 100, "forwarded": 200, "cached": 80, "error": 16, "refused": 4, "stale": 0,
+                               "invalid": 0}
     assert body["queries_total"] == 400
     assert body["blocked"] == [{"platform": "tiktok", "count": 60}, {"platform": "facebook", "count": 24},
                                {"platform": "instagram", "count": 12}, {"platform": "list:ads", "count": 4}]
@@ -476,8 +477,8 @@ def test_status_json_is_cumulative_counters_and_server_time() -> None:
 def test_status_json_fills_missing_outcomes_and_orders_ties_by_name() -> None:
     body = json.loads(status_json(_snapshot(queries={"forwarded": 3, "new-outcome": 2}, blocked={"b": 1, "a": 1},
                                             upstreams={}, exemptions={})))
-    assert body["queries"] == {"blocked": 0, "forwarded": 3, "cached": 0, "error": 0, "refused": 0,
-                               "new-outcome": 2}
+    assert body["queries"] == {"blocked": 0, "forwarded": 3, "cached": 0, "error": 0, "refused": 0, "stale": 0,
+                               "invalid": 0, "new-outcome": 2}
     assert body["queries_total"] == 5
     assert [b["platform"] for b in body["blocked"]] == ["a", "b"]
     assert body["upstreams"] == [] and body["exemptions"] == {}
