@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from loadgen import ANSWER_V4, ZONE, Data, parse_size, size_label
 from measure import Run, dnsperf, machine_facts
-from procs import Proc, ask, free_port, set_pidfile, stop_all, wait_answer
+from procs import Proc, ask, drive, free_port, wait_answer
 from report import Cell, render
 from servers import (
     CLIENT_CPU,
@@ -113,17 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"missing: {', '.join(missing)}; `bash tests/load/run.sh` installs them", file=sys.stderr)
         return 2
     OUT.mkdir(exist_ok=True)
-    set_pidfile(Path(os.environ.get("LOAD_PIDFILE", OUT / "pids")))
-    # The driver's probes and sampling stay off the server's core.
-    os.sched_setaffinity(0, {int(c) for c in CLIENT_CPU.split(",")})
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping everything", file=sys.stderr)
-        return 130
-    finally:
-        stop_all()
+    return drive(lambda: run(args), OUT / "pids", CLIENT_CPU)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,8 +14,9 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -224,3 +225,18 @@ def wait_answer(proc: Proc, port: int, name: str, expect: str | None, timeout: f
             time.sleep(0.01)  # answered, but not yet what we want (list still loading): poll again soon
     raise RuntimeError(f"{proc.name}: no answer {expect or ''} for {name} within {timeout:.0f}s (last {last}); "
                        f"log {proc.log}:\n" + proc.log_text()[-2000:])
+
+
+def drive(body: Callable[[], int], pidfile: Path, cpus: str) -> int:
+    """Run a benchmark driver: its processes recorded in ``pidfile`` (run.sh's trap reads it; LOAD_PIDFILE wins),
+    the driver itself on ``cpus`` (off the server's core), and everything it started stopped however it ends."""
+    set_pidfile(Path(os.environ.get("LOAD_PIDFILE", pidfile)))
+    os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping everything", file=sys.stderr)
+        return 130
+    finally:
+        stop_all()

@@ -28,7 +28,6 @@ import argparse
 import itertools
 import math
 import os
-import signal
 import sys
 import threading
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 from bench import export_revision, say
 from loadgen import ANSWER_V4, ZONE, Data, parse_size, size_label
 from measure import Run, dnsperf, machine_facts
-from procs import HOST, Proc, ask, cpu_busy_seconds, free_port, set_pidfile, stop_all, wait_answer
+from procs import HOST, Proc, ask, cpu_busy_seconds, drive, free_port, wait_answer
 from servers import CLIENT_CPU, SERVER_CPU, SERVERS, Context, missing_tools, start_upstream
 
 HERE = Path(__file__).resolve().parent
@@ -200,16 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"missing: {', '.join(missing)}; `bash tests/load/run.sh --soak 10` installs them", file=sys.stderr)
         return 2
     SOAK.mkdir(parents=True, exist_ok=True)
-    set_pidfile(Path(os.environ.get("LOAD_PIDFILE", SOAK / "pids")))  # run.sh's trap reads it
-    os.sched_setaffinity(0, {int(c) for c in CLIENT_CPU.split(",")})  # the driver stays off the server's core
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping everything", file=sys.stderr)
-        return 130
-    finally:
-        stop_all()
+    return drive(lambda: run(args), SOAK / "pids", CLIENT_CPU)
 
 
 def run(args: argparse.Namespace) -> int:
