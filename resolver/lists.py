@@ -16,11 +16,11 @@ import ipaddress
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from encodings.idna import ToASCII
-from itertools import compress, repeat
-from operator import attrgetter, not_
+from itertools import compress, groupby, repeat
+from operator import attrgetter, itemgetter, not_
 from typing import Literal, NamedTuple, get_args
 
 from resolver.errors import ConfigError
@@ -38,7 +38,7 @@ Format = Literal["hosts", "domains", "adblock", "rpz", "wildcard"]
 MAX_LINE = 4096  # longer lines are skipped: no real rule is that long, and it bounds one hostile line's cost
 DETECT_LINES = 200
 TEXT_CUT = 200
-_CHUNK_CHARS = 16384  # about 400 lines per try at the fast path; see _parse_chunks
+_CHUNK_CHARS = 16384  # about 400 lines per try at the fast path; see _chunks
 _SMALL_CHUNK_CHARS = 1024
 _DETECT_CHARS = 1 << 16  # detect_format needs a few hundred lines, not the whole list split up
 
@@ -69,7 +69,7 @@ class SkippedLine:
 class ParsedList:
     source: str
     format: Format
-    entries: tuple[ListEntry, ...]
+    entries: Collection[ListEntry]  # a tuple; for a streamed list, its count, and the file read again if iterated
     skipped: tuple[SkippedLine, ...]
 
 
@@ -138,12 +138,14 @@ _SHAPES: dict[str, tuple[_Shape, ...]] = {
 class _Out:
     """What one parse collects, plus the RPZ state that carries from chunk to chunk.
 
-    Entries are kept as columns per (match, action) and built in bulk by ``entries``.
+    Entries are kept as columns per (match, action) and built in bulk by ``entries``, or taken chunk by chunk
+    as runs of names by ``take``; then (``lines`` false) the fast path does not keep their line numbers.
     """
 
-    __slots__ = ("columns", "origin", "owner", "pending", "skipped")
+    __slots__ = ("columns", "lines", "origin", "owner", "pending", "skipped")
 
-    def __init__(self) -> None:
+    def __init__(self, lines: bool = True) -> None:
+        self.lines = lines
         self.columns: dict[tuple[Match, Action], tuple[list[str], list[int]]] = {}
         self.skipped: list[SkippedLine] = []
         self.origin = ""  # RPZ $ORIGIN with its trailing dot; "" when there is none
@@ -162,7 +164,8 @@ class _Out:
     def extend(self, match: Match, action: Action, names: Iterable[str], nums: Iterable[int]) -> None:
         col = self.column(match, action)
         col[0].extend(names)
-        col[1].extend(nums)
+        if self.lines:
+            col[1].extend(nums)
 
     def add(self, name: str, match: Match, action: Action, line: int, text: str) -> None:
         """Validate one name the slow way and keep it, or record why not."""
@@ -177,6 +180,17 @@ class _Out:
         names, nums = self.column(match, action)
         names.append(domain)
         nums.append(line)
+
+    def take(self) -> list[tuple[Match, Action, list[str]]]:
+        """The names collected since the last call, as runs that share a match and an action, in line order
+        where it matters: the claims on one name keep the order of its lines when their actions differ."""
+        columns, self.columns = self.columns, {}
+        if len({action for _, action in columns}) < 2:  # one rule: the order of its names changes nothing
+            return [(match, action, names) for (match, action), (names, _) in columns.items()]
+        ordered = sorted((n, match, action, name) for (match, action), (names, nums) in columns.items()
+                         for name, n in zip(names, nums, strict=True))  # (only line parsers mix actions)
+        return [(match, action, [item[3] for item in run])
+                for (match, action), run in groupby(ordered, key=itemgetter(1, 2))]
 
     def entries(self) -> tuple[ListEntry, ...]:
         """Build all entries with C-level ``map`` calls: slot descriptors skip the frozen ``__init__``, which
@@ -239,7 +253,7 @@ def _plain(joined: str, count: int) -> bool:
     if not joined.isascii():
         return False
     c = joined.encode().translate(_CLASSES)  # letters, -, _ -> a; digits -> 0; . and \n kept; others -> !
-    if b"!" in c or c[:1] in b".\n" or c[-1:] in b".\n0" or b"0\n" in c:
+    if b"!" in c or c[:1] in b".\n" or c[-1:] in b".\n0" or (b"0" in c and b"0\n" in c):  # (memchr first)
         return False
     labels = c.translate(_LABELS)  # a label is a run of a; separators are .
     if b".." in labels or b"a" * 64 in labels or b"a" * 254 in c.translate(_NAMES):
@@ -479,20 +493,21 @@ def parse_text(text: str, source: str, fmt: Format | Literal["auto"] = "auto") -
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            _parse_chunks(text, parse, shapes, out)
+            deque(_chunks(text, parse, shapes, out), maxlen=0)
             return ParsedList(source, fmt, out.entries(), tuple(out.skipped))
         finally:
             if gc_was_enabled:
                 gc.enable()
 
 
-def _parse_chunks(text: str, parse: _LineParser, shapes: tuple[_Shape, ...], out: _Out) -> None:
-    """Feed ``text`` to ``_fast`` in chunks of whole lines, and what it refuses to ``parse``.
+def _chunks(text: str, parse: _LineParser, shapes: tuple[_Shape, ...], out: _Out, line: int = 1) -> Iterator[int]:
+    """Feed ``text`` (lines from number ``line`` on) to ``_fast`` in chunks of whole lines, and what it refuses
+    to ``parse``; after each chunk, yield the number of the next line (a caller may ``take`` what it made).
 
     After a refusal the stretch is retried in small chunks, so one odd line costs a few dozen slow lines,
     and the chunk grows back while the fast path succeeds.
     """
-    pos, line, size, step = 0, 1, len(text), _CHUNK_CHARS
+    pos, size, step = 0, len(text), _CHUNK_CHARS
     while pos < size:
         end = text.find("\n", pos + step)
         chunk = text[pos : size if end < 0 else end]
@@ -508,6 +523,7 @@ def _parse_chunks(text: str, parse: _LineParser, shapes: tuple[_Shape, ...], out
             taken = len(lines)
         line += taken
         pos += len(chunk) + 1
+        yield line
 
 
 def parse_file(

@@ -19,9 +19,9 @@ from pathlib import Path
 from resolver.config import BUNDLED_BLOCKLISTS, DEFAULT_SOURCE, Config
 from resolver.core.pipeline import Pipeline
 from resolver.errors import ConfigError
-from resolver.lists import parse_text
+from resolver.liststream import ListStream
 from resolver.policyconfig import ListSource
-from resolver.sources import Loaded, load_policy
+from resolver.sources import Loaded, load_policy, trim_memory
 
 log = logging.getLogger("resolver.reload")
 
@@ -108,8 +108,8 @@ class Reloader:
             loop = asyncio.get_running_loop()
 
             def build() -> tuple[Config, Loaded]:
-                # Building a big policy makes millions of objects: with the collector off it does not pause the
-                # serving thread again and again to scan them (the list parser does the same).
+                # Building a big policy makes millions of short-lived objects: with the collector off it does not
+                # pause the serving thread again and again to scan them (the list parser does the same).
                 enabled = gc.isenabled()
                 gc.disable()
                 try:
@@ -127,10 +127,12 @@ class Reloader:
                 return False
             new = Summary.of(loaded)
             self.pipeline.swap(loaded.policy)
-            del loaded  # the parsed lists: only the policy is kept
+            del loaded  # the list summaries: only the policy is kept
             # The new policy is long-lived: keep it out of later collections. (No gc.collect() here: this is the
-            # serving thread, and a full collection of a big policy would stall answers.)
+            # serving thread, and the build leaves no cycles to collect.) The swap freed the old policy's table:
+            # hand its pages back to the OS now, or the process keeps the reload's peak for good.
             gc.freeze()
+            trim_memory()
             self.config = config
             self.stats.ok += 1
             self.stats.loaded_at = time.time()
@@ -212,9 +214,12 @@ def fetch_list(source: ListSource, target: Path) -> bool:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise ConfigError(url, f"not UTF-8 text at byte {err.start}") from None
-    parsed = parse_text(text, url, source.format)  # type: ignore[arg-type]
-    if not parsed.entries:
-        raise ConfigError(url, f"no usable entries ({len(parsed.skipped)} lines skipped); keeping the old copy")
+    del text  # only the check that it decodes (with the same message as ever); the stream parses block by block
+    stream = ListStream(None, source.format, url, MAX_LIST_BYTES, data=body)  # type: ignore[arg-type]
+    for _ in stream.runs():
+        pass
+    if not stream.count:
+        raise ConfigError(url, f"no usable entries ({len(stream.skipped)} lines skipped); keeping the old copy")
     try:
         if target.exists() and target.read_bytes() == body:
             return False

@@ -5,8 +5,9 @@ Errors name the file and the line or key, and the reason; ``resolver check`` and
 
 from __future__ import annotations
 
-import hashlib
+import ctypes
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ from resolver.config import BUNDLED_BLOCKLISTS, Config
 from resolver.core.builder import build_policy
 from resolver.core.policy import ListInput, Platform, Policy, SinkholeSpec
 from resolver.errors import ConfigError
-from resolver.lists import ParsedList, SkippedLine, normalise_name, parse_file
-from resolver.policyconfig import ListSource, PolicyConfig
+from resolver.lists import ParsedList, SkippedLine, normalise_name
+from resolver.liststream import ListStream
+from resolver.policyconfig import ListSource
 from resolver.reader import SAFE_LOADER, check_shape, short
 
 PLATFORM_KEYS = ("name", "category", "owner", "domains", "notes", "sources")
@@ -32,45 +34,55 @@ class Loaded:
 
     policy: Policy
     platforms: list[Platform]
-    lists: list[ParsedList]
+    lists: list[ParsedList]  # counts and skipped lines; the entries are read again only if iterated
 
 
 def load_policy(config: Config) -> Loaded:
+    """Read and build. List files are streamed into the build, never held as entries; the memory the build
+    used is given back to the OS before the (long-lived) policy is returned. (It makes no cycles worth a
+    ``gc.collect()`` here: everything it drops is freed as it goes.)"""
     pc = config.policy
     platforms = load_platforms(pc.blocklists_dir or BUNDLED_BLOCKLISTS)
-    lists = [load_list(src, pc.list_cache_dir) for src in pc.lists]
+    streams = [open_list(src, pc.list_cache_dir) for src in pc.lists]
     spec = pc.spec
     groups = tuple(replace(g, allow_domains=_names(g.allow_domains, f"{g.where}.allow_domains")) for g in spec.groups)
     sinkhole = SinkholeSpec(config.sinkhole.mode, config.sinkhole.ipv4, config.sinkhole.ipv6, config.sinkhole.ttl)
     spec = replace(spec, groups=groups, allow_domains=_names(spec.allow_domains, f"{spec.where}.allow_domains"),
                    sinkhole=sinkhole)
-    inputs = [ListInput(p.source, ((e.domain, e.match, e.action) for e in p.entries), src.name, _digest(src, pc))
-              for p, src in zip(lists, pc.lists, strict=True)]
-    return Loaded(build_policy(platforms, inputs, spec), platforms, lists)
+    names = [src.name for src in pc.lists]
+    policy = build_policy(platforms, [ListInput(s.source, name=n, bulk=s) for s, n in zip(streams, names, strict=True)],
+                          spec)
+    trim_memory()
+    return Loaded(policy, platforms, [stream.parsed() for stream in streams])
 
 
-def load_list(source: ListSource, cache_dir: Path) -> ParsedList:
+def open_list(source: ListSource, cache_dir: Path) -> ListStream:
     """A list file, or for a URL list the last good copy on disk (empty, with a note, if none was ever fetched)."""
+    fmt = source.format
     if source.path is not None:
-        return parse_file(source.path, source.format)  # type: ignore[arg-type]
+        return ListStream(source.path, fmt, str(source.path))  # type: ignore[arg-type]
     cached = source.cache_path(cache_dir)
     if not cached.exists():
-        return ParsedList(str(source.url), "domains", (), (SkippedLine(0, "not fetched yet: no copy on disk", ""),))
-    parsed = parse_file(cached, source.format)  # type: ignore[arg-type]
-    return replace(parsed, source=str(source.url))
+        return ListStream(None, fmt, str(source.url), note=SkippedLine(0, "not fetched yet: no copy on disk", ""))  # type: ignore[arg-type]
+    return ListStream(cached, fmt, str(source.url))  # type: ignore[arg-type]
 
 
-def _digest(source: ListSource, config: PolicyConfig) -> str:
-    """Content hash of a list file (the policy version changes exactly when a list's content does)."""
-    path = source.path if source.path is not None else source.cache_path(config.list_cache_dir)
-    digest = hashlib.sha256(source.format.encode())
-    try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    except OSError:
-        digest.update(b"missing")
-    return digest.hexdigest()
+def trim_memory() -> None:
+    """Ask glibc to return free heap pages to the OS (a no-op where glibc is absent). Without it a process keeps
+    its load-time peak for good: freed memory stays in malloc's heap."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    try:  # the process's own symbols: glibc's malloc_trim if the C library is glibc (no ldconfig lookup)
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim with
+        return None
+    return trim
+
+
+_malloc_trim = _libc_malloc_trim()
 
 
 def _names(names: tuple[str, ...], where: str) -> tuple[str, ...]:

@@ -1,8 +1,8 @@
 """The policy snapshot: for a name and a client, blocked, allowed, monitored or just forwarded.
 
 Built once per (re)load from platforms, lists, groups and exemptions, then never mutated (apart from lazily
-filled reply tails and the client->group memo, both pure functions of the snapshot): a reload builds a new one
-and swaps it in with one assignment, so the hot path never locks.
+filled reply tails, the client->group memo and the trie's merged verdicts, all pure functions of the snapshot): a
+reload builds a new one and swaps it in with one assignment, so the hot path never locks.
 
 The evaluation order, written once here and in README ("How a name is decided"):
 1. special names (bypass defences: the Firefox DoH canary, Apple Private Relay, DDR's resolver.arpa) -
@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from resolver.core import wire
 from resolver.core.trie import Match, PackedTrie
@@ -142,14 +143,28 @@ class SinkholeSpec:
     ttl: int = 10
 
 
+class BulkList(Protocol):
+    """A list read while the policy is built, so it is never held as entries: runs of names that share a match
+    and an action, in the file's order."""
+
+    def runs(self) -> Iterator[tuple[Match, str, Sequence[str]]]: ...
+
+    def projected(self) -> int:
+        """How many entries the whole list will have, judged from what has been read so far."""
+
+    def digest(self) -> str:
+        """Of the list's content, for the policy version: known once the runs are read."""
+
+
 @dataclass(frozen=True, slots=True)
 class ListInput:
-    """One parsed list file as the policy needs it: entries as (domain, match, action)."""
+    """One list as the policy needs it: entries as (domain, match, action), or ``bulk``."""
 
     source: str
-    entries: Iterable[tuple[str, Match, str]]
+    entries: Iterable[tuple[str, Match, str]] = ()
     name: str = ""
     digest: str = ""  # of the list's content, for the policy version; empty: hashed entry by entry
+    bulk: BulkList | None = None
 
 
 @dataclass(frozen=True, slots=True)

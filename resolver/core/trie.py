@@ -1,15 +1,18 @@
 """A trie over reversed domain labels (com -> tiktok -> www); the most specific entry on the path wins.
 
-Nodes are plain dicts keyed by label bytes. Two int keys, which can never be labels, hold the values: ``HERE``
-applies to the node's own name, ``BELOW`` to every name strictly under it. A "subtree" entry sets both. The
-lookup is one ``dict.get`` per label of the query, whatever the size of the list.
+Two forms. ``DomainTrie`` is the reference: nodes are plain dicts keyed by label bytes, and two int keys, which
+can never be labels, hold the values: ``HERE`` applies to the node's own name, ``BELOW`` to every name strictly
+under it (a "subtree" entry sets both). ``PackedTrie`` is what a policy serves from: the same trie as one flat
+hash table (``resolver.core.table`` builds it from lists of names, without a dict per node). Either lookup
+costs one probe per label of the query, whatever the size of the list.
 """
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Callable, Iterator
 from typing import Generic, Literal, TypeVar
+
+from resolver.core.table import ROOT, TableBuilder
 
 T = TypeVar("T")
 Match = Literal["exact", "subtree", "below"]
@@ -136,54 +139,77 @@ class DomainTrie(Generic[T]):
         return node
 
 
-_ROOT = 1
-_EMPTY = 0
-
-
 class PackedTrie(Generic[T]):
-    """The frozen form a policy serves from: the same trie, packed into three flat arrays.
+    """The frozen form a policy serves from: one flat open-addressing table (see ``resolver.core.table``).
 
-    Each node is a slot in an open-addressing hash table keyed by a 64-bit hash of its path from the root
-    (``hash((parent, label))``, keyed per process by Python's SipHash, so nobody can aim collisions at it).
-    Per node that is 16 bytes (key, HERE index, BELOW index) at a load of at most 2/3, instead of a dict and a
-    bytes object per label - a million-entry list fits in tens of megabytes. The walk is still label by label
-    from the top and stops at the first missing node, so a lookup costs a few probes whatever the list size.
-    Values are interned: the arrays hold indices into one list of distinct values.
+    A node is a slot keyed by a 64-bit hash of its path from the root (``hash((parent, label))``, keyed per
+    process by Python's SipHash, so nobody can aim collisions at it), compared whole. Values are interned: the
+    slot holds the index of a pair, the node's value for its own name and for the names below it (each shared by
+    every node with the same claims). The walk is label by label from the top and stops at the first missing
+    node, so a lookup costs a few probes whatever the list size.
+
+    Between names the most specific value wins, unless the trie has a ``merge``: then a value is first merged
+    with the one it inherits, the (merged) below-value of the nearest ancestor that has one. That is how "an allow
+    shields what is below it" works without a pass over the tree at build time: the merged values are made on the
+    walk, the first time two values meet, and remembered (names under two entries are few).
     """
 
-    __slots__ = ("_below", "_here", "_keys", "_mask", "_size", "_values")
+    __slots__ = ("_below", "_here", "_hot", "_joins", "_keys", "_mask", "_merge", "_size", "_vix")
 
-    def __init__(self, trie: DomainTrie[T]) -> None:
-        capacity = 8
-        while capacity * 2 < trie._nodes * 3:
-            capacity *= 2
-        self._mask = capacity - 1
-        keys = self._keys = array("q", bytes(8 * capacity))
-        here_ix = self._here = array("I", bytes(4 * capacity))
-        below_ix = self._below = array("I", bytes(4 * capacity))
+    def __init__(self, trie: DomainTrie[T] | None = None) -> None:
+        """Pack a ``DomainTrie`` (None: an empty trie); policies are built with ``TableBuilder`` instead."""
         values: list[T | None] = [None]
-        self._values = values
-        self._size = len(trie)
         index: dict[int, int] = {id(None): 0}
-        mask = self._mask
-        walk: list[tuple[dict[object, object], int]] = [(trie._root, _ROOT)]
+        pairs: dict[tuple[int, int], int] = {(0, 0): 0}
+        table = TableBuilder(trie._nodes if trie is not None else 0)
+        walk: list[tuple[dict[object, object], int]] = [(trie._root, ROOT)] if trie is not None else []
         while walk:
             node, path = walk.pop()
             for key, child in node.items():
                 if key.__class__ is not bytes:
                     continue
-                h = hash((path, key)) or _ROOT
-                slot = h & mask
-                while keys[slot] != _EMPTY:
-                    slot = (slot + 1) & mask
-                keys[slot] = h
-                for ix, value in ((here_ix, child.get(HERE)), (below_ix, child.get(BELOW))):  # type: ignore[attr-defined]
+                pair = []
+                for value in (child.get(HERE), child.get(BELOW)):  # type: ignore[attr-defined]
                     n = index.get(id(value))
                     if n is None:
                         n = index[id(value)] = len(values)
                         values.append(value)
-                    ix[slot] = n
+                    pair.append(n)
+                v = pairs.setdefault((pair[0], pair[1]), len(pairs))
+                table.reserve(1, v)
+                h = hash((path, key))
+                table.put((h,), v, _keep)
                 walk.append((child, h))  # type: ignore[arg-type]
+        ordered = sorted(pairs, key=pairs.__getitem__)
+        self._adopt(table, values, [p[0] for p in ordered], [p[1] for p in ordered], None)
+        self._size = len(trie) if trie is not None else 0  # the DomainTrie's own count of entries
+
+    @classmethod
+    def packed(cls, table: TableBuilder, values: list[T | None], here: list[int], below: list[int],
+               merge: Callable[[T, T], T] | None) -> PackedTrie[T]:
+        """The trie of a built table. ``here[p]``/``below[p]`` index ``values`` for value pair p (0: None);
+        ``merge(own, inherited)`` makes the value a name gets from its own entry and an ancestor's."""
+        trie = cls.__new__(cls)
+        trie._adopt(table, values, here, below, merge)
+        return trie
+
+    def _adopt(self, table: TableBuilder, values: list[T | None], here: list[int], below: list[int],
+               merge: Callable[[T, T], T] | None) -> None:
+        self._keys, self._vix, self._mask, self._size = table._keys, table._values, table._mask, table.size
+        self._here = [values[i] for i in here]  # the values themselves: no index to follow on the hot path
+        self._below = [values[i] for i in below]
+        self._merge = merge
+        self._joins: dict[tuple[int, int], T] = {}  # (id(own), id(inherited)) -> their merge
+        self._hot = (self._keys, self._vix, self._mask, self._here, self._below)  # one load instead of five
+
+    def __len__(self) -> int:
+        """Number of nodes with values (entries)."""
+        return self._size
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the table arrays (the values are shared with the policy)."""
+        return sum(a.itemsize * len(a) for a in (self._keys, self._vix))
 
     def _slot(self, h: int) -> int:
         """The slot holding ``h``, or the empty slot where it would go (linear probing)."""
@@ -191,59 +217,65 @@ class PackedTrie(Generic[T]):
         i = h & mask
         while True:
             k = keys[i]
-            if k in (h, _EMPTY):
+            if k == h or not k:
                 return i
             i = (i + 1) & mask
 
-    def __len__(self) -> int:
-        return self._size
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the table arrays (the values are shared with the policy)."""
-        return sum(a.itemsize * len(a) for a in (self._keys, self._here, self._below))
+    def _join(self, own: T, inherited: T) -> T:
+        """The value a name gets from its own entry ``own`` under an ancestor's below-value ``inherited``."""
+        key = (id(own), id(inherited))  # both stay alive: in the pair lists, or as values of this memo
+        joined = self._joins.get(key)
+        if joined is None:
+            joined = self._joins[key] = self._merge(own, inherited)  # type: ignore[misc]
+        return joined
 
     def lookup(self, labels: list[bytes]) -> T | None:
         """The value of the most specific entry covering the name: the hot path."""
-        keys, mask = self._keys, self._mask
-        best = 0
-        h = _ROOT
+        keys, vix, mask, here, below = self._hot
+        best = None
+        h = ROOT
         for i in range(len(labels) - 1, -1, -1):
-            h = hash((h, labels[i])) or _ROOT
+            h = hash((h, labels[i]))
             j = h & mask
             while True:
                 k = keys[j]
                 if k == h:
                     break
-                if k == _EMPTY:
-                    return self._values[best]
+                if not k:
+                    return best
                 j = (j + 1) & mask
-            value = self._here[j] if i == 0 else self._below[j]
-            if value:
-                best = value
-        return self._values[best]
+            value = (below if i else here)[vix[j]]
+            if value is not None:
+                best = value if best is None or self._merge is None else self._join(value, best)
+        return best
 
     def along(self, labels: list[bytes]) -> list[tuple[int, T]]:
         """Every value that applies to the name, least specific first, as (labels in the entry, value)."""
         found: list[tuple[int, T]] = []
-        h = _ROOT
+        best = None
+        h = ROOT
         last = len(labels) - 1
         for i in range(last, -1, -1):
-            h = hash((h, labels[i])) or _ROOT
+            h = hash((h, labels[i]))
             slot = self._slot(h)
             if self._keys[slot] != h:
                 break
-            value = self._values[self._here[slot] if i == 0 else self._below[slot]]
+            value = (self._here if i == 0 else self._below)[self._vix[slot]]
             if value is not None:
-                found.append((last - i + 1, value))
+                best = value if best is None or self._merge is None else self._join(value, best)
+                found.append((last - i + 1, best))
         return found
 
     def get(self, labels: list[bytes], match: Match) -> T | None:
         """The value stored for exactly this entry (no inheritance from parents)."""
-        h = _ROOT
+        h = ROOT
         for label in reversed(labels):
-            h = hash((h, label)) or _ROOT
+            h = hash((h, label))
         slot = self._slot(h)
         if self._keys[slot] != h:
             return None
-        return self._values[(self._below if match == "below" else self._here)[slot]]
+        return (self._below if match == "below" else self._here)[self._vix[slot]]
+
+
+def _keep(old: int, new: int) -> int:
+    return new

@@ -1,0 +1,216 @@
+"""Streamed list files (``resolver serve`` and reloads): the same entries, skips and errors as ``parse_file``.
+
+The stream reads a file in blocks and hands on runs of names; nothing per entry is kept. Small blocks are forced
+here so that every test crosses many block boundaries (lines, CRLF pairs and long lines split across reads).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from resolver import lists, liststream
+from resolver.config import load_config, with_overrides
+from resolver.errors import ConfigError
+from resolver.lists import parse_file, parse_text
+from resolver.liststream import ListStream
+from resolver.reload import Summary
+from resolver.sources import load_policy
+from tests.unit.test_hostile import FORMATS, LIST_TEXT, SLOWER, no_hang
+from tests.unit.test_lists import _random_list
+
+Item = tuple[str, str, str]  # domain, match, action
+
+
+def stream(path: Path, fmt: str = "auto", **kwargs: object) -> tuple[ListStream, list[Item]]:
+    s = ListStream(path, fmt, str(path), **kwargs)  # type: ignore[arg-type]
+    items = [(name, match, action) for match, action, names in s.runs() for name in names]
+    return s, items
+
+
+def expected(path: Path, fmt: str = "auto") -> tuple[lists.ParsedList, list[Item]]:
+    parsed = parse_file(path, fmt)  # type: ignore[arg-type]
+    return parsed, [(e.domain, e.match, e.action) for e in parsed.entries]
+
+
+def same_as_parse_file(path: Path, fmt: str = "auto") -> ListStream:
+    s, items = stream(path, fmt)
+    parsed, entries = expected(path, fmt)
+    assert Counter(items) == Counter(entries)
+    assert (s.count, s.format, tuple(s.skipped)) == (len(entries), parsed.format, parsed.skipped)
+    assert claim_order(items) == claim_order(entries)
+    return s
+
+
+def claim_order(items: list[Item]) -> dict[str, list[str]]:
+    """Per name, its actions in the order they first claim it: the order of its rules in a verdict."""
+    order: dict[str, dict[str, None]] = {}
+    for name, _, action in items:
+        order.setdefault(name, {})[action] = None
+    return {name: list(actions) for name, actions in order.items()}
+
+
+@pytest.fixture(params=[97, 4096, 1 << 20], ids=["97B", "4KB", "1MB"])
+def block(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(liststream, "BLOCK_BYTES", request.param)
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("fmt", ["hosts", "domains", "wildcard", "adblock", "rpz"])
+@pytest.mark.parametrize("seed", range(3))
+def test_stream_agrees_with_parse_file(tmp_path: Path, block: int, fmt: lists.Format, seed: int) -> None:
+    rng = random.Random(seed)
+    text = _random_list(rng, fmt, 3000)
+    if seed == 1:
+        text = "\ufeff" + text.replace("\n", "\r\n")  # a BOM, and CRLF pairs split across blocks
+    path = tmp_path / "list.txt"
+    path.write_bytes(text.encode())
+    same_as_parse_file(path, fmt)
+    same_as_parse_file(path)  # format detected from the first block
+
+
+def test_real_samples(block: int) -> None:
+    for path in sorted((Path(__file__).parent.parent / "data" / "lists").glob("*.txt")):
+        same_as_parse_file(path)
+
+
+def test_an_rpz_name_with_two_actions_keeps_their_order(tmp_path: Path, block: int) -> None:
+    path = tmp_path / "zone.rpz"
+    path.write_text("b.example CNAME *.\na.example CNAME .\nb.example CNAME .\n")
+    _, items = stream(path, "rpz")
+    assert [i for i in items if i[0] == "b.example"] == [("b.example", "exact", "nodata"),
+                                                         ("b.example", "exact", "nxdomain")]
+
+
+def test_long_lines_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(liststream, "BLOCK_BYTES", 1000)
+    head = "".join(f"0.0.0.0 h{i}.example\n" for i in range(20000))  # past the first block (what detection reads)
+    long = "0.0.0.0 " + "a" * 5000 + ".example"
+    path = tmp_path / "hosts.txt"
+    path.write_text(f"{head}0.0.0.0 ok.example\n{long}\n0.0.0.0 after.example\n" + "x" * 5000)
+    s = same_as_parse_file(path, "hosts")
+    assert [(k.line, k.reason) for k in s.skipped] == [(20002, "line too long"), (20004, "line too long")]
+
+
+def test_errors_name_the_file_and_the_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(liststream, "BLOCK_BYTES", 64)
+    head = b"a.example\n" * 30000  # 300 kB: past the first block
+    cases = {
+        head + b"0.0.0.0 caf\xe9.example\n": "not UTF-8 text at byte 300011",
+        head + b"b\x00.example\n": "not a text list: contains NUL bytes",
+        b"a.example\n" * 20 + b"0.0.0.0 caf\xe9.example\n": "not UTF-8 text at byte 211",
+        head: "larger than 299999 bytes",  # a regular file: refused before any parsing
+    }
+    for data, reason in cases.items():
+        path = tmp_path / "bad.txt"
+        path.write_bytes(data)
+        with pytest.raises(ConfigError) as info:
+            stream(path, max_bytes=299999 if "larger" in reason else 10**6)
+        assert (info.value.where, info.value.reason) == (str(path), reason)
+        if "larger" not in reason:  # the same words as the slow path (which reads the file whole)
+            with pytest.raises(ConfigError) as slow:
+                parse_file(path)
+            assert slow.value.reason == reason
+
+
+def test_a_pipe_is_cut_at_max_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    writer = threading.Thread(target=lambda: path.write_bytes(b"a.example\n" * 300), daemon=True)
+    writer.start()
+    with pytest.raises(ConfigError) as info:
+        stream(path, max_bytes=999)
+    assert info.value.reason == "larger than 999 bytes"
+    writer.join(5)
+
+
+def test_special_files_missing_files_and_directories(tmp_path: Path) -> None:
+    for path, reason in ((Path("/dev/zero"), "not a text list: contains NUL bytes"),
+                         (tmp_path / "missing.txt", "No such file or directory"), (tmp_path, "Is a directory")):
+        with pytest.raises(ConfigError) as info:
+            stream(path)
+        assert (info.value.where, info.value.reason) == (str(path), reason)
+    with pytest.raises(ConfigError, match="unknown list format 'csv'"):
+        ListStream(tmp_path / "x.txt", "csv", "x")  # type: ignore[arg-type]
+
+
+def test_a_url_list_never_fetched_and_a_download_in_memory() -> None:
+    s = ListStream(None, "auto", "https://lists.example/a.txt", note=lists.SkippedLine(0, "not fetched yet", ""))
+    assert list(s.runs()) == [] and s.parsed() == lists.ParsedList("https://lists.example/a.txt", "domains", (),
+                                                                    (lists.SkippedLine(0, "not fetched yet", ""),))
+    body = b"\xef\xbb\xbf||a.example^\r\n@@||b.example^\r\n/regex/\r\n"
+    s = ListStream(None, "auto", "https://lists.example/b.txt", data=body)
+    assert [(m, a, list(n)) for m, a, n in s.runs()] == [("subtree", "block", ["a.example"]),
+                                                          ("subtree", "allow", ["b.example"])]
+    assert (s.count, s.format, [k.line for k in s.skipped]) == (2, "adblock", [3])
+
+
+def test_parsed_counts_and_reads_entries_again_only_when_iterated(tmp_path: Path) -> None:
+    path = tmp_path / "list.txt"
+    path.write_text("# header\nads.example\n*.wild.example\nbad line here\n")
+    s, _ = stream(path)
+    parsed = s.parsed()
+    assert (parsed.source, parsed.format, len(parsed.entries)) == (str(path), "wildcard", 2)
+    assert [(k.line, k.reason) for k in parsed.skipped] == [(4, "expected one name per line")]
+    assert list(parsed.entries) == list(parse_file(path).entries)
+    assert lists.ListEntry("ads.example", "subtree", "block", 2) in parsed.entries
+
+
+def test_projection_from_the_first_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(liststream, "BLOCK_BYTES", 4096)
+    path = tmp_path / "list.txt"
+    path.write_text("".join(f"host{i}.example.com\n" for i in range(20000)))
+    s = ListStream(path, "domains", str(path))
+    runs = s.runs()
+    next(runs)
+    assert 18000 < s.projected() < 22000  # known before most of the file is read: the table grows early
+    for _ in runs:
+        pass
+    assert s.projected() == s.count == 20000
+
+
+def test_load_policy_streams_lists_and_check_still_sees_them(tmp_path: Path) -> None:
+    listed = tmp_path / "ads.txt"
+    listed.write_text("||ads.example^\n||x.ads.example^\n/re/\n@@||ok.ads.example^\n")
+    config_file = tmp_path / "resolver.yaml"
+    config_file.write_text("policy:\n  block: []\n")
+    loaded = load_policy(with_overrides(load_config(config_file), blocklists=[str(listed)]))
+    [parsed] = loaded.lists
+    assert (len(parsed.entries), [k.line for k in parsed.skipped]) == (3, [3])
+    assert [e.line for e in parsed.entries if e.domain == "ok.ads.example"] == [4]  # explain's "line N"
+    verdict = loaded.policy.lookup(b"a.x.ads.example".split(b"."))
+    assert verdict is not None and verdict.label == "list:ads"
+    assert loaded.policy.lookup(b"ok.ads.example".split(b".")).reason.startswith("allowed by")  # type: ignore[union-attr]
+    assert Summary.of(loaded).lists == {"ads": 3}
+    assert parse_text(listed.read_text(), "x").entries == tuple(parsed.entries)
+
+
+@SLOWER
+@given(LIST_TEXT, FORMATS, st.sampled_from([7, 64, 1 << 20]))
+def test_stream_agrees_with_parse_text_on_hostile_text(
+        tmp_path_factory: pytest.TempPathFactory, text: str, fmt: str, size: int) -> None:
+    """Any text: the stream refuses it (ConfigError) or yields what parse_text does; never anything else."""
+    path = tmp_path_factory.mktemp("hostile") / "list.txt"
+    path.write_bytes(text.encode("utf-8", "surrogatepass"))
+    liststream.BLOCK_BYTES, before = size, liststream.BLOCK_BYTES
+    try:
+        with no_hang():
+            try:
+                s, items = stream(path, fmt)
+            except ConfigError:
+                with pytest.raises(ConfigError):
+                    parse_file(path, fmt)  # type: ignore[arg-type]
+                return
+    finally:
+        liststream.BLOCK_BYTES = before
+    parsed = parse_file(path, fmt)  # type: ignore[arg-type]
+    entries = [(e.domain, e.match, e.action) for e in parsed.entries]
+    assert Counter(items) == Counter(entries) and claim_order(items) == claim_order(entries)
+    assert (s.count, s.format, tuple(s.skipped)) == (len(entries), parsed.format, parsed.skipped)
