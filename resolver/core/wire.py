@@ -47,6 +47,7 @@ class Query:
     """The parts of a client query the resolver decides on; everything else in the packet is ignored."""
 
     __slots__ = (
+        "_key",
         "client",
         "client_id",
         "do",
@@ -92,6 +93,7 @@ class Query:
         self.client = ""  # source address, as text
         self.client_id: str | None = None  # from transports that carry one (DoH/DoT); None for UDP/TCP
         self.group = 0
+        self._key: bytes | None = None
 
     @property
     def name(self) -> str:
@@ -100,15 +102,21 @@ class Query:
 
     @property
     def cache_key(self) -> bytes:
-        # DO and CD change what an upstream returns (signatures, unvalidated data), so they are part of the key.
-        bits = (1 if self.do else 0) | (2 if self.flags & CD else 0)
-        return self.qname + self.question[-4:] + bytes((bits,))
+        key = self._key
+        if key is None:
+            # DO and CD change what an upstream returns (signatures, unvalidated data), so they are in the key.
+            bits = (1 if self.do else 0) | (2 if self.flags & CD else 0)
+            key = self._key = self.qname + self.question[-4:] + bytes((bits,))
+        return key
 
     def again(self, qid: int) -> Query:
         """The same question parsed from a packet that differed only in its ID (see ``Pipeline``'s memo): the
-        parsed parts are shared, which is safe because nothing changes them after parsing."""
-        return Query(qid, self.flags, self.question, self.qname, self.labels, self.qtype, self.qclass, self.edns,
-                     self.udp_size, self.do)
+        parsed parts, and the cache key made from them, are shared, which is safe because nothing changes them
+        after parsing."""
+        query = Query(qid, self.flags, self.question, self.qname, self.labels, self.qtype, self.qclass, self.edns,
+                      self.udp_size, self.do)
+        query._key = self.cache_key
+        return query
 
 
 def skip_name(data: bytes, pos: int) -> int:
