@@ -171,11 +171,11 @@ def _check(config: Config, loaded: Loaded) -> None:
     out(f"lists: {len(loaded.lists)}\n")
     for (name, _), parsed in zip(policy.lists.items(), loaded.lists, strict=True):
         out(f"  {name}: {parsed.source}  {parsed.format}  {len(parsed.entries)} entries, "
-            f"{len(parsed.skipped)} lines skipped\n")
+            f"{parsed.skipped_count} lines skipped\n")
         for skip in parsed.skipped[:20]:
             out(f"    line {skip.line}: {_printable(skip.reason)}: {_printable(skip.text)}\n")
-        if len(parsed.skipped) > 20:
-            out(f"    … and {len(parsed.skipped) - 20} more\n")
+        if parsed.skipped_count > 20:
+            out(f"    … and {parsed.skipped_count - 20} more\n")
     out(f"groups: {len(policy.groups)}\n")
     for group in policy.groups:
         members = ", ".join([str(n) for n in group.networks] + [f"id:{c}" for c in sorted(group.client_ids)])

@@ -35,6 +35,7 @@ Match = Literal["exact", "subtree", "below"]
 Action = Literal["block", "allow", "nxdomain", "nodata"]
 Format = Literal["hosts", "domains", "adblock", "rpz", "wildcard"]
 
+MAX_SKIPPED = 1000  # skipped lines kept with their text; the rest are counted, so a file of junk stays cheap
 MAX_LINE = 4096  # longer lines are skipped: no real rule is that long, and it bounds one hostile line's cost
 DETECT_LINES = 200
 TEXT_CUT = 200
@@ -70,7 +71,12 @@ class ParsedList:
     source: str
     format: Format
     entries: Collection[ListEntry]  # a tuple; for a streamed list, its count, and the file read again if iterated
-    skipped: tuple[SkippedLine, ...]
+    skipped: tuple[SkippedLine, ...]  # the first MAX_SKIPPED skipped lines
+    unkept: int = 0  # skipped lines past those, only counted
+
+    @property
+    def skipped_count(self) -> int:
+        return len(self.skipped) + self.unkept
 
 
 def normalise_name(name: str) -> str:
@@ -142,18 +148,22 @@ class _Out:
     as runs of names by ``take``; then (``lines`` false) the fast path does not keep their line numbers.
     """
 
-    __slots__ = ("columns", "lines", "origin", "owner", "pending", "skipped")
+    __slots__ = ("columns", "lines", "origin", "owner", "pending", "skipped", "unkept")
 
     def __init__(self, lines: bool = True) -> None:
         self.lines = lines
         self.columns: dict[tuple[Match, Action], tuple[list[str], list[int]]] = {}
         self.skipped: list[SkippedLine] = []
+        self.unkept = 0
         self.origin = ""  # RPZ $ORIGIN with its trailing dot; "" when there is none
         self.owner = ""  # owner of the last record, for records that begin with blank space
         self.pending: tuple[int, str, list[str]] | None = None  # an RPZ record still inside `( … )`
 
     def skip(self, line: int, reason: str, text: str) -> None:
-        self.skipped.append(SkippedLine(line, reason, text.strip()[:TEXT_CUT]))
+        if len(self.skipped) < MAX_SKIPPED:
+            self.skipped.append(SkippedLine(line, reason, text.strip()[:TEXT_CUT]))
+        else:
+            self.unkept += 1
 
     def column(self, match: Match, action: Action) -> tuple[list[str], list[int]]:
         col = self.columns.get((match, action))
@@ -494,7 +504,7 @@ def parse_text(text: str, source: str, fmt: Format | Literal["auto"] = "auto") -
         gc.disable()
         try:
             deque(_chunks(text, parse, shapes, out), maxlen=0)
-            return ParsedList(source, fmt, out.entries(), tuple(out.skipped))
+            return ParsedList(source, fmt, out.entries(), tuple(out.skipped), out.unkept)
         finally:
             if gc_was_enabled:
                 gc.enable()

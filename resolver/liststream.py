@@ -56,6 +56,7 @@ class ListStream:
         self.format: Format = "domains" if fmt == "auto" else fmt
         self.count = 0  # entries accepted
         self.skipped: list[SkippedLine] = [note] if note is not None else []
+        self.unkept = 0  # skipped lines past the first MAX_SKIPPED, only counted
         self._hash = hashlib.blake2b(fmt.encode(), digest_size=16)
         self._size = 0  # of the file, when it is a regular one
         self._rate = 0.0  # entries per byte so far (lines per byte before the first block is parsed)
@@ -69,7 +70,7 @@ class ListStream:
     def parsed(self) -> ParsedList:
         """What ``resolver check`` and ``explain`` read, once the runs are consumed."""
         entries: Collection[ListEntry] = () if self.path is None else _Reread(self.path, self.fmt, self.count)
-        return ParsedList(self.source, self.format, entries, tuple(self.skipped))
+        return ParsedList(self.source, self.format, entries, tuple(self.skipped), self.unkept)
 
     def runs(self) -> Iterator[tuple[Match, Action, list[str]]]:
         if self._data is not None:
@@ -160,6 +161,7 @@ class ListStream:
         if kind is not None:
             yield (*kind, batch)
         self.skipped += out.skipped
+        self.unkept += out.unkept
 
 
 class _Reread(Collection[ListEntry]):

@@ -219,7 +219,8 @@ def fetch_list(source: ListSource, target: Path) -> bool:
     for _ in stream.runs():
         pass
     if not stream.count:
-        raise ConfigError(url, f"no usable entries ({len(stream.skipped)} lines skipped); keeping the old copy")
+        skipped = len(stream.skipped) + stream.unkept
+        raise ConfigError(url, f"no usable entries ({skipped} lines skipped); keeping the old copy")
     try:
         if target.exists() and target.read_bytes() == body:
             return False

@@ -214,3 +214,18 @@ def test_stream_agrees_with_parse_text_on_hostile_text(
     entries = [(e.domain, e.match, e.action) for e in parsed.entries]
     assert Counter(items) == Counter(entries) and claim_order(items) == claim_order(entries)
     assert (s.count, s.format, tuple(s.skipped)) == (len(entries), parsed.format, parsed.skipped)
+
+
+def test_a_file_of_junk_keeps_only_the_first_skipped_lines(tmp_path: Path) -> None:
+    """Bounded: a list that is mostly junk costs a count per bad line past the first MAX_SKIPPED, not an object;
+    the total still reaches ``resolver check``."""
+    bad = lists.MAX_SKIPPED + 500
+    path = tmp_path / "junk.txt"
+    path.write_text("good.example\n" + "".join(f"bad_{i}..example\n" for i in range(bad)))
+    parsed = lists.parse_file(path, "domains")
+    assert len(parsed.skipped) == lists.MAX_SKIPPED and parsed.skipped_count == bad
+    assert parsed.skipped[0].line == 2
+    stream = liststream.ListStream(path, "domains", str(path))
+    assert [names for _, _, names in stream.runs()] == [["good.example"]]
+    streamed = stream.parsed()
+    assert len(streamed.skipped) == lists.MAX_SKIPPED and streamed.skipped_count == bad
