@@ -24,13 +24,11 @@ import argparse
 import contextlib
 import hashlib
 import random
-import signal
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import dns.message
 import dns.name
@@ -58,6 +56,7 @@ with atheris.instrument_imports(include=["resolver"]) if _FUZZING else contextli
     from resolver.core.stats import TCP, UDP, Stats
     from resolver.errors import WireFormatError
     from resolver.sources import load_platforms
+    from tests.support.alarm import no_hang  # (not instrumented: only the resolver package is)
 
 SKIP_KNOWN = False
 PIPELINE = Pipeline(build_policy(load_platforms(BUNDLED_BLOCKLISTS), [], PolicySpec()), Cache(CacheLimits()),
@@ -223,20 +222,6 @@ def seeds() -> list[bytes]:
 # ------------------------------------------------------------------------------------------------- plain mode
 
 
-@contextlib.contextmanager
-def alarm(seconds: float) -> Iterator[None]:
-    def ring(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"input still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def mutate(data: bytes, rng: random.Random, pool: list[bytes]) -> bytes:
     buf = bytearray(data)
     for _ in range(rng.randint(1, 8)):
@@ -286,7 +271,7 @@ def plain_loop(seconds: float, seed: int, artifacts: Path, max_len: int) -> int:
         data = mutate(parent, rng, [c for c in corpus if c[:1] == parent[:1]])[:max_len]
         runs += 1
         try:
-            with alarm(2.0):
+            with no_hang(2.0):
                 one_input(data)
         except BaseException as err:  # a finding, whatever it is
             path = save(data, artifacts)
@@ -304,7 +289,7 @@ def replay(paths: list[str]) -> int:
     for name in paths:
         data = Path(name).read_bytes()
         try:
-            with alarm(10.0):
+            with no_hang(10.0):
                 one_input(data)
             print(f"{name}: ok")
         except BaseException as err:

@@ -18,7 +18,6 @@ file is part of the default run; ``tests/fuzz/fuzz_wire.py`` is the long-running
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import resource
@@ -49,32 +48,13 @@ from resolver.core.policy import Bypass, PolicySpec
 from resolver.core.stats import TCP, UDP, Stats
 from resolver.errors import ConfigError, WireFormatError
 from resolver.sources import load_platform, load_platforms
-
-HANG_SECONDS = 2.0  # far beyond what one parse of a 64 KiB packet or a few-KB list may take
+from tests.support.alarm import no_hang
 
 # HOSTILE_EXAMPLES=5000 runs every property that much longer (the default keeps the file fast).
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "150"))
 FAST = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SLOWER = settings(FAST, max_examples=max(1, EXAMPLES * 2 // 5))
-
-
-class Hang(BaseException):
-    """Raised by the alarm; a BaseException so no ``except Exception`` in the code under test can swallow it."""
-
-
-@contextlib.contextmanager
-def no_hang(seconds: float = HANG_SECONDS) -> Iterator[None]:
-    def ring(signum: int, frame: Any) -> None:
-        raise Hang(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def header(qid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:

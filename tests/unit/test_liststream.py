@@ -23,7 +23,8 @@ from resolver.lists import parse_file, parse_text
 from resolver.liststream import ListStream
 from resolver.reload import Summary
 from resolver.sources import load_policy
-from tests.unit.test_hostile import FORMATS, LIST_TEXT, SLOWER, no_hang
+from tests.support.alarm import no_hang
+from tests.unit.test_hostile import FORMATS, LIST_TEXT, SLOWER
 from tests.unit.test_lists import _random_list
 
 Item = tuple[str, str, str]  # domain, match, action
