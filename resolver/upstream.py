@@ -112,7 +112,7 @@ class UpstreamPool:
     def _record(self, endpoint: Endpoint, started: float, reply: bytes | None, error: BaseException | None) -> bool:
         """Count one finished attempt and keep the upstream's health; whether ``reply`` is a usable answer."""
         stats = self._stats[endpoint]
-        now = self._loop().time()
+        now = asyncio.get_running_loop().time()
         if reply is None:
             if isinstance(error, UpstreamTimeout):
                 stats.timeouts += 1
@@ -131,10 +131,6 @@ class UpstreamPool:
         stats.down_until = 0.0
         stats.last_ok = now
         return True
-
-    @staticmethod
-    def _loop() -> asyncio.AbstractEventLoop:
-        return asyncio.get_running_loop()
 
     def healthy(self, within: float) -> bool:
         """Whether any upstream gave a good reply in the last ``within`` seconds (for /readyz)."""
@@ -402,7 +398,7 @@ class _Resolution:
             count -= 1
             pool._stats[endpoint].requests += 1
             self.live += 1
-            started = pool._loop().time()
+            started = asyncio.get_running_loop().time()
             _Attempt(pool, endpoint, self.query, self.deadline, partial(self._finished, endpoint, started),
                      last=self.next == len(self.order))
         if not self.live:
@@ -410,16 +406,16 @@ class _Resolution:
 
     def _finished(self, endpoint: Endpoint, started: float, reply: bytes | None, error: BaseException | None) -> None:
         self.live -= 1
+        usable = self.pool._record(endpoint, started, reply, error)
         if self.done is None:  # already answered by the other of two parallel attempts
-            self.pool._record(endpoint, started, reply, error)
             return
-        if self.pool._record(endpoint, started, reply, error):
+        if usable:
             self._finish(reply)
             return
         if reply is not None:
             self.fallback = reply
         if not self.live:
-            if self.deadline - self.pool._loop().time() > 0:
+            if self.deadline - asyncio.get_running_loop().time() > 0:
                 self._launch(1)
             else:
                 self._finish(self.fallback)
