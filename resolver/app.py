@@ -44,6 +44,7 @@ PROBE_SECONDS = 10.0  # upstream health probe interval
 READY_WITHIN = 30.0  # /readyz wants a good upstream reply at most this old
 MONITOR_LOG_SECONDS = 60
 UDP_RCVBUF = 4 << 20
+GC_YOUNG = 10_000  # tracked objects allocated (net) between young-generation collections
 
 
 def _worker_log(config: QueryLogConfig, worker: int) -> QueryLogConfig:
@@ -135,6 +136,10 @@ class Server:
         loop = asyncio.get_running_loop()
         gc.collect()
         gc.freeze()  # the policy and the code loaded so far live for good: later collections skip them
+        # With the default 700, the young generation is collected every few dozen forwarded queries, and each time
+        # the hundreds of questions in flight survive and are promoted, to be walked again by the older
+        # collections: a third of a forwarded query's CPU (W3: 113 -> 75 µs per query at 10,000).
+        gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
         if self.querylog is not None:
             self.querylog.start()
         for endpoint in self.config.listen:

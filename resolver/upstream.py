@@ -1,9 +1,10 @@
-"""Asking the upstream resolvers: UDP with a fresh socket per query, TCP when the reply is truncated.
+"""Asking the upstream resolvers: UDP on short-lived connected sockets, TCP when the reply is truncated.
 
-A fresh connected socket gives every upstream query its own random source port (the kernel picks it) and makes
-the kernel drop datagrams from any other address; with a random ID and the question checked on the reply, a
-spoofed answer has to guess about 32 bits and the name. Replies that do not match are dropped and counted, and
-we keep listening until the timeout, so a forged packet cannot cut a real answer short.
+Each UDP socket is connected to one upstream (the kernel drops datagrams from any other address) and carries a
+few dozen questions for at most a second before a new one takes a fresh random source port (``_Channel``); with a
+random ID and the question checked on the reply, a spoofed answer has to guess about 32 bits and the name.
+Replies that do not match are dropped and counted, and we keep listening until the timeout, so a forged packet
+cannot cut a real answer short.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger("resolver.upstream")
 # An upstream that just failed is asked last for this long, so one dead server does not cost every query a timeout.
 PENALTY_SECONDS = 5.0
 _RETRY_RCODES = (wire.SERVFAIL, wire.REFUSED, wire.NOTIMP)
+SWEEP_SECONDS = 0.02
 
 
 @dataclass(slots=True)
@@ -88,7 +90,12 @@ class UpstreamPool:
         self.upstream_stats = {str(e): s for e, s in self._stats.items()}  # the same objects, for metrics
         self.streams: set[asyncio.Task[Any]] = set()  # TCP/TLS tasks in flight (the loop holds tasks weakly)
         self._conns: dict[Endpoint, _StreamConn] = {}
+        self._channels: dict[Endpoint, _Channel] = {}  # the UDP socket new questions to each upstream go out on
+        self._open: set[_Channel] = set()  # every UDP socket still open: the current ones, and retired ones
+        self._timer: asyncio.TimerHandle | None = None  # the timeout sweep, while any UDP question waits
         self.ids = RandomIds()
+        # Kept, not looked up per question: asyncio.get_running_loop() costs a getpid() system call each time.
+        self.loop = asyncio.get_running_loop()
 
     def _order(self, now: float) -> list[Endpoint]:
         """Healthy upstreams first (in config order, shuffled, or fastest first, by strategy), then the rest."""
@@ -109,10 +116,33 @@ class UpstreamPool:
         """
         _Resolution(self, query, done)
 
+    def _channel(self, endpoint: Endpoint, now: float) -> _Channel:
+        """The UDP socket for the next question to ``endpoint``: a new one (a new random port) once the current
+        one has had its share of questions or time."""
+        channel = self._channels.get(endpoint)
+        if channel is not None and channel.uses > 0 and now < channel.retire_at:
+            return channel
+        fresh = self._channels[endpoint] = _Channel(self, endpoint, now)
+        if channel is not None and not channel.pending:
+            channel.close()
+        return fresh
+
+    def _sweep(self) -> None:
+        """Time out the UDP questions past their deadline. One sweep every ``SWEEP_SECONDS`` while any question
+        waits, instead of a timer per question: a timeout fires up to that much late, which nobody can tell
+        from a timeout of a second or more."""
+        now = self.loop.time()
+        for channel in list(self._open):
+            for attempt in [a for a in channel.pending.values() if a.expires <= now]:
+                attempt.expire()
+        self._timer = None
+        if any(channel.pending for channel in self._open):
+            self._timer = self.loop.call_later(SWEEP_SECONDS, self._sweep)
+
     def _record(self, endpoint: Endpoint, started: float, reply: bytes | None, error: BaseException | None) -> bool:
         """Count one finished attempt and keep the upstream's health; whether ``reply`` is a usable answer."""
         stats = self._stats[endpoint]
-        now = asyncio.get_running_loop().time()
+        now = self.loop.time()
         if reply is None:
             if isinstance(error, UpstreamTimeout):
                 stats.timeouts += 1
@@ -134,13 +164,13 @@ class UpstreamPool:
 
     def healthy(self, within: float) -> bool:
         """Whether any upstream gave a good reply in the last ``within`` seconds (for /readyz)."""
-        now = asyncio.get_running_loop().time()
+        now = self.loop.time()
         return any(now - s.last_ok <= within for s in self.upstream_stats.values())
 
     async def probe(self) -> None:
         """Ask every upstream for the root NS set: any matching reply (even REFUSED) shows it is alive and
         puts it back in the rotation; silence takes it out. Runs whether or not clients are asking."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         probe = wire.parse_query(wire.HEADER.pack(0, wire.RD, 1, 0, 0, 0) + b"\x00\x00\x02\x00\x01")
         for endpoint in self.endpoints:
             stats = self._stats[endpoint]
@@ -174,9 +204,14 @@ class UpstreamPool:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        """Close the shared TCP/TLS connections (at shutdown)."""
+        """Close the shared TCP/TLS connections and the current UDP sockets (at shutdown; anything still waiting
+        was given its drain time)."""
         for conn in list(self._conns.values()):
             conn.close()  # (takes itself out of the table)
+        for channel in list(self._open):
+            channel.fail(UpstreamError(f"{channel.endpoint}: shutting down"))
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class _ConnectionLost(UpstreamError):
@@ -278,13 +313,109 @@ def _settle(future: asyncio.Future[bytes | None], reply: bytes | None, _error: B
         future.set_result(reply)
 
 
+class _Channel:
+    """A connected UDP socket to one upstream, shared by at most ``USES`` questions in turn, with its reader
+    registered once: a cache miss costs a send and a share of one wake-up, not a socket, a connect, two epoll
+    changes and a close.
+
+    Spoofing: a forged reply must still hit an open port and an ID in flight there, and name the question. The
+    odds per forged packet are the same as with a socket per question (questions in flight over open ports × IDs,
+    whichever way they are spread). What a shared socket gives away is time: a port that stays open could be found
+    by a side channel (SAD DNS) and then flooded. So no port serves more than ``USES`` questions or is asked for
+    more than ``SECONDS``; then a new socket takes a fresh random port from the kernel, and the old one closes
+    when its last question is answered or times out."""
+
+    USES = 64
+    SECONDS = 1.0
+
+    __slots__ = ("endpoint", "fd", "pending", "pool", "retire_at", "sock", "uses")
+
+    def __init__(self, pool: UpstreamPool, endpoint: Endpoint, now: float) -> None:
+        # The C socket type, created non-blocking: the Python wrapper and a separate ioctl are measurable per miss.
+        family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
+        sock = _socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        try:
+            sock.connect((endpoint.host, endpoint.port))  # the kernel drops datagrams from any other address
+        except OSError:
+            sock.close()
+            raise
+        self.pool = pool
+        self.endpoint = endpoint
+        self.sock: _socket.socket | None = sock
+        self.fd = sock.fileno()
+        self.pending: dict[int, _Attempt] = {}
+        self.uses = self.USES
+        self.retire_at = now + self.SECONDS
+        pool.loop.add_reader(self.fd, self._readable)
+        pool._open.add(self)
+
+    def send(self, attempt: _Attempt, query: Query) -> int:
+        """Send ``query`` for ``attempt``; returns the ID it went out with."""
+        pool = self.pool
+        qid = pool.ids.next()
+        while qid in self.pending:
+            qid = pool.ids.next()
+        assert self.sock is not None
+        self.sock.send(wire.upstream_query(query, qid))
+        self.uses -= 1
+        self.pending[qid] = attempt
+        if pool._timer is None:
+            pool._timer = pool.loop.call_later(SWEEP_SECONDS, pool._sweep)
+        return qid
+
+    def _readable(self) -> None:
+        pending = self.pending
+        while (sock := self.sock) is not None:
+            try:
+                data = sock.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError as err:  # e.g. ICMP port unreachable: nobody listens there, so fail them all now
+                self.fail(UpstreamError(f"{self.endpoint}: {err}"))
+                return
+            attempt = pending.get(data[0] << 8 | data[1]) if len(data) >= 12 else None
+            if attempt is None or not matches(data, attempt.qid, attempt.query):
+                self.pool.stats.upstream_mismatch += 1  # forged or stale: keep listening for the real one
+                continue
+            del pending[attempt.qid]
+            if not pending and self.retired():
+                self.close()
+            attempt.replied(data)
+
+    def retired(self) -> bool:
+        return self.uses <= 0 or self.pool._channels.get(self.endpoint) is not self
+
+    def forget(self, attempt: _Attempt) -> None:
+        """``attempt`` timed out: its ID is no longer awaited here."""
+        if self.pending.get(attempt.qid) is attempt:
+            del self.pending[attempt.qid]
+            if not self.pending and self.retired():
+                self.close()
+
+    def fail(self, error: BaseException) -> None:
+        waiting = list(self.pending.values())
+        self.pending.clear()
+        self.close()
+        for attempt in waiting:
+            attempt.failed(error)
+
+    def close(self) -> None:
+        if self.pool._channels.get(self.endpoint) is self:
+            del self.pool._channels[self.endpoint]
+        if self.sock is not None:
+            self.pool._open.discard(self)
+            self.pool.loop.remove_reader(self.fd)
+            self.sock.close()
+            self.sock = None
+
+
 class _Attempt:
     """One question to one upstream over its transport, reported once to ``done`` as (reply, None) or
-    (None, error). UDP runs on reader and timer callbacks over a fresh connected socket (a random source port
-    per question, and the kernel drops datagrams from any other address); a truncated reply, or a tcp:// or
-    tls:// upstream, takes a task for the stream exchange."""
+    (None, error). UDP goes out on the upstream's current ``_Channel``, and a timeout is an entry in the pool's
+    deadline heap, not a timer of its own; a truncated reply, or a tcp:// or tls:// upstream, takes a task for
+    the stream exchange."""
 
-    __slots__ = ("deadline", "done", "endpoint", "fd", "loop", "pool", "qid", "query", "sock", "timer")
+    __slots__ = ("channel", "deadline", "done", "endpoint", "expires", "pool", "qid", "query", "timeout")
 
     def __init__(self, pool: UpstreamPool, endpoint: Endpoint, query: Query, deadline: float, done: Done,
                  last: bool = False) -> None:
@@ -293,73 +424,52 @@ class _Attempt:
         self.query = query
         self.done = done
         self.deadline = deadline
-        loop = self.loop = asyncio.get_running_loop()
+        self.channel: _Channel | None = None
+        loop = pool.loop
+        now = loop.time()
         # Each upstream gets upstream_timeout before the next is asked; the last one left may use all the time
         # the question has (query_timeout), since there is nobody else to ask.
-        left = max(0.01, deadline - loop.time())
-        timeout = left if last else min(pool.timeout, left)
-        self.sock: _socket.socket | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        left = max(0.01, deadline - now)
+        timeout = self.timeout = left if last else min(pool.timeout, left)
         if endpoint.transport != "udp":
             self._stream(timeout)
             return
-        self.qid = qid = pool.ids.next()
-        packet = wire.upstream_query(query, qid)
         try:
-            # The C socket type: the Python wrapper's constructor and close are a measurable share of a miss.
-            sock = _socket.socket(socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET, socket.SOCK_DGRAM)
+            channel = pool._channel(endpoint, now)
         except OSError as err:  # out of file descriptors, say: this question fails, the server goes on
             loop.call_soon(done, None, UpstreamError(f"{endpoint}: {err}"))  # not from inside the caller
             return
-        self.fd = sock.fileno()
         try:
-            sock.setblocking(False)
-            sock.connect((endpoint.host, endpoint.port))
-            sock.send(packet)
-        except OSError as err:
-            sock.close()
-            loop.call_soon(done, None, UpstreamError(f"{endpoint}: {err}"))
+            self.qid = channel.send(self, query)
+        except OSError as err:  # an ICMP error from an earlier question, say: the socket's others share its fate
+            error = UpstreamError(f"{endpoint}: {err}")
+            loop.call_soon(channel.fail, error)
+            loop.call_soon(done, None, error)
             return
-        self.sock = sock
-        loop.add_reader(self.fd, self._readable)
-        self.timer = loop.call_later(timeout, self._expire, timeout)
+        self.channel = channel
+        self.expires = now + timeout
 
-    def _readable(self) -> None:
-        sock = self.sock
-        while sock is not None:
-            try:
-                data = sock.recv(65535)
-            except BlockingIOError:
-                return
-            except OSError as err:  # e.g. ICMP port unreachable: fail now, not at the timeout
-                self._close()
-                self.done(None, UpstreamError(f"{self.endpoint}: {err}"))
-                return
-            if not matches(data, self.qid, self.query):
-                self.pool.stats.upstream_mismatch += 1  # forged or stale: keep listening for the real one
-                continue
-            self._close()
-            if data[2] & 0x02:  # TC: the whole answer only fits over TCP
-                self._stream(max(0.05, self.deadline - self.loop.time()))
-            else:
-                self.done(data, None)
-            return
+    def replied(self, data: bytes) -> None:
+        self.channel = None
+        if data[2] & 0x02:  # TC: the whole answer only fits over TCP
+            self._stream(max(0.05, self.deadline - self.pool.loop.time()))
+        else:
+            self.done(data, None)
 
-    def _expire(self, timeout: float) -> None:
-        if self.sock is not None:
-            self._close()
-            self.done(None, UpstreamTimeout(f"{self.endpoint}: no reply within {timeout:.2f}s"))
+    def failed(self, error: BaseException) -> None:
+        if self.channel is not None:
+            self.channel = None
+            self.done(None, error)
 
-    def _close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.sock is not None:
-            self.loop.remove_reader(self.fd)
-            self.sock.close()
-            self.sock = None
+    def expire(self) -> None:
+        channel = self.channel
+        if channel is not None:
+            channel.forget(self)
+            self.channel = None
+            self.done(None, UpstreamTimeout(f"{self.endpoint}: no reply within {self.timeout:.2f}s"))
 
     def _stream(self, timeout: float) -> None:
-        task = self.loop.create_task(self.pool._stream(self.endpoint, self.query, timeout))
+        task = self.pool.loop.create_task(self.pool._stream(self.endpoint, self.query, timeout))
         self.pool.streams.add(task)
         task.add_done_callback(self._streamed)
 
@@ -382,7 +492,7 @@ class _Resolution:
         self.pool = pool
         self.query = query
         self.done: Callable[[bytes | None], None] | None = done
-        now = asyncio.get_running_loop().time()
+        now = pool.loop.time()
         self.deadline = now + pool.deadline
         self.order = pool._order(now)
         self.fallback: bytes | None = None
@@ -398,7 +508,7 @@ class _Resolution:
             count -= 1
             pool._stats[endpoint].requests += 1
             self.live += 1
-            started = asyncio.get_running_loop().time()
+            started = pool.loop.time()
             _Attempt(pool, endpoint, self.query, self.deadline, partial(self._finished, endpoint, started),
                      last=self.next == len(self.order))
         if not self.live:
@@ -415,7 +525,7 @@ class _Resolution:
         if reply is not None:
             self.fallback = reply
         if not self.live:
-            if self.deadline - asyncio.get_running_loop().time() > 0:
+            if self.deadline - self.pool.loop.time() > 0:
                 self._launch(1)
             else:
                 self._finish(self.fallback)

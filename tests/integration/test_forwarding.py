@@ -299,3 +299,24 @@ def test_ipv6_upstream(resolver_factory: ResolverFactory) -> None:
         server = resolver_factory(upstreams=[v6.address])
         assert addresses(server.query(WWW, "A"), "A") == [WWW_V4]
         assert v6.count(WWW, "A") == 1
+
+
+def test_upstream_questions_carry_random_ids_and_move_to_fresh_ports(server: ResolverProcess,
+                                                                    module_auth: AuthServer) -> None:
+    """What a spoofer must guess: the upstream sees unpredictable IDs, and no source port carries more than 64
+    questions before a new one (a new random port) takes over."""
+    names = [unique_name("spoof") for _ in range(300)]
+    for name in names:
+        server.query(name, "A")
+    wanted = set(names)
+    seen = [q for q in module_auth.queries if q.name in wanted and q.transport == "udp"]
+    assert len(seen) == 300
+    ids = [q.id for q in seen]
+    assert len(set(ids)) >= 290  # 300 draws from 65,536: a handful of repeats at most
+    assert sum(1 for a, b in itertools.pairwise(ids) if b - a == 1) <= 3  # not a counter
+    per_port: dict[int, int] = {}
+    for q in seen:
+        per_port[q.port] = per_port.get(q.port, 0) + 1
+    assert max(per_port.values()) <= 64
+    assert len(per_port) >= 5
+    assert len({p % 1024 for p in per_port}) >= 4  # not neighbours handed out in order

@@ -54,6 +54,7 @@ class Seen:
     id: int
     had_edns: bool
     rd: bool
+    port: int = 0  # the asker's source port
 
 
 def _norm(name: str) -> str:
@@ -238,7 +239,7 @@ class AuthServer:
                 data, peer = udp.recvfrom(65535)
             except OSError:
                 return
-            self._handle(data, "udp", functools.partial(self._udp_send, udp, peer))
+            self._handle(data, "udp", functools.partial(self._udp_send, udp, peer), peer[1])
 
         self._until_stopped(udp, readable)
 
@@ -253,16 +254,16 @@ class AuthServer:
 
         def readable() -> None:
             try:
-                conn, _peer = tcp.accept()
+                conn, peer = tcp.accept()
             except OSError:
                 return
             with self._cond:
                 self._conns.add(conn)
-            threading.Thread(target=self._serve_conn, args=(conn,), name="auth-tcp-conn", daemon=True).start()
+            threading.Thread(target=self._serve_conn, args=(conn, peer[1]), name="auth-tcp-conn", daemon=True).start()
 
         self._until_stopped(tcp, readable)
 
-    def _serve_conn(self, conn: socket.socket) -> None:
+    def _serve_conn(self, conn: socket.socket, port: int) -> None:
         lock = threading.Lock()
 
         def send(reply: bytes) -> None:
@@ -277,7 +278,7 @@ class AuthServer:
                 body = recv_exact(conn, struct.unpack("!H", head)[0])
                 if body is None:
                     return
-                self._handle(body, "tcp", send)
+                self._handle(body, "tcp", send, port)
         except OSError:
             return
         finally:
@@ -285,7 +286,7 @@ class AuthServer:
                 self._conns.discard(conn)
             conn.close()
 
-    def _handle(self, data: bytes, transport: str, send: Callable[[bytes], None]) -> None:
+    def _handle(self, data: bytes, transport: str, send: Callable[[bytes], None], port: int) -> None:
         try:
             query = DNSRecord.parse(data)
         except Exception:  # a test upstream ignores what it cannot parse
@@ -304,6 +305,7 @@ class AuthServer:
                     id=query.header.id,
                     had_edns=had_edns,
                     rd=bool(query.header.rd),
+                    port=port,
                 )
             )
             self._cond.notify_all()
