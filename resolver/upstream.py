@@ -17,7 +17,7 @@ import random
 import socket
 import ssl
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -94,11 +94,14 @@ class UpstreamPool:
         self._open: set[_Channel] = set()  # every UDP socket still open: the current ones, and retired ones
         self._timer: asyncio.TimerHandle | None = None  # the timeout sweep, while any UDP question waits
         self.ids = RandomIds()
+        self._all_up_after = 0.0  # no upstream's penalty runs past this loop time
         # Kept, not looked up per question: asyncio.get_running_loop() costs a getpid() system call each time.
         self.loop = asyncio.get_running_loop()
 
-    def _order(self, now: float) -> list[Endpoint]:
+    def _order(self, now: float) -> Sequence[Endpoint]:
         """Healthy upstreams first (in config order, shuffled, or fastest first, by strategy), then the rest."""
+        if now >= self._all_up_after and self.strategy == "strict":
+            return self.endpoints  # the usual case, with nothing to sort
         healthy = [e for e in self.endpoints if self._stats[e].down_until <= now]
         if self.strategy == "random":
             healthy = random.sample(healthy, len(healthy))
@@ -139,20 +142,23 @@ class UpstreamPool:
         if any(channel.pending for channel in self._open):
             self._timer = self.loop.call_later(SWEEP_SECONDS, self._sweep)
 
-    def _record(self, endpoint: Endpoint, started: float, reply: bytes | None, error: BaseException | None) -> bool:
+    def _penalise(self, stats: UpstreamStats, now: float) -> None:
+        stats.down_until = self._all_up_after = now + PENALTY_SECONDS
+
+    def _record(self, attempt: _Attempt, reply: bytes | None, error: BaseException | None) -> bool:
         """Count one finished attempt and keep the upstream's health; whether ``reply`` is a usable answer."""
-        stats = self._stats[endpoint]
+        stats = self._stats[attempt.endpoint]
         now = self.loop.time()
         if reply is None:
             if isinstance(error, UpstreamTimeout):
                 stats.timeouts += 1
             else:
                 stats.errors += 1
-            stats.down_until = now + PENALTY_SECONDS
+            self._penalise(stats, now)
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("upstream %s failed: %s", endpoint, error)
+                log.debug("upstream %s failed: %s", attempt.endpoint, error)
             return False
-        elapsed = now - started
+        elapsed = now - attempt.started
         stats.answered_in(elapsed)
         stats.ewma = elapsed if stats.ewma == 0.0 else 0.7 * stats.ewma + 0.3 * elapsed
         if reply[3] & 0x0F in _RETRY_RCODES:
@@ -175,9 +181,10 @@ class UpstreamPool:
         for endpoint in self.endpoints:
             stats = self._stats[endpoint]
             future: asyncio.Future[bytes | None] = loop.create_future()
-            _Attempt(self, endpoint, probe, loop.time() + self.timeout, partial(_settle, future))
+            now = loop.time()
+            _Attempt(self, endpoint, probe, now, now + self.timeout, partial(_settle, future))
             if await future is None:
-                stats.down_until = loop.time() + PENALTY_SECONDS
+                self._penalise(stats, loop.time())
             else:
                 stats.down_until = 0.0
                 stats.last_ok = loop.time()
@@ -305,10 +312,11 @@ class _StreamConn:
             self.task.cancel()
 
 
-Done = Callable[[bytes | None, BaseException | None], None]
+Done = Callable[["_Attempt", bytes | None, BaseException | None], None]
 
 
-def _settle(future: asyncio.Future[bytes | None], reply: bytes | None, _error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[bytes | None], _attempt: _Attempt, reply: bytes | None,
+            _error: BaseException | None) -> None:
     if not future.done():
         future.set_result(reply)
 
@@ -415,18 +423,18 @@ class _Attempt:
     deadline heap, not a timer of its own; a truncated reply, or a tcp:// or tls:// upstream, takes a task for
     the stream exchange."""
 
-    __slots__ = ("channel", "deadline", "done", "endpoint", "expires", "pool", "qid", "query", "timeout")
+    __slots__ = ("channel", "deadline", "done", "endpoint", "expires", "pool", "qid", "query", "started", "timeout")
 
-    def __init__(self, pool: UpstreamPool, endpoint: Endpoint, query: Query, deadline: float, done: Done,
+    def __init__(self, pool: UpstreamPool, endpoint: Endpoint, query: Query, now: float, deadline: float, done: Done,
                  last: bool = False) -> None:
         self.pool = pool
         self.endpoint = endpoint
         self.query = query
         self.done = done
+        self.started = now
         self.deadline = deadline
         self.channel: _Channel | None = None
         loop = pool.loop
-        now = loop.time()
         # Each upstream gets upstream_timeout before the next is asked; the last one left may use all the time
         # the question has (query_timeout), since there is nobody else to ask.
         left = max(0.01, deadline - now)
@@ -437,14 +445,14 @@ class _Attempt:
         try:
             channel = pool._channel(endpoint, now)
         except OSError as err:  # out of file descriptors, say: this question fails, the server goes on
-            loop.call_soon(done, None, UpstreamError(f"{endpoint}: {err}"))  # not from inside the caller
+            loop.call_soon(done, self, None, UpstreamError(f"{endpoint}: {err}"))  # not from inside the caller
             return
         try:
             self.qid = channel.send(self, query)
         except OSError as err:  # an ICMP error from an earlier question, say: the socket's others share its fate
             error = UpstreamError(f"{endpoint}: {err}")
             loop.call_soon(channel.fail, error)
-            loop.call_soon(done, None, error)
+            loop.call_soon(done, self, None, error)
             return
         self.channel = channel
         self.expires = now + timeout
@@ -454,19 +462,19 @@ class _Attempt:
         if data[2] & 0x02:  # TC: the whole answer only fits over TCP
             self._stream(max(0.05, self.deadline - self.pool.loop.time()))
         else:
-            self.done(data, None)
+            self.done(self, data, None)
 
     def failed(self, error: BaseException) -> None:
         if self.channel is not None:
             self.channel = None
-            self.done(None, error)
+            self.done(self, None, error)
 
     def expire(self) -> None:
         channel = self.channel
         if channel is not None:
             channel.forget(self)
             self.channel = None
-            self.done(None, UpstreamTimeout(f"{self.endpoint}: no reply within {self.timeout:.2f}s"))
+            self.done(self, None, UpstreamTimeout(f"{self.endpoint}: no reply within {self.timeout:.2f}s"))
 
     def _stream(self, timeout: float) -> None:
         task = self.pool.loop.create_task(self.pool._stream(self.endpoint, self.query, timeout))
@@ -476,11 +484,11 @@ class _Attempt:
     def _streamed(self, task: asyncio.Task[bytes]) -> None:
         self.pool.streams.discard(task)
         if task.cancelled():
-            self.done(None, UpstreamError(f"{self.endpoint}: cancelled"))
+            self.done(self, None, UpstreamError(f"{self.endpoint}: cancelled"))
         elif (error := task.exception()) is not None:
-            self.done(None, error)
+            self.done(self, None, error)
         else:
-            self.done(task.result(), None)
+            self.done(self, task.result(), None)
 
 
 class _Resolution:
@@ -498,25 +506,24 @@ class _Resolution:
         self.fallback: bytes | None = None
         self.live = 0
         self.next = 0
-        self._launch(2 if pool.strategy == "parallel_best" else 1)
+        self._launch(2 if pool.strategy == "parallel_best" else 1, now)
 
-    def _launch(self, count: int) -> None:
+    def _launch(self, count: int, now: float) -> None:
         pool = self.pool
-        while count and self.next < len(self.order):
-            endpoint = self.order[self.next]
+        order = self.order
+        while count and self.next < len(order):
+            endpoint = order[self.next]
             self.next += 1
             count -= 1
             pool._stats[endpoint].requests += 1
             self.live += 1
-            started = pool.loop.time()
-            _Attempt(pool, endpoint, self.query, self.deadline, partial(self._finished, endpoint, started),
-                     last=self.next == len(self.order))
+            _Attempt(pool, endpoint, self.query, now, self.deadline, self._finished, last=self.next == len(order))
         if not self.live:
             self._finish(self.fallback)
 
-    def _finished(self, endpoint: Endpoint, started: float, reply: bytes | None, error: BaseException | None) -> None:
+    def _finished(self, attempt: _Attempt, reply: bytes | None, error: BaseException | None) -> None:
         self.live -= 1
-        usable = self.pool._record(endpoint, started, reply, error)
+        usable = self.pool._record(attempt, reply, error)
         if self.done is None:  # already answered by the other of two parallel attempts
             return
         if usable:
@@ -525,8 +532,9 @@ class _Resolution:
         if reply is not None:
             self.fallback = reply
         if not self.live:
-            if self.deadline - self.pool.loop.time() > 0:
-                self._launch(1)
+            now = self.pool.loop.time()
+            if self.deadline - now > 0:
+                self._launch(1, now)
             else:
                 self._finish(self.fallback)
 

@@ -261,6 +261,10 @@ def opt_record(do: bool, options: bytes = b"", ext_rcode: int = 0) -> bytes:
     return b"\x00" + RR_FIXED.pack(TYPE_OPT, EDNS_UDP_SIZE, ttl, len(options)) + options
 
 
+_UPSTREAM_OPT = opt_record(False)
+_UPSTREAM_OPT_DO = opt_record(True)
+
+
 def ede_option(info_code: int, text: str) -> bytes:
     raw = text.encode("utf-8")
     return struct.pack("!HHH", EDE_OPTION, 2 + len(raw), info_code) + raw
@@ -311,11 +315,6 @@ def encode_name(name: str) -> bytes:
 
 def upstream_query(query: Query, qid: int) -> bytes:
     """The query we send upstream: fresh random ID, lowercased name, RD set, our own EDNS with the client's DO."""
-    flags = RD | (query.flags & CD)
-    return (
-        HEADER.pack(qid, flags, 1, 0, 0, 1)
-        + query.qname
-        + query.question[-4:]
-        + opt_record(query.do)
-    )
+    return b"".join((HEADER.pack(qid, RD | (query.flags & CD), 1, 0, 0, 1), query.qname, query.question[-4:],
+                     _UPSTREAM_OPT_DO if query.do else _UPSTREAM_OPT))
 
