@@ -15,7 +15,6 @@ import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 from resolver.config import Config, Endpoint, system_nameservers
@@ -115,11 +114,12 @@ class Server:
                 respond(self.pipeline.on_shed(query))
             return
         self.inflight[key] = [(query, respond)]
-        self.upstreams.resolve(query, partial(self._answer, key))
+        self.upstreams.resolve(query, self._answer)
 
-    def _answer(self, key: bytes, reply: bytes | None) -> None:
-        """Hand the upstream reply (None: none came in time, SERVFAIL) to every query that waited on it."""
-        for waiting, respond in self.inflight.pop(key, ()):
+    def _answer(self, query: Query, reply: bytes | None) -> None:
+        """Hand the upstream reply to ``query`` (None: none came in time, SERVFAIL) and every query that waited on
+        the same answer."""
+        for waiting, respond in self.inflight.pop(query.cache_key, ()):
             try:
                 if respond is None:  # a prefetch
                     if reply is not None:

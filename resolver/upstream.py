@@ -34,6 +34,7 @@ log = logging.getLogger("resolver.upstream")
 # An upstream that just failed is asked last for this long, so one dead server does not cost every query a timeout.
 PENALTY_SECONDS = 5.0
 _RETRY_RCODES = (wire.SERVFAIL, wire.REFUSED, wire.NOTIMP)
+Answered = Callable[[Query, bytes | None], None]
 SWEEP_SECONDS = 0.02
 
 
@@ -109,10 +110,11 @@ class UpstreamPool:
             healthy.sort(key=lambda e: self._stats[e].ewma)
         return healthy + [e for e in self.endpoints if e not in healthy]
 
-    def resolve(self, query: Query, done: Callable[[bytes | None], None]) -> None:
-        """Find a reply matching ``query`` and hand it to ``done`` (None: no upstream gave one before the deadline).
+    def resolve(self, query: Query, done: Answered) -> None:
+        """Find a reply matching ``query`` and hand both to ``done`` (None: no upstream gave one before the deadline).
 
-        Callbacks, not a task per question: a cache miss costs a socket and a timer, nothing more. ``parallel_best``
+        Callbacks, not a task per question: over UDP a cache miss costs a send, an entry in the socket's table of
+        questions, and two small objects. ``parallel_best``
         asks the two fastest healthy upstreams at once and takes the first good answer; every strategy then goes
         down the rest of the list one at a time. A SERVFAIL or REFUSED reply is kept as the answer of last resort
         while other upstreams are tried.
@@ -386,8 +388,8 @@ class _Channel:
                 self.pool.stats.upstream_mismatch += 1  # forged or stale: keep listening for the real one
                 continue
             del pending[attempt.qid]
-            if not pending and self.retired():
-                self.close()
+            if not pending and (self.uses <= 0 or self.pool._channels.get(self.endpoint) is not self):
+                self.close()  # retired, and nothing left to wait for
             attempt.replied(data)
 
     def retired(self) -> bool:
@@ -496,10 +498,10 @@ class _Resolution:
 
     __slots__ = ("deadline", "done", "fallback", "live", "next", "order", "pool", "query")
 
-    def __init__(self, pool: UpstreamPool, query: Query, done: Callable[[bytes | None], None]) -> None:
+    def __init__(self, pool: UpstreamPool, query: Query, done: Answered) -> None:
         self.pool = pool
         self.query = query
-        self.done: Callable[[bytes | None], None] | None = done
+        self.done: Answered | None = done
         now = pool.loop.time()
         self.deadline = now + pool.deadline
         self.order = pool._order(now)
@@ -541,4 +543,4 @@ class _Resolution:
     def _finish(self, reply: bytes | None) -> None:
         done, self.done = self.done, None
         if done is not None:
-            done(reply)
+            done(self.query, reply)

@@ -188,7 +188,7 @@ class Pipeline:
             cloak = self._cloaked(policy, entry, query.group, query.client, query.client_id)
             if cloak is not None:
                 return self._blocked(policy, cloak, query, query.transport, query.received)
-        outcome = FORWARDED if entry.rcode in (wire.NOERROR, wire.NXDOMAIN) else ERROR
+        outcome = FORWARDED if entry.flags & 0x0F in (wire.NOERROR, wire.NXDOMAIN) else ERROR  # (the rcode)
         answer = self._fit(cache_mod.render(entry, query, now), query, query.transport)
         return self._done(query.transport, outcome, query.received, answer, query, now=now)
 
