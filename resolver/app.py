@@ -6,6 +6,7 @@ line. Shutdown: close listeners, let in-flight upstream queries finish for a bou
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import gc
@@ -170,17 +171,21 @@ class Server:
                  self.config.metrics or "off", self.pipeline.policy.version)
 
     async def _bind_udp(self, endpoint: Endpoint) -> int:
-        loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: UdpListener(self.pipeline, self), local_addr=(endpoint.host, endpoint.port), family=family,
-            reuse_port=self.worker is not None)
-        self.closers.append(transport.close)
-        # A burst (a thousand phones waking at a shift change, a stalled core) must queue, not be dropped by the
-        # kernel: ask for a deep receive buffer (the kernel caps it at net.core.rmem_max).
-        with contextlib.suppress(OSError):
-            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
-        port: int = transport.get_extra_info("sockname")[1]
+        sock = _socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        try:
+            if self.worker is not None:  # the workers share the port; the kernel spreads clients over them
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            # A burst (a thousand phones waking at a shift change, a stalled core) must queue, not be dropped by
+            # the kernel: ask for a deep receive buffer (the kernel caps it at net.core.rmem_max).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+            sock.bind((endpoint.host, endpoint.port))
+        except OSError:
+            sock.close()
+            raise
+        self.closers.append(UdpListener(sock, self.pipeline, self).close)
+        port: int = sock.getsockname()[1]
         return port
 
     async def _reload(self, why: str) -> None:

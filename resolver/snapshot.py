@@ -67,7 +67,8 @@ def take(server: Server) -> Snapshot:
         exempted=dict(stats.exempted),
         counters={
             "malformed": stats.malformed, "upstream_mismatch": stats.upstream_mismatch, "shed": stats.shed,
-            "acl_dropped": stats.acl_dropped, "rate_limited": stats.rate_limited, "cache_hits": cache.hits,
+            "acl_dropped": stats.acl_dropped, "rate_limited": stats.rate_limited, "send_dropped": stats.send_dropped,
+            "cache_hits": cache.hits,
             "cache_misses": cache.misses, "cache_evictions": cache.evictions, "reloads_ok": reload_stats.ok,
             "reloads_failed": reload_stats.failed, "fetch_ok": reload_stats.fetch_ok,
             "fetch_failed": reload_stats.fetch_failed, "tcp_rejected": server.tcp.rejected,

@@ -24,7 +24,7 @@ LATENCY_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 
 class Stats:
     __slots__ = ("acl_dropped", "blocked", "buckets", "exempted", "malformed", "monitored", "queries",
-                 "rate_limited", "shed", "sums", "upstream_mismatch")
+                 "rate_limited", "send_dropped", "shed", "sums", "upstream_mismatch")
 
     def __init__(self) -> None:
         self.queries = [0] * (len(TRANSPORTS) * len(QTYPES) * len(OUTCOMES))
@@ -39,6 +39,7 @@ class Stats:
         self.shed = 0  # queries refused because a bound was reached
         self.acl_dropped = 0  # packets from clients outside the access list, dropped unanswered
         self.rate_limited = 0  # queries over a client's rate limit (dropped or truncated)
+        self.send_dropped = 0  # UDP answers the kernel would not take at once (send buffer full)
 
     def observe(self, transport: int, qtype: int, outcome: int, seconds: float) -> None:
         self.queries[(transport * len(QTYPES) + qtype) * len(OUTCOMES) + outcome] += 1
