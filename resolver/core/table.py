@@ -12,38 +12,57 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Collection, Sequence
 from itertools import compress, repeat
+from operator import eq
 
 ROOT = 1  # the key of the root. A node whose key is 0 (1 in 2**64) reads as an empty slot: the lookup finds it
 # as if present without values, so its subtree is still found.
 _LOAD_NUM, _LOAD_DEN = 2, 3  # doubles before it is more than 2/3 full: at 3/4 a lookup was measured 50% slower,
 # as every walk ends with a probe for a name that is not there, and that probe's length grows fast with the load
+_NOT_SEPARATORS = bytes(sorted(set(range(256)) - set(b".\n")))
 _WIDER = {"B": "H", "H": "I", "I": "L"}  # value-index typecodes, widened as a policy needs more value pairs
 
 Combine = Callable[[int, int], int]
 """(pair already on a node, pair of an entry added to it) -> the pair of both: how a builder merges claims."""
 
 
-def chains(names: Sequence[str]) -> tuple[list[int], set[int]]:
+def chains(names: Sequence[str], tops: dict[bytes, int] | None = None) -> tuple[list[int], set[int]]:
     """The key of each name's node, and the keys of all their ancestors (deduplicated), computed in bulk.
 
     Names are lowercase ASCII without a trailing dot. Names with the same number of labels are one join and one
     split, and each level of their chains one ``map(hash, zip(parents, labels))``: the work per name stays in C.
+    The names are told apart by their dots, read off the joined text in one pass (``str.count`` per name, and
+    grouping by ``int.__eq__``, cost as much as the rest of this).
+
+    ``tops`` (top label -> key) is the builder's memo of the top-level nodes already in its table: their keys are
+    looked up rather than hashed again, and they are not returned as ancestors again; the new ones are added.
     """
-    dots = list(map(str.count, names, repeat(".")))
+    if not names:
+        return [], set()
+    joined = "\n".join(names).encode("ascii")
+    shapes = joined.translate(None, _NOT_SEPARATORS).split(b"\n")  # each name's dots: b"", b".", b"..", …
+    kinds = set(shapes)
+    known = {} if tops is None else tops
     entries: list[int] = []
     ancestors: set[int] = set()
-    counts = set(dots)
-    for count in counts:
-        group = names if len(counts) == 1 else list(compress(names, map(count.__eq__, dots)))
+    for dots in sorted(kinds, reverse=True):  # one-label names last: a top label they are is an ancestor first
+        count = len(dots)
+        if len(kinds) == 1:
+            labels = joined.replace(b"\n", b".").split(b".")
+        else:
+            labels = ".".join(compress(names, map(eq, shapes, repeat(dots)))).encode("ascii").split(b".")
         width = count + 1
-        labels = ".".join(group).encode("ascii").split(b".")
-        tops = labels[count::width]
-        top = {label: hash((ROOT, label)) for label in set(tops)}  # a few TLDs: each hashed once
+        top = labels[count::width]
+        try:
+            keys = list(map(known.__getitem__, top))
+        except KeyError:  # a few top labels new to this table: each hashed once
+            fresh = {label: hash((ROOT, label)) for label in set(top) if label not in known}
+            known.update(fresh)
+            if count:  # (a name of one label is its own node: an entry, not an ancestor)
+                ancestors.update(fresh.values())
+            keys = list(map(known.__getitem__, top))
         if not count:
-            entries += map(top.__getitem__, tops)
+            entries += keys
             continue
-        ancestors.update(top.values())
-        keys = list(map(top.__getitem__, tops))
         for level in range(count - 1, 0, -1):
             keys = list(map(hash, zip(keys, labels[level::width], strict=True)))
             ancestors.update(keys)
@@ -58,12 +77,13 @@ class TableBuilder:
     project the final size grow it early, while there are few keys to re-place.
     """
 
-    __slots__ = ("_keys", "_mask", "_values", "nodes", "size")
+    __slots__ = ("_keys", "_mask", "_tops", "_values", "nodes", "size")
 
     def __init__(self, expected: int = 0) -> None:
         self._keys = array("q", [0]) * 8
         self._values = array("B", [0]) * 8
         self._mask = 7
+        self._tops: dict[bytes, int] = {}  # top label -> key, for the top-level nodes in the table (see chains)
         self.nodes = 0  # occupied slots
         self.size = 0  # nodes with values: the entries
         self.reserve(expected)
@@ -103,7 +123,7 @@ class TableBuilder:
     def add(self, names: Sequence[str], value: int, combine: Combine) -> None:
         """Insert each name's node with value pair ``value`` (``combine``d with a pair it already has), and each
         missing ancestor."""
-        entries, ancestors = chains(names)
+        entries, ancestors = chains(names, self._tops)
         self.reserve(len(entries) + len(ancestors), value)
         self.put(ancestors, 0, combine)
         self.put(entries, value, combine)

@@ -121,6 +121,20 @@ def test_chains_are_the_keys_the_lookup_computes() -> None:
     assert chains([]) == ([], set())
 
 
+def test_chains_with_the_memo_of_top_labels_skip_the_tops_already_in_the_table() -> None:
+    """``TableBuilder.add`` passes its memo of top-level nodes: their keys come from it and are not ancestors again."""
+    rng = random.Random(2)
+    first, second = [random_name(rng) for _ in range(300)], [random_name(rng) for _ in range(300)]
+    tops: dict[bytes, int] = {}
+    entries, ancestors = chains(first, tops)
+    assert (entries, ancestors) == chains(first)
+    assert tops == {labels(n)[-1]: chain(n)[0] for n in first}
+    entries, ancestors = chains(second, tops)
+    plain_entries, plain_ancestors = chains(second)
+    assert entries == plain_entries
+    assert ancestors == plain_ancestors - {chain(n)[0] for n in first}
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_packed_table_answers_like_the_dict_trie(seed: int) -> None:
     rng = random.Random(seed)
