@@ -10,8 +10,6 @@ import contextlib
 import gc
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +200,9 @@ def fetch_list(source: ListSource, target: Path) -> bool:
     A failed download, an empty body, or a body in which no line parses leaves the last good copy in place:
     a list server's bad day must never unblock everything.
     """
+    import urllib.error  # here, not at the top: only URL lists need it, and it is 20 ms of every start-up
+    import urllib.request
+
     url = str(source.url)
     try:
         with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response:
