@@ -134,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
     source, described = args.resolver_src.resolve(), ""
     if args.resolver_rev:
         source, described = export_revision(args.resolver_rev)
+    # Byte-compiled first, as `pip install` leaves it: a checkout run with PYTHONDONTWRITEBYTECODE (as here) would
+    # otherwise compile every module at each start, ~70 ms of the load time measured below.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(source / "resolver")], check=True)
     ctx = Context(OUT, data, auth_port, source, config, args.workers)
 
     cells: list[Cell] = []
