@@ -175,21 +175,22 @@ def parse_query(data: bytes) -> Query:
     udp_size = 512
     do = False
     if arcount:
-        for _ in range(ancount + nscount):
-            pos = _skip_rr(data, pos)
+        if ancount or nscount:
+            for _ in range(ancount + nscount):
+                pos = _skip_rr(data, pos)
         for _ in range(arcount):
-            if pos < n and data[pos] == 0 and pos + 11 <= n and data[pos + 1 : pos + 3] == b"\x00\x29":
+            if data[pos : pos + 3] == b"\x00\x00\x29" and pos + 11 <= n:  # root name, type OPT
                 if edns:
                     raise WireFormatError("more than one OPT record")
                 _, size, ttl, rdlen = RR_FIXED.unpack_from(data, pos + 1)
-                if pos + 11 + rdlen > n:
+                pos += 11 + rdlen
+                if pos > n:
                     raise WireFormatError("OPT record truncated")
-                if (ttl >> 16) & 0xFF:
+                if ttl & 0xFF0000:
                     raise EdnsVersionError(qid, flags, question)
                 edns = True
-                udp_size = max(512, size)
-                do = bool(ttl & 0x8000)
-                pos += 11 + rdlen
+                udp_size = size if size > 512 else 512
+                do = ttl & 0x8000 != 0
             else:
                 pos = _skip_rr(data, pos)
     return Query(qid, flags, question, qname, labels, qtype, qclass, edns, udp_size, do)
