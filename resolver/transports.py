@@ -31,7 +31,8 @@ class UdpListener:
     """A bound, non-blocking UDP socket read by one reader callback, a batch of datagrams per wake-up.
 
     Not an asyncio DatagramTransport: its per-datagram protocol call and its send path (address checks, a write
-    buffer a DNS server does not want) were a tenth of the CPU of a blocked answer. A reply the kernel will not
+    buffer a DNS server does not want) cost more than a plain reader (a canned responder measured 7.5 against
+    6.8 µs a datagram), and our whole blocked answer is under 20. A reply the kernel will not
     take at once (its send buffer full) is dropped and counted, as a full receive buffer drops queries; the
     phone asks again.
     """

@@ -391,11 +391,12 @@ class _Channel:
                 self.pool.stats.upstream_mismatch += 1  # forged or stale: keep listening for the real one
                 continue
             del pending[attempt.qid]
-            if not pending and (self.uses <= 0 or self.pool._channels.get(self.endpoint) is not self):
-                self.close()  # retired, and nothing left to wait for
+            if not pending and self.retired():
+                self.close()  # nothing left to wait for on a socket that takes no new questions
             attempt.replied(data)
 
     def retired(self) -> bool:
+        """Whether new questions go out on another socket now."""
         return self.uses <= 0 or self.pool._channels.get(self.endpoint) is not self
 
     def forget(self, attempt: _Attempt) -> None:
@@ -424,8 +425,8 @@ class _Channel:
 
 class _Attempt:
     """One question to one upstream over its transport, reported once to ``done`` as (reply, None) or
-    (None, error). UDP goes out on the upstream's current ``_Channel``, and a timeout is an entry in the pool's
-    deadline heap, not a timer of its own; a truncated reply, or a tcp:// or tls:// upstream, takes a task for
+    (None, error). UDP goes out on the upstream's current ``_Channel``, and its timeout is found by the pool's
+    sweep, not a timer of its own; a truncated reply, or a tcp:// or tls:// upstream, takes a task for
     the stream exchange."""
 
     __slots__ = ("channel", "deadline", "done", "endpoint", "expires", "pool", "qid", "query", "started", "timeout")
