@@ -235,6 +235,8 @@ def test_known_traffic_in_scrape(traffic: ResolverProcess) -> None:
     assert _total(samples, "resolver_malformed_packets_total") == 1
     assert _total(samples, "resolver_upstream_timeouts_total") >= 1
     assert _total(samples, "resolver_upstream_errors_total") >= 1
+    # Every answer of this small run went out: the family is there, and nothing was dropped at the send buffer.
+    assert ("resolver_udp_send_dropped_total", {}, 0.0) in samples
 
 
 # ------------------------------------------------------------------------------------------- promtool
