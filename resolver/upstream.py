@@ -28,6 +28,7 @@ from resolver.core.cache import matches
 from resolver.core.stats import LATENCY_BOUNDS, Stats
 from resolver.core.wire import Query
 from resolver.errors import UpstreamError, UpstreamTimeout
+from resolver.streamconn import ConnectionLost, StreamConn
 
 log = logging.getLogger("resolver.upstream")
 
@@ -93,7 +94,7 @@ class UpstreamPool:
         self._stats = {e: UpstreamStats() for e in endpoints}  # the per-query path: no str() per query
         self.upstream_stats = {str(e): s for e, s in self._stats.items()}  # the same objects, for metrics
         self.streams: set[asyncio.Task[Any]] = set()  # TCP/TLS tasks in flight (the loop holds tasks weakly)
-        self._conns: dict[Endpoint, _StreamConn] = {}
+        self._conns: dict[Endpoint, StreamConn] = {}
         self._channels: dict[Endpoint, _Channel] = {}  # the UDP socket new questions to each upstream go out on
         self._open: set[_Channel] = set()  # every UDP socket still open: the current ones, and retired ones
         self._timer: asyncio.TimerHandle | None = None  # the timeout sweep, while any UDP question waits
@@ -203,17 +204,23 @@ class UpstreamPool:
         for fresh_only in (False, True):
             conn = self._conns.get(endpoint)
             if conn is None or conn.closed or fresh_only:
-                conn = self._conns[endpoint] = _StreamConn(self, endpoint)
+                conn = self._conns[endpoint] = StreamConn(
+                    endpoint, self.tls_context if endpoint.transport == "tls" else None, self.ids.next, self.stats,
+                    self.streams, self._conn_closed)
             reused = conn.answered > 0
             try:
                 return await asyncio.wait_for(conn.ask(query), max(0.01, deadline - loop.time()))
             except TimeoutError:
                 raise UpstreamTimeout(f"{endpoint}: no {endpoint.transport.upper()} reply within {timeout:.2f}s") \
                     from None
-            except _ConnectionLost as err:
+            except ConnectionLost as err:
                 if not reused or fresh_only:
                     raise UpstreamError(f"{endpoint}: {err.__cause__ or err}") from err
         raise AssertionError("unreachable")
+
+    def _conn_closed(self, conn: StreamConn) -> None:
+        if self._conns.get(conn.endpoint) is conn:
+            del self._conns[conn.endpoint]
 
     def close(self) -> None:
         """Close the shared TCP/TLS connections and the current UDP sockets (at shutdown; anything still waiting
@@ -224,97 +231,6 @@ class UpstreamPool:
             channel.fail(UpstreamError(f"{channel.endpoint}: shutting down"))
         if self._timer is not None:
             self._timer.cancel()
-
-
-class _ConnectionLost(UpstreamError):
-    """The shared connection failed or was closed under a question."""
-
-
-class _StreamConn:
-    """One TCP or TLS connection to an upstream, shared by every question to it (RFC 7766 pipelining: several
-    questions in flight, answers in any order, matched on ID and question). One TLS handshake serves many
-    questions; the connection closes itself when idle and is opened again on the next question."""
-
-    IDLE_SECONDS = 10.0
-    MAX_PENDING = 1000  # questions in flight on one connection; past it new ones fail over to the next upstream
-
-    def __init__(self, pool: UpstreamPool, endpoint: Endpoint) -> None:
-        self.pool = pool
-        self.endpoint = endpoint
-        self.pending: dict[int, tuple[Query, asyncio.Future[bytes]]] = {}
-        self.closed = False
-        self.answered = 0
-        self.writer: asyncio.StreamWriter | None = None
-        loop = asyncio.get_running_loop()
-        self.opened: asyncio.Future[asyncio.StreamWriter] = loop.create_future()
-        self.task = loop.create_task(self._run())
-        pool.streams.add(self.task)
-        self.task.add_done_callback(pool.streams.discard)
-
-    async def ask(self, query: Query) -> bytes:
-        if len(self.pending) >= self.MAX_PENDING:
-            raise UpstreamError(f"{self.endpoint}: {self.MAX_PENDING} questions already in flight")
-        writer = await asyncio.shield(self.opened)
-        qid = self.pool.ids.next()
-        while qid in self.pending:
-            qid = self.pool.ids.next()
-        packet = wire.upstream_query(query, qid)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.pending[qid] = (query, future)
-        try:
-            if self.closed:
-                raise _ConnectionLost("connection closed")
-            writer.write(len(packet).to_bytes(2, "big") + packet)
-            return await future
-        finally:
-            self.pending.pop(qid, None)
-
-    async def _run(self) -> None:
-        endpoint = self.endpoint
-        tls = self.pool.tls_context if endpoint.transport == "tls" else None
-        error: BaseException | None = None
-        try:
-            reader, writer = await asyncio.open_connection(
-                endpoint.host, endpoint.port, ssl=tls,
-                server_hostname=(endpoint.tls_name or endpoint.host) if tls is not None else None)
-            self.writer = writer
-            self.opened.set_result(writer)
-            while True:
-                try:
-                    head = await asyncio.wait_for(reader.readexactly(2), self.IDLE_SECONDS)
-                except TimeoutError:
-                    if self.pending:
-                        continue
-                    return  # idle: close, and open again on the next question
-                reply = await reader.readexactly(int.from_bytes(head, "big"))
-                waiting = self.pending.get(reply[0] << 8 | reply[1]) if len(reply) >= 2 else None
-                if waiting is None or not matches(reply, reply[0] << 8 | reply[1], waiting[0]):
-                    self.pool.stats.upstream_mismatch += 1
-                    continue
-                self.answered += 1
-                if not waiting[1].done():
-                    waiting[1].set_result(reply)
-        except (OSError, asyncio.IncompleteReadError, ssl.SSLError, UpstreamError) as err:
-            error = err
-        finally:
-            self.close(error)
-
-    def close(self, error: BaseException | None = None) -> None:
-        self.closed = True
-        if self.pool._conns.get(self.endpoint) is self:
-            del self.pool._conns[self.endpoint]
-        lost = _ConnectionLost("connection closed" if error is None else str(error))
-        lost.__cause__ = error
-        if not self.opened.done():
-            self.opened.set_exception(lost)
-            self.opened.exception()  # retrieved here: a question that gave up waiting on it must not log it
-        for _, future in self.pending.values():
-            if not future.done():
-                future.set_exception(lost)
-        if self.writer is not None:
-            self.writer.close()
-        if not self.task.done() and asyncio.current_task() is not self.task:
-            self.task.cancel()
 
 
 Done = Callable[["_Attempt", bytes | None, BaseException | None], None]

@@ -1,0 +1,110 @@
+"""A TCP or DNS-over-TLS connection to one upstream, shared by the questions in flight to it (RFC 7766)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from resolver.config import Endpoint
+from resolver.core import wire
+from resolver.core.cache import matches
+from resolver.core.stats import Stats
+from resolver.core.wire import Query
+from resolver.errors import UpstreamError
+
+
+class ConnectionLost(UpstreamError):
+    """The shared connection failed or was closed under a question."""
+
+
+class StreamConn:
+    """One TCP or TLS connection to an upstream, shared by every question to it (RFC 7766 pipelining: several
+    questions in flight, answers in any order, matched on ID and question). One TLS handshake serves many
+    questions; the connection closes itself when idle and is opened again on the next question."""
+
+    IDLE_SECONDS = 10.0
+    MAX_PENDING = 1000  # questions in flight on one connection; past it new ones fail over to the next upstream
+
+    def __init__(self, endpoint: Endpoint, tls: ssl.SSLContext | None, next_id: Callable[[], int], stats: Stats,
+                 tasks: set[asyncio.Task[Any]], closed: Callable[[StreamConn], None]) -> None:
+        self.endpoint = endpoint
+        self.tls = tls
+        self.next_id = next_id
+        self.stats = stats
+        self.on_close = closed  # told once, when the connection is gone
+        self.pending: dict[int, tuple[Query, asyncio.Future[bytes]]] = {}
+        self.closed = False
+        self.answered = 0
+        self.writer: asyncio.StreamWriter | None = None
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[asyncio.StreamWriter] = loop.create_future()
+        self.task = loop.create_task(self._run())
+        tasks.add(self.task)  # (the loop holds tasks weakly)
+        self.task.add_done_callback(tasks.discard)
+
+    async def ask(self, query: Query) -> bytes:
+        if len(self.pending) >= self.MAX_PENDING:
+            raise UpstreamError(f"{self.endpoint}: {self.MAX_PENDING} questions already in flight")
+        writer = await asyncio.shield(self.opened)
+        qid = self.next_id()
+        while qid in self.pending:
+            qid = self.next_id()
+        packet = wire.upstream_query(query, qid)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.pending[qid] = (query, future)
+        try:
+            if self.closed:
+                raise ConnectionLost("connection closed")
+            writer.write(len(packet).to_bytes(2, "big") + packet)
+            return await future
+        finally:
+            self.pending.pop(qid, None)
+
+    async def _run(self) -> None:
+        endpoint = self.endpoint
+        tls = self.tls
+        error: BaseException | None = None
+        try:
+            reader, writer = await asyncio.open_connection(
+                endpoint.host, endpoint.port, ssl=tls,
+                server_hostname=(endpoint.tls_name or endpoint.host) if tls is not None else None)
+            self.writer = writer
+            self.opened.set_result(writer)
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), self.IDLE_SECONDS)
+                except TimeoutError:
+                    if self.pending:
+                        continue
+                    return  # idle: close, and open again on the next question
+                reply = await reader.readexactly(int.from_bytes(head, "big"))
+                waiting = self.pending.get(reply[0] << 8 | reply[1]) if len(reply) >= 2 else None
+                if waiting is None or not matches(reply, reply[0] << 8 | reply[1], waiting[0]):
+                    self.stats.upstream_mismatch += 1
+                    continue
+                self.answered += 1
+                if not waiting[1].done():
+                    waiting[1].set_result(reply)
+        except (OSError, asyncio.IncompleteReadError, ssl.SSLError, UpstreamError) as err:
+            error = err
+        finally:
+            self.close(error)
+
+    def close(self, error: BaseException | None = None) -> None:
+        if not self.closed:
+            self.closed = True
+            self.on_close(self)
+        lost = ConnectionLost("connection closed" if error is None else str(error))
+        lost.__cause__ = error
+        if not self.opened.done():
+            self.opened.set_exception(lost)
+            self.opened.exception()  # retrieved here: a question that gave up waiting on it must not log it
+        for _, future in self.pending.values():
+            if not future.done():
+                future.set_exception(lost)
+        if self.writer is not None:
+            self.writer.close()
+        if not self.task.done() and asyncio.current_task() is not self.task:
+            self.task.cancel()
