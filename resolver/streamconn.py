@@ -27,11 +27,11 @@ class StreamConn:
     IDLE_SECONDS = 10.0
     MAX_PENDING = 1000  # questions in flight on one connection; past it new ones fail over to the next upstream
 
-    def __init__(self, endpoint: Endpoint, tls: ssl.SSLContext | None, next_id: Callable[[], int], stats: Stats,
-                 tasks: set[asyncio.Task[Any]], closed: Callable[[StreamConn], None]) -> None:
+    def __init__(self, endpoint: Endpoint, tls: ssl.SSLContext | None, unused_id: Callable[[dict[int, Any]], int],
+                 stats: Stats, tasks: set[asyncio.Task[Any]], closed: Callable[[StreamConn], None]) -> None:
         self.endpoint = endpoint
         self.tls = tls
-        self.next_id = next_id
+        self.unused_id = unused_id  # a random ID not among the ones in flight here
         self.stats = stats
         self.on_close = closed  # told once, when the connection is gone
         self.pending: dict[int, tuple[Query, asyncio.Future[bytes]]] = {}
@@ -48,9 +48,7 @@ class StreamConn:
         if len(self.pending) >= self.MAX_PENDING:
             raise UpstreamError(f"{self.endpoint}: {self.MAX_PENDING} questions already in flight")
         writer = await asyncio.shield(self.opened)
-        qid = self.next_id()
-        while qid in self.pending:
-            qid = self.next_id()
+        qid = self.unused_id(self.pending)
         packet = wire.upstream_query(query, qid)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.pending[qid] = (query, future)

@@ -17,7 +17,7 @@ import random
 import socket
 import ssl
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -73,6 +73,13 @@ class RandomIds:
             at = 0
         self._at = at + 2
         return self._buffer[at] << 8 | self._buffer[at + 1]
+
+    def unused(self, taken: Container[int]) -> int:
+        """A random ID not in ``taken`` (the IDs in flight where it will be sent)."""
+        qid = self.next()
+        while qid in taken:
+            qid = self.next()
+        return qid
 
 
 class UpstreamPool:
@@ -205,7 +212,7 @@ class UpstreamPool:
             conn = self._conns.get(endpoint)
             if conn is None or conn.closed or fresh_only:
                 conn = self._conns[endpoint] = StreamConn(
-                    endpoint, self.tls_context if endpoint.transport == "tls" else None, self.ids.next, self.stats,
+                    endpoint, self.tls_context if endpoint.transport == "tls" else None, self.ids.unused, self.stats,
                     self.streams, self._conn_closed)
             reused = conn.answered > 0
             try:
@@ -281,9 +288,7 @@ class _Channel:
     def send(self, attempt: _Attempt, query: Query) -> int:
         """Send ``query`` for ``attempt``; returns the ID it went out with."""
         pool = self.pool
-        qid = pool.ids.next()
-        while qid in self.pending:
-            qid = pool.ids.next()
+        qid = pool.ids.unused(self.pending)
         assert self.sock is not None
         self.sock.send(wire.upstream_query(query, qid))
         self.uses -= 1
@@ -306,9 +311,7 @@ class _Channel:
             if attempt is None or not matches(data, attempt.qid, attempt.query):
                 self.pool.stats.upstream_mismatch += 1  # forged or stale: keep listening for the real one
                 continue
-            del pending[attempt.qid]
-            if not pending and self.retired():
-                self.close()  # nothing left to wait for on a socket that takes no new questions
+            self._release(attempt.qid)
             attempt.replied(data)
 
     def retired(self) -> bool:
@@ -318,9 +321,12 @@ class _Channel:
     def forget(self, attempt: _Attempt) -> None:
         """``attempt`` timed out: its ID is no longer awaited here."""
         if self.pending.get(attempt.qid) is attempt:
-            del self.pending[attempt.qid]
-            if not self.pending and self.retired():
-                self.close()
+            self._release(attempt.qid)
+
+    def _release(self, qid: int) -> None:
+        del self.pending[qid]
+        if not self.pending and self.retired():
+            self.close()  # nothing left to wait for on a socket that takes no new questions
 
     def fail(self, error: BaseException) -> None:
         waiting = list(self.pending.values())
