@@ -40,7 +40,7 @@ class Stats:
         self.shed = 0  # queries refused because a bound was reached
         self.acl_dropped = 0  # packets from clients outside the access list, dropped unanswered
         self.rate_limited = 0  # queries over a client's rate limit (dropped or truncated)
-        self.send_dropped = 0  # UDP answers the kernel would not take at once (send buffer full)
+        self.send_dropped = 0  # UDP answers the kernel refused (send buffer full, address unusable)
 
     def observe(self, transport: int, qtype: int, outcome: int, seconds: float) -> None:
         self.queries[(transport * _NQTYPES + qtype) * _NOUTCOMES + outcome] += 1
