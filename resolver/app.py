@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
+from resolver import build
 from resolver.config import Config, Endpoint, system_nameservers
 from resolver.core.access import AccessList, RateLimiter
 from resolver.core.cache import Cache
@@ -166,9 +167,9 @@ class Server:
             sender = SnapshotSender(self.snapshot_fd)
             self._spawn(sender.run(lambda: take(self)), self.background)
         what = "resolver ready" if self.worker is None else f"worker {self.worker} ready"
-        log.info("%s: dns %s (udp+tcp), upstreams %s, metrics %s, policy %s", what,
+        log.info("%s: dns %s (udp+tcp), upstreams %s, metrics %s, policy %s, build %s", what,
                  " ".join(self.bound), " ".join(str(e) for e in self.upstreams.endpoints),
-                 self.config.metrics or "off", self.pipeline.policy.version)
+                 self.config.metrics or "off", self.pipeline.policy.version, build())
 
     async def _bind_udp(self, endpoint: Endpoint) -> int:
         family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET

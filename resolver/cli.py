@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from resolver import __version__, logs
+from resolver import __version__, build, logs
 from resolver.config import Config, load_config, with_overrides
 from resolver.core.policy import ACTION_NAMES, ALLOW, BLOCK, Policy
 from resolver.errors import ConfigError, ResolverError
@@ -26,7 +26,7 @@ log = logging.getLogger("resolver")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="resolver", description="A filtering DNS resolver for managed phones.")
-    parser.add_argument("--version", action="version", version=f"resolver {__version__}")
+    parser.add_argument("--version", action="version", version=f"resolver {__version__} ({build()})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve DNS over UDP and TCP")

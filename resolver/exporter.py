@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from resolver import __version__
+from resolver import __version__, build
 from resolver.core.policy import exemption_state
 from resolver.core.stats import LATENCY_BOUNDS, OUTCOMES, QTYPES, TRANSPORTS
 from resolver.snapshot import Snapshot
@@ -131,9 +131,10 @@ class ResolverCollector(Collector):
         yield _counter("resolver_worker_restarts", "Worker processes restarted after dying.",
                        c.get("worker_restarts", 0))
         yield _gauge("resolver_start_time_seconds", "When the resolver started.", snap.started)
-        build = GaugeMetricFamily("resolver_build_info", "Build information.", labels=["version"])
-        build.add_metric([__version__], 1)
-        yield build
+        info = GaugeMetricFamily("resolver_build_info", "Build information: version, and mypyc or python (the hot path "
+                                 "compiled or interpreted).", labels=["version", "build"])
+        info.add_metric([__version__, build()], 1)
+        yield info
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:

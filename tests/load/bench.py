@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="checkout whose `python -m resolver` is measured (default: this one, as it is)")
     parser.add_argument("--resolver-rev", metavar="REV",
                         help="measure this git revision instead (exported with git archive into out/), e.g. HEAD")
+    parser.add_argument("--pure", action="store_true",
+                        help="measure the interpreted build (no mypyc): with --resolver-rev, or a tree with no .so")
     parser.add_argument("--resolver-config", type=Path,
                         help="YAML for `resolver serve -c` (default: policy.block [] so only the list blocks)")
     parser.add_argument("--retries", type=int, default=1,
@@ -133,10 +135,8 @@ def run(args: argparse.Namespace) -> int:
     config = args.resolver_config.read_text() if args.resolver_config else DEFAULT_RESOLVER_CONFIG
     source, described = args.resolver_src.resolve(), ""
     if args.resolver_rev:
-        source, described = export_revision(args.resolver_rev)
-    # Byte-compiled first, as `pip install` leaves it: a checkout run with PYTHONDONTWRITEBYTECODE (as here) would
-    # otherwise compile every module at each start, ~70 ms of the load time measured below.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(source / "resolver")], check=True)
+        source, described = export_revision(args.resolver_rev, args.pure)
+    build_tree(source, args.pure)
     ctx = Context(OUT, data, auth_port, source, config, args.workers)
 
     cells: list[Cell] = []
@@ -182,18 +182,34 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(c.error for c in cells) else 0
 
 
-def export_revision(rev: str) -> tuple[Path, str]:
+def export_revision(rev: str, pure: bool = False) -> tuple[Path, str]:
     """``git archive REV`` of the resolver into out/src-SHA, so a moving work tree cannot change what is measured."""
     sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"], check=True,
                          capture_output=True, text=True).stdout.strip()
-    target = OUT / f"src-{sha[:12]}"
+    target = OUT / f"src-{sha[:12]}{'-pure' if pure else ''}"
     if not (target / "resolver").is_dir():
         target.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", sha, "resolver", "blocklists",
-                                  "pyproject.toml"], check=True, capture_output=True).stdout
+                                  "pyproject.toml", "setup.py", "README.md"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     say(f"measuring resolver at {rev} = {sha[:12]}, exported to {target}")
     return target, f"git {sha[:12]} ({rev}, exported)"
+
+
+def build_tree(source: Path, pure: bool) -> None:
+    """Build the tree as `pip install` would: the hot path compiled by setup.py (mypyc), every module byte-compiled.
+
+    A checkout run with PYTHONDONTWRITEBYTECODE (as here) would otherwise compile every module at each start, ~70 ms
+    of the load time measured below. ``pure`` measures the interpreted build instead.
+    """
+    compiled = sorted((source / "resolver").rglob("*.so"))
+    if pure and compiled:
+        raise SystemExit(f"--pure, but {source} holds compiled modules ({compiled[0].name}, ...): use --resolver-rev")
+    if not pure and not compiled and (source / "setup.py").is_file():
+        say(f"compiling the hot path with mypyc in {source} (about a minute)")
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=source, check=True,
+                       stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(source / "resolver")], check=True)
 
 
 def measure_server(ctx: Context, server: Server, size: int, workloads: list[str], args: argparse.Namespace) -> Cell:

@@ -154,6 +154,13 @@ def _package_version(name: str) -> str:
         return "not installed"
 
 
+def _resolver_build(resolver_src: Path) -> str:
+    """mypyc or python: which build of the hot path the measured tree runs."""
+    return subprocess.run([sys.executable, "-c", "import resolver; print(resolver.build())"], cwd=resolver_src,
+                          env=dict(os.environ, PYTHONPATH=str(resolver_src)), capture_output=True,
+                          text=True).stdout.strip() or "?"
+
+
 def machine_facts(resolver_src: Path, described: str = "") -> list[tuple[str, str]]:
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -175,6 +182,7 @@ def machine_facts(resolver_src: Path, described: str = "") -> list[tuple[str, st
         ("uvloop", uv),
         ("dnslib", dl),
         ("resolver", f"{resolver_src} at {commit}"),
+        ("resolver build", _resolver_build(resolver_src)),
         ("dnsperf", _dnsperf_version()),
         ("dnsmasq", _first_line(["dnsmasq", "--version"])),
         ("unbound", _first_line(["unbound", "-V"])),

@@ -35,7 +35,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import export_revision, say
+from bench import build_tree, export_revision, say
 from loadgen import ANSWER_V4, ZONE, Data, parse_size, size_label
 from measure import Run, dnsperf, machine_facts
 from procs import HOST, Proc, ask, cpu_busy_seconds, drive, free_port, wait_answer
@@ -216,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
     source, described = args.resolver_src.resolve(), ""
     if args.resolver_rev:
         source, described = export_revision(args.resolver_rev)
+    build_tree(source, pure=False)
     metrics_port = free_port()
     config = ("# Soak: only the benchmark blocklist decides; the cache is capped so that it fills during the "
               "warm-up.\npolicy:\n  block: []\n"

@@ -14,6 +14,7 @@ from typing import Any
 import dns.message
 import pytest
 
+import resolver
 from resolver.config import load_config
 from resolver.core import wire
 from resolver.core.cache import Cache, CacheLimits
@@ -46,6 +47,8 @@ def _pipeline(stats: Stats) -> Pipeline:
 @pytest.mark.parametrize("counting", ["counted", "uncounted"])
 @pytest.mark.parametrize("kind", ["blocked", "cached"])
 def test_pipeline_cost_of_counting(benchmark: Any, kind: str, counting: str) -> None:
+    if counting == "uncounted" and resolver.build() == "mypyc":
+        pytest.skip("a compiled Stats cannot be subclassed by interpreted code: install with RESOLVER_PURE=1")
     pipe = _pipeline(Stats() if counting == "counted" else Uncounted())
     name = "www.tiktok.com" if kind == "blocked" else "www.example.test"
     packet = dns.message.make_query(name, "A", use_edns=0).to_wire()
