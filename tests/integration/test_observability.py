@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -237,6 +238,17 @@ def test_known_traffic_in_scrape(traffic: ResolverProcess) -> None:
     assert _total(samples, "resolver_upstream_errors_total") >= 1
     # Every answer of this small run went out: the family is there, and nothing was dropped at the send buffer.
     assert ("resolver_udp_send_dropped_total", {}, 0.0) in samples
+
+
+def test_build_info_says_whether_the_hot_path_is_compiled(traffic: ResolverProcess) -> None:
+    # The server runs this checkout: compiled when the editable install left mypyc's modules beside the source.
+    expected = "mypyc" if list((REPO_ROOT / "resolver" / "core").glob("wire.*.so")) else "python"
+    builds = [labels for name, labels, value in parse_samples(traffic.metrics_text())
+              if name == "resolver_build_info" and value == 1]
+    assert [b.get("build") for b in builds] == [expected]
+    version = subprocess.run([sys.executable, "-m", "resolver", "--version"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT))).stdout
+    assert version.strip().endswith(f"({expected})")
 
 
 # ------------------------------------------------------------------------------------------- promtool
