@@ -189,8 +189,11 @@ def export_revision(rev: str, pure: bool = False) -> tuple[Path, str]:
     target = OUT / f"src-{sha[:12]}{'-pure' if pure else ''}"
     if not (target / "resolver").is_dir():
         target.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", sha, "resolver", "blocklists",
-                                  "pyproject.toml", "setup.py", "README.md"], check=True, capture_output=True).stdout
+        present = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", sha], check=True,
+                                 capture_output=True, text=True).stdout.split()
+        wanted = [p for p in ("resolver", "blocklists", "pyproject.toml", "setup.py", "README.md") if p in present]
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", sha, *wanted], check=True,
+                                 capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     say(f"measuring resolver at {rev} = {sha[:12]}, exported to {target}")
     return target, f"git {sha[:12]} ({rev}, exported)"
