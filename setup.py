@@ -18,6 +18,7 @@ from setuptools import setup
 # The per-query path and the list build; nothing here is monkeypatched by the tests or subclassed outside it
 # (a compiled class cannot be subclassed by interpreted code).
 COMPILED = [
+    "resolver/config.py",
     "resolver/core/access.py",
     "resolver/core/builder.py",
     "resolver/core/cache.py",
@@ -25,6 +26,7 @@ COMPILED = [
     "resolver/core/policy.py",
     "resolver/core/stats.py",
     "resolver/core/table.py",
+    "resolver/core/trie.py",
     "resolver/core/wire.py",
     "resolver/liststream.py",
     "resolver/streamconn.py",

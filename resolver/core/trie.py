@@ -87,9 +87,10 @@ class DomainTrie(Generic[T]):
         found: list[tuple[int, T]] = []
         last = len(labels) - 1
         for i in range(last, -1, -1):
-            node = node.get(labels[i])  # type: ignore[assignment]
-            if node is None:
+            child = node.get(labels[i])
+            if child is None:
                 break
+            node = child  # type: ignore[assignment]
             value = node.get(HERE if i == 0 else BELOW)
             if value is not None:
                 found.append((last - i + 1, value))  # type: ignore[arg-type]
@@ -189,7 +190,7 @@ class PackedTrie(Generic[T]):
                merge: Callable[[T, T], T] | None) -> PackedTrie[T]:
         """The trie of a built table. ``here[p]``/``below[p]`` index ``values`` for value pair p (0: None);
         ``merge(own, inherited)`` makes the value a name gets from its own entry and an ancestor's."""
-        trie = cls.__new__(cls)
+        trie = cls()  # (an empty table of 8 slots, replaced at once: mypyc has no cls.__new__)
         trie._adopt(table, values, here, below, merge)
         return trie
 
