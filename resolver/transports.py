@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import TCP, UDP
@@ -20,7 +20,7 @@ from resolver.core.wire import Query
 log = logging.getLogger("resolver.transport")
 
 # Replies on one TCP connection that may wait for upstreams at once; past it the client gets SERVFAIL.
-MAX_TCP_PENDING = 64
+MAX_TCP_PENDING: Final = 64
 
 
 class Forwarder(Protocol):
@@ -37,7 +37,7 @@ class UdpListener:
     phone asks again.
     """
 
-    BATCH = 64  # datagrams read per wake-up before other callbacks (upstream replies, timers) get a turn
+    BATCH: Final = 64  # datagrams read per wake-up before other callbacks (upstream replies, timers) get a turn
 
     def __init__(self, sock: _socket.socket, pipeline: Pipeline, forwarder: Forwarder) -> None:
         self.sock: _socket.socket | None = sock

@@ -20,7 +20,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 from resolver.config import Endpoint
 from resolver.core import wire
@@ -33,10 +33,10 @@ from resolver.streamconn import ConnectionLost, StreamConn
 log = logging.getLogger("resolver.upstream")
 
 # An upstream that just failed is asked last for this long, so one dead server does not cost every query a timeout.
-PENALTY_SECONDS = 5.0
-_RETRY_RCODES = (wire.SERVFAIL, wire.REFUSED, wire.NOTIMP)
+PENALTY_SECONDS: Final = 5.0
+_RETRY_RCODES: Final = (wire.SERVFAIL, wire.REFUSED, wire.NOTIMP)
 Answered = Callable[[Query, bytes | None], None]
-SWEEP_SECONDS = 0.02
+SWEEP_SECONDS: Final = 0.02
 
 
 @dataclass(slots=True)
@@ -261,8 +261,8 @@ class _Channel:
     more than ``SECONDS``; then a new socket takes a fresh random port from the kernel, and the old one closes
     when its last question is answered or times out."""
 
-    USES = 64
-    SECONDS = 1.0
+    USES: Final = 64
+    SECONDS: Final = 1.0
 
     __slots__ = ("endpoint", "fd", "pending", "pool", "retire_at", "sock", "uses")
 

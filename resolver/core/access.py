@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Final
 
 from resolver.core.policy import IPNetwork
 
 # Loopback, RFC 1918, CGNAT (VPN pools often use it), link-local, and the IPv6 equivalents: the default is
 # "not an open resolver", whatever address it listens on.
-DEFAULT_ALLOWED = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+DEFAULT_ALLOWED: Final = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
                    "169.254.0.0/16", "::1/128", "fc00::/7", "fe80::/10")
-_MEMO_LIMIT = 65536
+_MEMO_LIMIT: Final = 65536
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from resolver.core import wire
 from resolver.core.wire import AD, ECHO_MASK, HEADER, QR, RA, Query
 from resolver.errors import WireFormatError
 
-_OPT_DO = wire.opt_record(True)
-_OPT_PLAIN = wire.opt_record(False)
-_RCODE_MASK = 0x000F
-_EDE_STALE = wire.ede_option(3, "upstreams unreachable; serving an expired answer")
+_OPT_DO: Final = wire.opt_record(True)
+_OPT_PLAIN: Final = wire.opt_record(False)
+_RCODE_MASK: Final = 0x000F
+_EDE_STALE: Final = wire.ede_option(3, "upstreams unreachable; serving an expired answer")
 
 
 @dataclass(frozen=True, slots=True)

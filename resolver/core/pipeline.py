@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Final
 
 from resolver.core import cache as cache_mod
 from resolver.core import wire
@@ -36,9 +37,9 @@ from resolver.core.stats import (
 from resolver.core.wire import EdnsVersionError, Query
 from resolver.errors import WireFormatError
 
-PARSE_MEMO = 4096  # distinct recent packets whose parse and verdicts are kept
-MEMO_PAUSE = 8 * PARSE_MEMO  # new packets not remembered after a full memo that served under a quarter of hits
-MEMO_PACKET = 512  # bigger packets (rare, TCP) are parsed every time: the memo stays small
+PARSE_MEMO: Final = 4096  # distinct recent packets whose parse and verdicts are kept
+MEMO_PAUSE: Final = 8 * PARSE_MEMO  # new packets not remembered after a full memo that served under a quarter of hits
+MEMO_PACKET: Final = 512  # bigger packets (rare, TCP) are parsed every time: the memo stays small
 
 # (unix time, client, group, qname wire, qtype, outcome, platform label, rule source, seconds)
 QueryRecord = tuple[float, str, str, bytes, int, int, str, str, float]

@@ -22,17 +22,20 @@ import ipaddress
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from resolver.core import wire
 from resolver.core.trie import Match, PackedTrie
 from resolver.core.wire import ECHO_MASK, HEADER, QR, RA, Query
 
-PASS, ALLOW, BLOCK, MONITOR = 0, 1, 2, 3
-ACTION_NAMES = {PASS: "forwarded", ALLOW: "allowed", BLOCK: "blocked", MONITOR: "monitored"}
+PASS: Final = 0
+ALLOW: Final = 1
+BLOCK: Final = 2
+MONITOR: Final = 3
+ACTION_NAMES: Final = {PASS: "forwarded", ALLOW: "allowed", BLOCK: "blocked", MONITOR: "monitored"}
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-DEFAULT_GROUP = "default"
-_MEMO_LIMIT = 65536
+DEFAULT_GROUP: Final = "default"
+_MEMO_LIMIT: Final = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +215,8 @@ SPECIAL_NAMES: tuple[tuple[str, Match, str, str, str], ...] = (
     ("resolver.arpa", "subtree", "nodata", "ddr",
      "DDR (RFC 9462): no designated encrypted resolver, so phones cannot upgrade past this one"),
 )
-DEFAULT_ALWAYS_ALLOW = ("maps", "news", "transport")
-DOH_CATEGORY = "doh-bypass"
+DEFAULT_ALWAYS_ALLOW: Final = ("maps", "news", "transport")
+DOH_CATEGORY: Final = "doh-bypass"
 
 
 class Policy:
@@ -282,8 +285,8 @@ class Policy:
         return HEADER.pack(query.id, QR | RA | (query.flags & ECHO_MASK) | rcode, 1, an, ns, ar) + query.question + body
 
 
-_SOA_NAMES = wire.encode_name("resolver.invalid") + wire.encode_name("blocked.resolver.invalid")
-_SOA_TIMERS = struct.Struct("!IIIII")  # serial, refresh, retry, expire, minimum
+_SOA_NAMES: Final = wire.encode_name("resolver.invalid") + wire.encode_name("blocked.resolver.invalid")
+_SOA_TIMERS: Final = struct.Struct("!IIIII")  # serial, refresh, retry, expire, minimum
 
 
 def _tail(spec: SinkholeSpec, verdict: Verdict, qtype: int, edns: bool, do: bool) -> tuple[int, int, int, int, bytes]:

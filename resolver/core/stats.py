@@ -7,20 +7,32 @@ label lookup per call. Nothing here knows about Prometheus.
 from __future__ import annotations
 
 from bisect import bisect_left
+from typing import Final
 
-TRANSPORTS = ("udp", "tcp")
-UDP, TCP = 0, 1
+TRANSPORTS: Final = ("udp", "tcp")
+UDP: Final = 0
+TCP: Final = 1
 # error: we could not answer (SERVFAIL); invalid: the client's query was (FORMERR, NOTIMP, BADVERS) - kept apart
 # so one broken app cannot page the on-call through the error-ratio alert.
-OUTCOMES = ("blocked", "forwarded", "cached", "error", "refused", "stale", "invalid")
-BLOCKED, FORWARDED, CACHED, ERROR, REFUSED, STALE, INVALID = range(len(OUTCOMES))
+OUTCOMES: Final = ("blocked", "forwarded", "cached", "error", "refused", "stale", "invalid")
+# Indices into OUTCOMES. (Final constants: the compiled hot path reads them as numbers, not module lookups.)
+BLOCKED: Final = 0
+FORWARDED: Final = 1
+CACHED: Final = 2
+ERROR: Final = 3
+REFUSED: Final = 4
+STALE: Final = 5
+INVALID: Final = 6
 # A fixed set of query types as a label (plus "other"), so a client cannot grow the label set.
-QTYPES = ("A", "AAAA", "HTTPS", "SVCB", "CNAME", "MX", "TXT", "PTR", "SRV", "NS", "SOA", "ANY", "other")
-QTYPE_INDEX = {1: 0, 28: 1, 65: 2, 64: 3, 5: 4, 15: 5, 16: 6, 12: 7, 33: 8, 2: 9, 6: 10, 255: 11}
-OTHER_QTYPE = len(QTYPES) - 1
+QTYPES: Final = ("A", "AAAA", "HTTPS", "SVCB", "CNAME", "MX", "TXT", "PTR", "SRV", "NS", "SOA", "ANY", "other")
+QTYPE_INDEX: Final = {1: 0, 28: 1, 65: 2, 64: 3, 5: 4, 15: 5, 16: 6, 12: 7, 33: 8, 2: 9, 6: 10, 255: 11}
+OTHER_QTYPE: Final = len(QTYPES) - 1
+# (the per-query index, without two len() calls)
+_NQTYPES: Final = len(QTYPES)
+_NOUTCOMES: Final = len(OUTCOMES)
 # Seconds. Blocked and cached answers land in the first buckets, forwarded ones in the middle.
-_NQTYPES, _NOUTCOMES = len(QTYPES), len(OUTCOMES)  # (the per-query index, without two len() calls)
-LATENCY_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LATENCY_BOUNDS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                         5.0)
 
 
 class Stats:

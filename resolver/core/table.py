@@ -13,13 +13,16 @@ from array import array
 from collections.abc import Callable, Collection, Sequence
 from itertools import compress, repeat
 from operator import eq
+from typing import Final
 
-ROOT = 1  # the key of the root. A node whose key is 0 (1 in 2**64) reads as an empty slot: the lookup finds it
+ROOT: Final = 1  # the key of the root. A node whose key is 0 (1 in 2**64) reads as an empty slot: the lookup finds it
 # as if present without values, so its subtree is still found.
-_LOAD_NUM, _LOAD_DEN = 2, 3  # doubles before it is more than 2/3 full: at 3/4 a lookup was measured 50% slower,
-# as every walk ends with a probe for a name that is not there, and that probe's length grows fast with the load
-_NOT_SEPARATORS = bytes(sorted(set(range(256)) - set(b".\n")))
-_WIDER = {"B": "H", "H": "I", "I": "L"}  # value-index typecodes, widened as a policy needs more value pairs
+# The table doubles before it is more than 2/3 full: at 3/4 a lookup was measured 50% slower, as every walk ends
+# with a probe for a name that is not there, and that probe's length grows fast with the load.
+_LOAD_NUM: Final = 2
+_LOAD_DEN: Final = 3
+_NOT_SEPARATORS: Final = bytes(sorted(set(range(256)) - set(b".\n")))
+_WIDER: Final = {"B": "H", "H": "I", "I": "L"}  # value-index typecodes, widened as a policy needs more value pairs
 
 Combine = Callable[[int, int], int]
 """(pair already on a node, pair of an entry added to it) -> the pair of both: how a builder merges claims."""

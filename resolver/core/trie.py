@@ -10,15 +10,15 @@ costs one probe per label of the query, whatever the size of the list.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, Literal, TypeVar
+from typing import Final, Generic, Literal, TypeVar
 
 from resolver.core.table import ROOT, TableBuilder
 
 T = TypeVar("T")
 Match = Literal["exact", "subtree", "below"]
 
-HERE = 0
-BELOW = 1
+HERE: Final = 0
+BELOW: Final = 1
 
 
 class DomainTrie(Generic[T]):

@@ -7,40 +7,56 @@ works on ``bytes`` and ``struct`` so the fast path stays a handful of C calls. N
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from resolver.errors import WireFormatError
 
-HEADER = struct.Struct("!HHHHHH")
-U16 = struct.Struct("!H")
-U16X2 = struct.Struct("!HH")
-RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
-U32 = struct.Struct("!I")
+HEADER: Final = struct.Struct("!HHHHHH")
+U16: Final = struct.Struct("!H")
+U16X2: Final = struct.Struct("!HH")
+RR_FIXED: Final = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+U32: Final = struct.Struct("!I")
 
-QR = 0x8000
-OPCODE_MASK = 0x7800
-AA = 0x0400
-TC = 0x0200
-RD = 0x0100
-RA = 0x0080
-AD = 0x0020
-CD = 0x0010
+QR: Final = 0x8000
+OPCODE_MASK: Final = 0x7800
+AA: Final = 0x0400
+TC: Final = 0x0200
+RD: Final = 0x0100
+RA: Final = 0x0080
+AD: Final = 0x0020
+CD: Final = 0x0010
 # What a reply copies from the query's flags: opcode, RD and CD (RFC 1035 4.1.1, RFC 4035 3.2.2).
-ECHO_MASK = OPCODE_MASK | RD | CD
+ECHO_MASK: Final = OPCODE_MASK | RD | CD
 
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-BADVERS = 16
+NOERROR: Final = 0
+FORMERR: Final = 1
+SERVFAIL: Final = 2
+NXDOMAIN: Final = 3
+NOTIMP: Final = 4
+REFUSED: Final = 5
+BADVERS: Final = 16
 
-TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA, TYPE_HINFO, TYPE_MX, TYPE_TXT = 1, 2, 5, 6, 13, 15, 16
-TYPE_AAAA, TYPE_OPT, TYPE_SVCB, TYPE_HTTPS, TYPE_ANY = 28, 41, 64, 65, 255
-CLASS_IN = 1
+TYPE_A: Final = 1
+TYPE_NS: Final = 2
+TYPE_CNAME: Final = 5
+TYPE_SOA: Final = 6
+TYPE_HINFO: Final = 13
+TYPE_MX: Final = 15
+TYPE_TXT: Final = 16
+TYPE_AAAA: Final = 28
+TYPE_OPT: Final = 41
+TYPE_SVCB: Final = 64
+TYPE_HTTPS: Final = 65
+TYPE_ANY: Final = 255
+CLASS_IN: Final = 1
 
 # The UDP payload size we advertise and accept at most: the DNS Flag Day 2020 value, which avoids IP
 # fragmentation on every path we care about.
-EDNS_UDP_SIZE = 1232
-EDE_OPTION = 15
-EDE_BLOCKED = 15
+EDNS_UDP_SIZE: Final = 1232
+EDE_OPTION: Final = 15
+EDE_BLOCKED: Final = 15
 
-MAX_NAME = 255
+MAX_NAME: Final = 255
 
 
 class Query:
@@ -262,8 +278,8 @@ def opt_record(do: bool, options: bytes = b"", ext_rcode: int = 0) -> bytes:
     return b"\x00" + RR_FIXED.pack(TYPE_OPT, EDNS_UDP_SIZE, ttl, len(options)) + options
 
 
-_UPSTREAM_OPT = opt_record(False)
-_UPSTREAM_OPT_DO = opt_record(True)
+_UPSTREAM_OPT: Final = opt_record(False)
+_UPSTREAM_OPT_DO: Final = opt_record(True)
 
 
 def ede_option(info_code: int, text: str) -> bytes:
