@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Final, Generic, Literal, TypeVar
 
+from mypy_extensions import i64
+
 from resolver.core.table import ROOT, TableBuilder
 
 T = TypeVar("T")
@@ -210,11 +212,12 @@ class PackedTrie(Generic[T]):
     @property
     def nbytes(self) -> int:
         """Bytes held by the table arrays (the values are shared with the policy)."""
-        return sum(a.itemsize * len(a) for a in (self._keys, self._vix))
+        return 8 * len(self._keys) + self._vix.itemsize * len(self._vix)
 
-    def _slot(self, h: int) -> int:
+    def _slot(self, h: i64) -> i64:
         """The slot holding ``h``, or the empty slot where it would go (linear probing)."""
-        keys, mask = self._keys, self._mask
+        keys = self._keys
+        mask: i64 = self._mask
         i = h & mask
         while True:
             k = keys[i]
@@ -232,9 +235,10 @@ class PackedTrie(Generic[T]):
 
     def lookup(self, labels: list[bytes]) -> T | None:
         """The value of the most specific entry covering the name: the hot path."""
-        keys, vix, mask, here, below = self._hot
+        keys, vix, m, here, below = self._hot
+        mask: i64 = m  # (i64: compiled, the probe loop is C arithmetic on the key table's C array)
         best = None
-        h = ROOT
+        h: i64 = ROOT
         for i in range(len(labels) - 1, -1, -1):
             h = hash((h, labels[i]))
             j = h & mask
@@ -254,7 +258,7 @@ class PackedTrie(Generic[T]):
         """Every value that applies to the name, least specific first, as (labels in the entry, value)."""
         found: list[tuple[int, T]] = []
         best = None
-        h = ROOT
+        h: i64 = ROOT
         last = len(labels) - 1
         for i in range(last, -1, -1):
             h = hash((h, labels[i]))
@@ -269,7 +273,7 @@ class PackedTrie(Generic[T]):
 
     def get(self, labels: list[bytes], match: Match) -> T | None:
         """The value stored for exactly this entry (no inheritance from parents)."""
-        h = ROOT
+        h: i64 = ROOT
         for label in reversed(labels):
             h = hash((h, label))
         slot = self._slot(h)
