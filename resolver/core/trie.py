@@ -212,7 +212,7 @@ class PackedTrie(Generic[T]):
     @property
     def nbytes(self) -> int:
         """Bytes held by the table arrays (the values are shared with the policy)."""
-        return 8 * len(self._keys) + self._vix.itemsize * len(self._vix)
+        return 8 * len(self._keys) + self._vix.itemsize * len(self._vix)  # (keys: 8-byte i64s)
 
     def _slot(self, h: i64) -> i64:
         """The slot holding ``h``, or the empty slot where it would go (linear probing)."""

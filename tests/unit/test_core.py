@@ -17,6 +17,7 @@ import dns.rdatatype
 import pytest
 
 from resolver.core import cache as cache_mod
+from resolver.core import stats as stats_mod
 from resolver.core import wire
 from resolver.core.builder import build_policy
 from resolver.core.cache import Cache, CacheLimits
@@ -433,6 +434,13 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def test_outcome_indices_name_their_outcomes() -> None:
+    """The indices are written out (Final, for the compiled path): each must still be its name's place in OUTCOMES,
+    or a count would reach /metrics and the query log under another outcome's label."""
+    for index, name in enumerate(stats_mod.OUTCOMES):
+        assert getattr(stats_mod, name.upper()) == index
 
 
 def test_pipeline_block_forward_cache_and_counts() -> None:
