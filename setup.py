@@ -18,7 +18,7 @@ from setuptools import setup
 # The per-query path and the list build; nothing here is monkeypatched by the tests or subclassed outside it
 # (a compiled class cannot be subclassed by interpreted code).
 COMPILED = [
-    "resolver/config.py",
+    "resolver/config/model.py",
     "resolver/core/access.py",
     "resolver/core/builder.py",
     "resolver/core/cache.py",
@@ -28,10 +28,10 @@ COMPILED = [
     "resolver/core/table.py",
     "resolver/core/trie.py",
     "resolver/core/wire.py",
-    "resolver/liststream.py",
-    "resolver/streamconn.py",
-    "resolver/transports.py",
-    "resolver/upstream.py",
+    "resolver/lists/stream.py",
+    "resolver/net/streamconn.py",
+    "resolver/net/listeners.py",
+    "resolver/net/upstream.py",
 ]
 
 

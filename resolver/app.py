@@ -19,22 +19,22 @@ from dataclasses import replace
 from typing import Any
 
 from resolver import build
-from resolver.config import Config, Endpoint, system_nameservers
+from resolver.config.model import Config, Endpoint, system_nameservers
+from resolver.config.policy import ListSource
 from resolver.core.access import AccessList, RateLimiter
 from resolver.core.cache import Cache
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import Stats
 from resolver.core.wire import Query
 from resolver.errors import ConfigError
-from resolver.metrics import MetricsServer
-from resolver.policyconfig import ListSource
-from resolver.querylog import QueryLog, QueryLogConfig
-from resolver.reload import Reloader
-from resolver.snapshot import take
-from resolver.sources import Loaded
-from resolver.transports import TcpListener, UdpListener
-from resolver.upstream import UpstreamPool
-from resolver.workers import SnapshotSender
+from resolver.lists.load import Loaded
+from resolver.net.listeners import TcpListener, UdpListener
+from resolver.net.upstream import UpstreamPool
+from resolver.ops.metrics import MetricsServer
+from resolver.ops.querylog import QueryLog, QueryLogConfig
+from resolver.ops.reload import Reloader
+from resolver.ops.snapshot import take
+from resolver.ops.workers import SnapshotSender
 
 log = logging.getLogger("resolver")
 

@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from resolver import __version__, build, logs
-from resolver.config import Config, load_config, with_overrides
+from resolver import __version__, build
+from resolver.config.model import Config, load_config, with_overrides
+from resolver.config.policy import parse_duration
 from resolver.core.policy import ACTION_NAMES, ALLOW, BLOCK, Policy
 from resolver.errors import ConfigError, ResolverError
-from resolver.lists import normalise_name
-from resolver.policyconfig import parse_duration
-from resolver.sources import Loaded, line_of, load_policy
+from resolver.lists.formats import normalise_name
+from resolver.lists.load import Loaded, line_of, load_policy
+from resolver.ops import logs
 
 log = logging.getLogger("resolver")
 
@@ -103,7 +104,7 @@ def _run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 
 
 def _supervise(argv: list[str], config: Config, args: argparse.Namespace) -> int:
-    from resolver.workers import Supervisor, pin_ports
+    from resolver.ops.workers import Supervisor, pin_ports
 
     logs.setup(args.log_level, args.log_format)
     load_policy(config)  # refuse a bad config here, once, rather than in N workers
@@ -134,7 +135,7 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
            worker: str | None = None) -> int:
     logs.setup(level, fmt)
     from resolver.app import Server
-    from resolver.reload import fetch_list
+    from resolver.ops.reload import fetch_list
 
     for source in config.policy.lists:
         # A URL list never fetched before is fetched now, so the first policy already has it; on failure the

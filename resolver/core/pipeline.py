@@ -53,7 +53,7 @@ class Pipeline:
         self.stats = stats
         self.clock = clock  # monotonic seconds: TTLs and latency
         self.wallclock = wallclock  # Unix time: exemptions start and expire at wall-clock instants
-        # The query log's sink (a bounded queue's append, see resolver/querylog.py); None when it is off.
+        # The query log's sink (a bounded queue's append, see resolver/ops/querylog.py); None when it is off.
         self.querylog: Callable[[QueryRecord], None] | None = None
         self.log_only_blocked = False
         self.access: AccessList | None = None

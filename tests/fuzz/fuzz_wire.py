@@ -45,8 +45,7 @@ except ImportError:  # the plain loop below needs nothing but the standard libra
 # Under atheris the resolver package is imported with coverage instrumentation, which guides the mutations.
 _FUZZING = atheris is not None and "--plain" not in sys.argv and "--replay" not in sys.argv
 with atheris.instrument_imports(include=["resolver"]) if _FUZZING else contextlib.nullcontext():
-    from resolver import lists
-    from resolver.config import BUNDLED_BLOCKLISTS
+    from resolver.config.model import BUNDLED_BLOCKLISTS
     from resolver.core import cache as cache_mod
     from resolver.core import wire
     from resolver.core.builder import build_policy
@@ -55,7 +54,8 @@ with atheris.instrument_imports(include=["resolver"]) if _FUZZING else contextli
     from resolver.core.policy import PolicySpec
     from resolver.core.stats import TCP, UDP, Stats
     from resolver.errors import WireFormatError
-    from resolver.sources import load_platforms
+    from resolver.lists import formats as lists
+    from resolver.lists.load import load_platforms
     from tests.support.alarm import no_hang  # (not instrumented: only the resolver package is)
 
 SKIP_KNOWN = False

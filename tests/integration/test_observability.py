@@ -3,7 +3,7 @@
 - deploy/prometheus: promtool checks the config and rules and runs the rule unit tests; a real Prometheus scrapes
   the real resolver after known traffic, evaluates the alert rules on it, and runs every dashboard query;
 - deploy/grafana: every metric a dashboard query or an alert rule names is in a live scrape;
-- resolver/statuspage.py: status_json as a unit; the page rendered by headless Chromium, first on known numbers
+- resolver/ops/statuspage.py: status_json as a unit; the page rendered by headless Chromium, first on known numbers
   from a throwaway server in this process, then served by the resolver itself (skipped until it is wired).
 
 Prometheus, promtool and Chromium come from Debian (packages ``prometheus`` and ``chromium``); a test that needs
@@ -36,7 +36,7 @@ import dns.rcode
 import pytest
 import yaml
 
-from resolver.statuspage import CONTENT_SECURITY_POLICY, PAGE, StatusSnapshot, by_platform, status_json
+from resolver.ops.statuspage import CONTENT_SECURITY_POLICY, PAGE, StatusSnapshot, by_platform, status_json
 from tests.integration.test_metrics import parse_samples
 from tests.support.authserver import AuthServer
 from tests.support.resolverproc import (

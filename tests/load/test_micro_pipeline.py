@@ -15,12 +15,12 @@ import dns.message
 import pytest
 
 import resolver
-from resolver.config import load_config
+from resolver.config.model import load_config
 from resolver.core import wire
 from resolver.core.cache import Cache, CacheLimits
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import UDP, Stats
-from resolver.sources import load_policy
+from resolver.lists.load import load_policy
 
 pytest.importorskip("pytest_benchmark")
 

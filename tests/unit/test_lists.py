@@ -1,4 +1,4 @@
-"""Tests for resolver.lists: every format and rule form, every skip reason with its line, hostile files.
+"""Tests for resolver.lists.formats: every format and rule form, every skip reason with its line, hostile files.
 
 Results are compared as plain tuples so a failure shows exactly which entry or skip differs.
 """
@@ -11,9 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from resolver import lists
 from resolver.errors import ConfigError
-from resolver.lists import ListEntry, ParsedList, SkippedLine, detect_format, normalise_name, parse_file, parse_text
+from resolver.lists import formats as lists
+from resolver.lists.formats import (
+    ListEntry,
+    ParsedList,
+    SkippedLine,
+    detect_format,
+    normalise_name,
+    parse_file,
+    parse_text,
+)
 
 DATA = Path(__file__).parent.parent / "data" / "lists"
 

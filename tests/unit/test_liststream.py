@@ -16,13 +16,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resolver import lists, liststream
-from resolver.config import load_config, with_overrides
+from resolver.config.model import load_config, with_overrides
 from resolver.errors import ConfigError
-from resolver.lists import parse_file, parse_text
-from resolver.liststream import ListStream
-from resolver.reload import Summary
-from resolver.sources import load_policy
+from resolver.lists import formats as lists
+from resolver.lists import stream as liststream
+from resolver.lists.formats import parse_file, parse_text
+from resolver.lists.load import load_policy
+from resolver.lists.stream import ListStream
+from resolver.ops.reload import Summary
 from tests.support.alarm import no_hang
 from tests.unit.test_hostile import FORMATS, LIST_TEXT, SLOWER
 from tests.unit.test_lists import _random_list

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resolver.config.yamlfile import Section
 from resolver.core.policy import DEFAULT_GROUP, Bypass, Exemption, GroupSpec, IPNetwork, PolicySpec
 from resolver.errors import ConfigError
-from resolver.reader import Section
 
 LIST_FORMATS = ("auto", "hosts", "domains", "adblock", "rpz", "wildcard")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")

@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final
 
-from resolver.config import Endpoint
+from resolver.config.model import Endpoint
 from resolver.core import wire
 from resolver.core.cache import matches
 from resolver.core.stats import LATENCY_BOUNDS, Stats
 from resolver.core.wire import Query
 from resolver.errors import UpstreamError, UpstreamTimeout
-from resolver.streamconn import ConnectionLost, StreamConn
+from resolver.net.streamconn import ConnectionLost, StreamConn
 
-log = logging.getLogger("resolver.upstream")
+log = logging.getLogger("resolver.net.upstream")
 
 # An upstream that just failed is asked last for this long, so one dead server does not cost every query a timeout.
 PENALTY_SECONDS: Final = 5.0

@@ -7,7 +7,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from resolver.config import Endpoint
+from resolver.config.model import Endpoint
 from resolver.core import wire
 from resolver.core.cache import matches
 from resolver.core.stats import Stats

@@ -1,8 +1,8 @@
 """Prometheus metrics, read from the plain counters at scrape time, served by a small HTTP server on the loop.
 
 Labels are bounded: transport, outcome, platform (or list file), upstream address from the config. Never a
-client address or a query name. The families are built in ``resolver.exporter`` and the status page lives in
-``resolver.statuspage``; both are imported when a server is made, so a resolver with metrics off (the default)
+client address or a query name. The families are built in ``resolver.ops.exporter`` and the status page lives in
+``resolver.ops.statuspage``; both are imported when a server is made, so a resolver with metrics off (the default)
 starts without prometheus_client.
 """
 
@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING
 from resolver import __version__
 from resolver.core.policy import exemption_state
 from resolver.core.stats import OUTCOMES
-from resolver.snapshot import Snapshot
+from resolver.ops.snapshot import Snapshot
 
 if TYPE_CHECKING:
-    from resolver.statuspage import StatusSnapshot
+    from resolver.ops.statuspage import StatusSnapshot
 
-log = logging.getLogger("resolver.metrics")
+log = logging.getLogger("resolver.ops.metrics")
 MAX_REQUEST_BYTES = 8192
 
 
 def status_of(snap: Snapshot) -> StatusSnapshot:
     """The status page's plain numbers, from the same snapshot the metrics use."""
-    from resolver import statuspage
+    from resolver.ops import statuspage
 
     per_outcome = {outcome: 0 for outcome in OUTCOMES}
     for i, count in enumerate(snap.queries):
@@ -59,7 +59,7 @@ class MetricsServer:
     """Just enough HTTP/1.1 for Prometheus and probes: GET, one response, close."""
 
     def __init__(self, source: Callable[[], Snapshot], ready: Callable[[], bool]) -> None:
-        from resolver import exporter, statuspage
+        from resolver.ops import exporter, statuspage
 
         self.source = source
         self.registry = exporter.make_registry(source)

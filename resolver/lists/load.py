@@ -14,14 +14,14 @@ from typing import Any
 
 import yaml
 
-from resolver.config import BUNDLED_BLOCKLISTS, Config
+from resolver.config.model import BUNDLED_BLOCKLISTS, Config
+from resolver.config.policy import ListSource
+from resolver.config.yamlfile import SAFE_LOADER, check_shape, short
 from resolver.core.builder import build_policy
 from resolver.core.policy import ListInput, Platform, Policy, SinkholeSpec
 from resolver.errors import ConfigError
-from resolver.lists import ParsedList, SkippedLine, normalise_name
-from resolver.liststream import ListStream
-from resolver.policyconfig import ListSource
-from resolver.reader import SAFE_LOADER, check_shape, short
+from resolver.lists.formats import ParsedList, SkippedLine, normalise_name
+from resolver.lists.stream import ListStream
 
 PLATFORM_KEYS = ("name", "category", "owner", "domains", "notes", "sources")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -23,7 +23,7 @@ from pathlib import Path
 from resolver.core.pipeline import QueryRecord
 from resolver.core.stats import OUTCOMES, QTYPE_INDEX, QTYPES
 
-log = logging.getLogger("resolver.querylog")
+log = logging.getLogger("resolver.ops.querylog")
 CLIENT_MODES = ("full", "hashed", "none")
 _TYPES = {code: QTYPES[index] for code, index in QTYPE_INDEX.items()}  # the metrics label names
 

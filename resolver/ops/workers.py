@@ -22,11 +22,11 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from resolver.config import Config, Endpoint
-from resolver.metrics import MetricsServer
-from resolver.snapshot import Snapshot, merge
+from resolver.config.model import Config, Endpoint
+from resolver.ops.metrics import MetricsServer
+from resolver.ops.snapshot import Snapshot, merge
 
-log = logging.getLogger("resolver.workers")
+log = logging.getLogger("resolver.ops.workers")
 _FRAME = struct.Struct("!I")
 SNAPSHOT_SECONDS = 1.0
 RESTART_BACKOFF = 1.0

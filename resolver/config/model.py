@@ -13,18 +13,18 @@ from typing import Any
 
 import yaml
 
+from resolver.config.policy import ListSource, PolicyConfig, parse_networks, parse_policy
+from resolver.config.yamlfile import SAFE_LOADER, Section, check_shape
 from resolver.core.access import DEFAULT_ALLOWED, AccessSpec, RateSpec
 from resolver.core.cache import CacheLimits
 from resolver.errors import ConfigError
-from resolver.policyconfig import ListSource, PolicyConfig, parse_networks, parse_policy
-from resolver.querylog import CLIENT_MODES, QueryLogConfig
-from resolver.reader import SAFE_LOADER, Section, check_shape
+from resolver.ops.querylog import CLIENT_MODES, QueryLogConfig
 
 
 def _bundled_blocklists() -> Path:
     # Installed from a wheel the lists sit inside the package; in a source checkout they sit beside it.
-    inside = Path(__file__).resolve().parent / "blocklists"
-    return inside if inside.is_dir() else Path(__file__).resolve().parent.parent / "blocklists"
+    inside = Path(__file__).resolve().parent.parent / "blocklists"
+    return inside if inside.is_dir() else Path(__file__).resolve().parent.parent.parent / "blocklists"
 
 
 BUNDLED_BLOCKLISTS = _bundled_blocklists()

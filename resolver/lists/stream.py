@@ -1,6 +1,6 @@
 """Stream a list file into the policy as it is built: the bulk path of ``resolver serve`` and reloads.
 
-The file is read in blocks and each block parsed with the parsers of ``resolver.lists`` (the same validation,
+The file is read in blocks and each block parsed with the parsers of ``resolver.lists.formats`` (the same validation,
 the same skip reasons and line numbers); what they accept is handed on chunk by chunk as runs of names that
 share a match and an action, and never kept. The entries are counted, the skipped lines kept for ``resolver
 check``, the content hashed for the policy version. A list read this way is one block of text at a time in
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal, get_args
 
 from resolver.errors import ConfigError
-from resolver.lists import (
+from resolver.lists.formats import (
     _DETECT_CHARS,
     _PARSERS,
     _SHAPES,

@@ -14,14 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resolver.config import BUNDLED_BLOCKLISTS, DEFAULT_SOURCE, Config
+from resolver.config.model import BUNDLED_BLOCKLISTS, DEFAULT_SOURCE, Config
+from resolver.config.policy import ListSource
 from resolver.core.pipeline import Pipeline
 from resolver.errors import ConfigError
-from resolver.liststream import ListStream
-from resolver.policyconfig import ListSource
-from resolver.sources import Loaded, load_policy, trim_memory
+from resolver.lists.load import Loaded, load_policy, trim_memory
+from resolver.lists.stream import ListStream
 
-log = logging.getLogger("resolver.reload")
+log = logging.getLogger("resolver.ops.reload")
 
 WATCH_SECONDS = 2.0  # how often policy files are checked for changes
 FETCH_TIMEOUT = 30.0

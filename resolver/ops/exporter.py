@@ -1,6 +1,6 @@
 """The Prometheus families, every one built from one Snapshot, so one process and N workers export the same way.
 
-Apart from ``resolver.metrics`` (the HTTP side) because only a resolver with a metrics listener needs it: one with
+Apart from ``resolver.ops.metrics`` (the HTTP side) because only a resolver with a metrics listener needs it: one with
 metrics off never imports prometheus_client, which is 30 ms of a start-up.
 """
 
@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from resolver import __version__, build
 from resolver.core.policy import exemption_state
 from resolver.core.stats import LATENCY_BOUNDS, OUTCOMES, QTYPES, TRANSPORTS
-from resolver.snapshot import Snapshot
+from resolver.ops.snapshot import Snapshot
 
 __all__ = ["ResolverCollector", "generate_latest", "make_registry"]
 
