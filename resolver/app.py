@@ -14,9 +14,8 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from resolver import build
 from resolver.config.model import Config, Endpoint, system_nameservers
@@ -35,6 +34,7 @@ from resolver.ops.querylog import QueryLog, QueryLogConfig
 from resolver.ops.reload import Reloader
 from resolver.ops.snapshot import take
 from resolver.ops.workers import SnapshotSender
+from resolver.tasks import TaskSet
 
 log = logging.getLogger("resolver")
 
@@ -79,8 +79,8 @@ class Server:
         self.tcp = TcpListener(self.pipeline, self, config.tcp.idle_timeout, config.tcp.max_connections,
                                config.tcp.max_per_client)
         self.inflight: dict[bytes, list[tuple[Query, Callable[[bytes], None] | None]]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()  # reloads: drained on shutdown
-        self.background: set[asyncio.Task[None]] = set()  # endless loops (watchers, refreshers): cancelled
+        self.tasks = TaskSet()  # reloads: drained on shutdown
+        self.background = TaskSet()  # endless loops (watchers, refreshers): cancelled
         self.closers: list[Callable[[], None]] = []
         self.servers: list[asyncio.Server] = []
         self.bound: list[str] = []
@@ -156,16 +156,16 @@ class Server:
             self.servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
         for signame in ("SIGTERM", "SIGINT"):
             loop.add_signal_handler(getattr(signal, signame), self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload("SIGHUP")))
-        self._spawn(self.reloader.watch(), self.background)
-        self._spawn(self._report_monitored(), self.background)
-        self._spawn(self._probe_upstreams(), self.background)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.tasks.spawn(self._reload("SIGHUP")))
+        self.background.spawn(self.reloader.watch())
+        self.background.spawn(self._report_monitored())
+        self.background.spawn(self._probe_upstreams())
         for source in self.config.policy.lists:
             if source.url is not None:
-                self._spawn(self._refresh(source), self.background)
+                self.background.spawn(self._refresh(source))
         if self.snapshot_fd is not None:
             sender = SnapshotSender(self.snapshot_fd)
-            self._spawn(sender.run(lambda: take(self)), self.background)
+            self.background.spawn(sender.run(lambda: take(self)))
         what = "resolver ready" if self.worker is None else f"worker {self.worker} ready"
         log.info("%s: dns %s (udp+tcp), upstreams %s, metrics %s, policy %s, build %s", what,
                  " ".join(self.bound), " ".join(str(e) for e in self.upstreams.endpoints),
@@ -213,12 +213,6 @@ class Server:
         """Listening, not shutting down, a policy loaded, and at least one upstream answering."""
         return bool(self.servers) and not self.stopping.is_set() and self.upstreams.healthy(READY_WITHIN)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]] | None = None) -> None:
-        into = self.tasks if tasks is None else tasks
-        task = asyncio.get_running_loop().create_task(coro)
-        into.add(task)
-        task.add_done_callback(into.discard)
-
     async def _report_monitored(self) -> None:
         """Monitor mode is "logged as would-be blocks": one summary line a minute, never a line per query."""
         last: dict[tuple[str, str], int] = {}
@@ -241,15 +235,13 @@ class Server:
         log.info("shutting down: draining %d in-flight queries", len(self.inflight))
         for server in self.servers:
             server.close()
-        for task in list(self.background):
-            task.cancel()
+        self.background.cancel()
         drained = asyncio.get_running_loop().time() + DRAIN_SECONDS
         while (self.inflight or self.tasks) and asyncio.get_running_loop().time() < drained:
             await asyncio.sleep(0.02)  # forwards run on callbacks, not tasks: nothing to wait on but the table
         for close in self.closers:
             close()
-        for task in list(self.tasks):
-            task.cancel()
+        self.tasks.cancel()
         self.upstreams.close()
         if self.querylog is not None:
             self.querylog.close()

@@ -17,6 +17,7 @@ from resolver.config.policy import ListSource, PolicyConfig, parse_networks, par
 from resolver.config.yamlfile import SAFE_LOADER, Section, check_shape
 from resolver.core.access import DEFAULT_ALLOWED, AccessSpec, RateSpec
 from resolver.core.cache import CacheLimits
+from resolver.core.policy import SinkholeSpec
 from resolver.errors import ConfigError
 from resolver.ops.querylog import CLIENT_MODES, QueryLogConfig
 
@@ -52,14 +53,6 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
-class SinkholeConfig:
-    mode: str = "null"
-    ipv4: tuple[str, ...] = ()
-    ipv6: tuple[str, ...] = ()
-    ttl: int = 10
-
-
-@dataclass(frozen=True, slots=True)
 class TcpConfig:
     idle_timeout: float = 10.0
     max_connections: int = 1024
@@ -76,7 +69,7 @@ class Config:
     upstream_timeout: float = 1.5
     query_timeout: float = 4.0
     metrics: Endpoint | None = None
-    sinkhole: SinkholeConfig = field(default_factory=SinkholeConfig)
+    sinkhole: SinkholeSpec = field(default_factory=SinkholeSpec)
     cache: CacheLimits = field(default_factory=CacheLimits)
     tcp: TcpConfig = field(default_factory=TcpConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -185,7 +178,7 @@ def config_from_dict(raw: Any, file: str, base: Path) -> Config:
     ipv6 = _addresses(sink, "ipv6", 6)
     if mode == "address" and not ipv4 and not ipv6:
         raise ConfigError(sink.where("mode"), "mode address needs sinkhole.ipv4 or sinkhole.ipv6 addresses")
-    sinkhole = SinkholeConfig(mode, ipv4, ipv6, sink.number("ttl", 10, 0, 86400, integer=True))
+    sinkhole = SinkholeSpec(mode, ipv4, ipv6, sink.number("ttl", 10, 0, 86400, integer=True))
 
     cache_s = top.section("cache")
     cache_s.check_keys(("max_entries", "min_ttl", "max_ttl", "negative_max_ttl", "stale_max_age", "stale_ttl",

@@ -18,7 +18,7 @@ from resolver.config.model import BUNDLED_BLOCKLISTS, Config
 from resolver.config.policy import ListSource
 from resolver.config.yamlfile import SAFE_LOADER, check_shape, short
 from resolver.core.builder import build_policy
-from resolver.core.policy import ListInput, Platform, Policy, SinkholeSpec
+from resolver.core.policy import ListInput, Platform, Policy
 from resolver.errors import ConfigError
 from resolver.lists.formats import ParsedList, SkippedLine, normalise_name
 from resolver.lists.stream import ListStream
@@ -46,9 +46,8 @@ def load_policy(config: Config) -> Loaded:
     streams = [open_list(src, pc.list_cache_dir) for src in pc.lists]
     spec = pc.spec
     groups = tuple(replace(g, allow_domains=_names(g.allow_domains, f"{g.where}.allow_domains")) for g in spec.groups)
-    sinkhole = SinkholeSpec(config.sinkhole.mode, config.sinkhole.ipv4, config.sinkhole.ipv6, config.sinkhole.ttl)
     spec = replace(spec, groups=groups, allow_domains=_names(spec.allow_domains, f"{spec.where}.allow_domains"),
-                   sinkhole=sinkhole)
+                   sinkhole=config.sinkhole)
     names = [src.name for src in pc.lists]
     policy = build_policy(platforms, [ListInput(s.source, name=n, bulk=s) for s, n in zip(streams, names, strict=True)],
                           spec)

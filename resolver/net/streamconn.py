@@ -13,6 +13,7 @@ from resolver.core.cache import matches
 from resolver.core.stats import Stats
 from resolver.core.wire import Query
 from resolver.errors import UpstreamError
+from resolver.tasks import TaskSet
 
 
 class ConnectionLost(UpstreamError):
@@ -28,7 +29,7 @@ class StreamConn:
     MAX_PENDING = 1000  # questions in flight on one connection; past it new ones fail over to the next upstream
 
     def __init__(self, endpoint: Endpoint, tls: ssl.SSLContext | None, unused_id: Callable[[dict[int, Any]], int],
-                 stats: Stats, tasks: set[asyncio.Task[Any]], closed: Callable[[StreamConn], None]) -> None:
+                 stats: Stats, tasks: TaskSet, closed: Callable[[StreamConn], None]) -> None:
         self.endpoint = endpoint
         self.tls = tls
         self.unused_id = unused_id  # a random ID not among the ones in flight here
@@ -40,9 +41,7 @@ class StreamConn:
         self.writer: asyncio.StreamWriter | None = None
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[asyncio.StreamWriter] = loop.create_future()
-        self.task = loop.create_task(self._run())
-        tasks.add(self.task)  # (the loop holds tasks weakly)
-        self.task.add_done_callback(tasks.discard)
+        self.task = tasks.spawn(self._run())
 
     async def ask(self, query: Query) -> bytes:
         if len(self.pending) >= self.MAX_PENDING:

@@ -20,7 +20,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Final
+from typing import Final
 
 from resolver.config.model import Endpoint
 from resolver.core import wire
@@ -29,6 +29,7 @@ from resolver.core.stats import LATENCY_BOUNDS, Stats
 from resolver.core.wire import Query
 from resolver.errors import UpstreamError, UpstreamTimeout
 from resolver.net.streamconn import ConnectionLost, StreamConn
+from resolver.tasks import TaskSet
 
 log = logging.getLogger("resolver.net.upstream")
 
@@ -100,7 +101,7 @@ class UpstreamPool:
         self.stats = stats
         self._stats = {e: UpstreamStats() for e in endpoints}  # the per-query path: no str() per query
         self.upstream_stats = {str(e): s for e, s in self._stats.items()}  # the same objects, for metrics
-        self.streams: set[asyncio.Task[Any]] = set()  # TCP/TLS tasks in flight (the loop holds tasks weakly)
+        self.streams = TaskSet()  # TCP/TLS exchanges in flight
         self._conns: dict[Endpoint, StreamConn] = {}
         self._channels: dict[Endpoint, _Channel] = {}  # the UDP socket new questions to each upstream go out on
         self._open: set[_Channel] = set()  # every UDP socket still open: the current ones, and retired ones
@@ -405,12 +406,10 @@ class _Attempt:
             self.done(self, None, UpstreamTimeout(f"{self.endpoint}: no reply within {self.timeout:.2f}s"))
 
     def _stream(self, timeout: float) -> None:
-        task = self.pool.loop.create_task(self.pool._stream(self.endpoint, self.query, timeout))
-        self.pool.streams.add(task)
+        task = self.pool.streams.spawn(self.pool._stream(self.endpoint, self.query, timeout))
         task.add_done_callback(self._streamed)
 
     def _streamed(self, task: asyncio.Task[bytes]) -> None:
-        self.pool.streams.discard(task)
         if task.cancelled():
             self.done(self, None, UpstreamError(f"{self.endpoint}: cancelled"))
         elif (error := task.exception()) is not None:

@@ -18,13 +18,13 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from resolver.config.model import Config, Endpoint
 from resolver.ops.metrics import MetricsServer
 from resolver.ops.snapshot import Snapshot, merge
+from resolver.tasks import TaskSet
 
 log = logging.getLogger("resolver.ops.workers")
 _FRAME = struct.Struct("!I")
@@ -96,17 +96,12 @@ class Supervisor:
         self.stopping = False
         self.announced = False
         self.done = asyncio.Event()
-        self.tasks: set[asyncio.Future[None]] = set()
-
-    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.tasks = TaskSet()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for signame in ("SIGTERM", "SIGINT"):
-            loop.add_signal_handler(getattr(signal, signame), lambda: self._start(self.stop()))
+            loop.add_signal_handler(getattr(signal, signame), lambda: self.tasks.spawn(self.stop()))
         loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
         servers = []
         if self.config.metrics is not None:
@@ -146,7 +141,7 @@ class Supervisor:
             # A signal sent to the whole process group reaches the workers first: by now we may be stopping.
             if not self.stopping:
                 self.restarts += 1
-                self._start(self.spawn(worker))
+                self.tasks.spawn(self.spawn(worker))
             elif all(w.proc is None or w.proc.poll() is not None for w in self.workers):
                 self.done.set()
 
