@@ -22,6 +22,7 @@ COMPILED = [
     "resolver/core/access.py",
     "resolver/core/builder.py",
     "resolver/core/cache.py",
+    "resolver/core/forwarding.py",
     "resolver/core/pipeline.py",
     "resolver/core/policy.py",
     "resolver/core/stats.py",

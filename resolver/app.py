@@ -24,9 +24,9 @@ from resolver.core.access import AccessList, RateLimiter
 from resolver.core.cache import Cache
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import Stats
-from resolver.core.wire import Query
 from resolver.errors import ConfigError
 from resolver.lists.load import Loaded
+from resolver.net.forwarder import Forwarder
 from resolver.net.listeners import TcpListener, UdpListener
 from resolver.net.upstream import UpstreamPool
 from resolver.ops.metrics import MetricsServer
@@ -38,8 +38,6 @@ from resolver.tasks import TaskSet
 
 log = logging.getLogger("resolver")
 
-# Distinct questions that may wait on upstreams at once; past it new misses get SERVFAIL at once.
-MAX_INFLIGHT = 10_000
 DRAIN_SECONDS = 5.0
 PROBE_SECONDS = 10.0  # upstream health probe interval
 READY_WITHIN = 30.0  # /readyz wants a good upstream reply at most this old
@@ -76,16 +74,15 @@ class Server:
             raise ConfigError(config.source, f"upstream {looped.pop()} is one of our own listen addresses")
         self.upstreams = UpstreamPool(upstreams, config.upstream_timeout, config.query_timeout, self.stats,
                                       config.upstream_strategy, config.upstream_ca)
-        self.tcp = TcpListener(self.pipeline, self, config.tcp.idle_timeout, config.tcp.max_connections,
+        self.forwarder = Forwarder(self.pipeline, self.upstreams)
+        self.tcp = TcpListener(self.pipeline, self.forwarder, config.tcp.idle_timeout, config.tcp.max_connections,
                                config.tcp.max_per_client)
-        self.inflight: dict[bytes, list[tuple[Query, Callable[[bytes], None] | None]]] = {}
         self.tasks = TaskSet()  # reloads: drained on shutdown
         self.background = TaskSet()  # endless loops (watchers, refreshers): cancelled
         self.closers: list[Callable[[], None]] = []
         self.servers: list[asyncio.Server] = []
         self.bound: list[str] = []
         self.pipeline.access = AccessList(config.access)
-        self.pipeline.prefetch = self.prefetch
         if config.rate_limit.qps > 0:
             self.pipeline.limiter = RateLimiter(config.rate_limit)
         self.reloader = Reloader(config_factory, config, self.pipeline, loaded)
@@ -96,41 +93,6 @@ class Server:
             self.pipeline.log_only_blocked = self.config.query_log.only_blocked
         self.stopping = asyncio.Event()
         self.started = time.time()
-
-    # -- forwarding -----------------------------------------------------------------------------------------------
-
-    def prefetch(self, query: Query) -> None:
-        """Refresh a popular cache entry before it expires; nobody waits for the answer."""
-        if query.cache_key not in self.inflight and len(self.inflight) < MAX_INFLIGHT // 2:
-            self.forward(query, None)
-
-    def forward(self, query: Query, respond: Callable[[bytes], None] | None) -> None:
-        """Send a cache miss upstream; identical misses in flight share one upstream query."""
-        key = query.cache_key
-        waiters = self.inflight.get(key)
-        if waiters is not None:
-            waiters.append((query, respond))
-            return
-        if len(self.inflight) >= MAX_INFLIGHT:
-            if respond is not None:
-                respond(self.pipeline.on_shed(query))
-            return
-        self.inflight[key] = [(query, respond)]
-        self.upstreams.resolve(query, self._answer)
-
-    def _answer(self, query: Query, reply: bytes | None) -> None:
-        """Hand the upstream reply to ``query`` (None: none came in time, SERVFAIL) and every query that waited on
-        the same answer."""
-        for waiting, respond in self.inflight.pop(query.cache_key, ()):
-            try:
-                if respond is None:  # a prefetch
-                    if reply is not None:
-                        self.pipeline.store(waiting, reply)
-                else:
-                    respond(self.pipeline.on_reply(waiting, reply) if reply is not None
-                            else self.pipeline.on_failure(waiting))
-            except Exception:  # a bug: one bad reply must not take the other waiters down with it
-                log.exception("internal error answering %s", waiting.name)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -185,7 +147,7 @@ class Server:
         except OSError:
             sock.close()
             raise
-        self.closers.append(UdpListener(sock, self.pipeline, self).close)
+        self.closers.append(UdpListener(sock, self.pipeline, self.forwarder).close)
         port: int = sock.getsockname()[1]
         return port
 
@@ -232,12 +194,13 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting TCP, answer what is in flight (UDP stays open meanwhile), then close and cancel."""
-        log.info("shutting down: draining %d in-flight queries", len(self.inflight))
+        inflight = self.pipeline.inflight
+        log.info("shutting down: draining %d in-flight queries", len(inflight))
         for server in self.servers:
             server.close()
         self.background.cancel()
         drained = asyncio.get_running_loop().time() + DRAIN_SECONDS
-        while (self.inflight or self.tasks) and asyncio.get_running_loop().time() < drained:
+        while (inflight or self.tasks) and asyncio.get_running_loop().time() < drained:
             await asyncio.sleep(0.02)  # forwards run on callbacks, not tasks: nothing to wait on but the table
         for close in self.closers:
             close()

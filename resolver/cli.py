@@ -16,7 +16,8 @@ from typing import Any
 from resolver import __version__, build
 from resolver.config.model import Config, load_config, with_overrides
 from resolver.config.policy import parse_duration
-from resolver.core.policy import ACTION_NAMES, ALLOW, BLOCK, Policy
+from resolver.core import order
+from resolver.core.policy import ACTION_NAMES, BLOCK, Exemption, Policy, Verdict
 from resolver.errors import ConfigError, ResolverError
 from resolver.lists.formats import normalise_name
 from resolver.lists.load import Loaded, line_of, load_policy
@@ -245,25 +246,21 @@ def _explain(config: Config, loaded: Loaded, name: str, client: str) -> None:
     depth = min(d for d, v in along if v[gi] is verdict)
     entry = ".".join(normal.split(".")[-depth:])
     claims = verdict.rules
-    special = verdict.rule is not None and verdict.rule.kind == "special"
     exemption = policy.exemption_for(verdict, client, None, time.time()) if verdict.action == BLOCK else None
+    decided = order.decide(claims, group, verdict.exemptions)[0]
+    if exemption is not None:
+        decided = 1  # the exemptions step: it lifts the block the later step gave
     out("steps:\n")
-    out(f"  1 special names: {verdict.reason if special else 'no'}\n")
-    if verdict.exemptions and verdict.action == BLOCK:
-        for e in verdict.exemptions:
-            applies = "applies" if e is exemption else "does not cover this client" if e.state(time.time()) == \
-                "active" else e.state(time.time())
-            out(f"  2 exemption {e.reference} ({', '.join(sorted(e.platforms))}) approved by {e.approved_by}, "
-                f"{_when(e.starts)} to {_when(e.expires)}: {applies}\n")
+    for index, step in enumerate(order.STEPS):
+        mark = "  <- decides" if index == decided else "" if index < decided else "  (not reached)"
+        if step.decide is order.STEPS[1].decide:
+            _explain_exemptions(verdict, exemption, index, mark, out)
+        else:
+            out(f"  {index + 1} {step.name}: {step.describe(claims, group)}{mark}\n")
+    if decided < len(order.STEPS):
+        out(f"decided by: step {decided + 1}, {order.STEPS[decided].name}: {order.STEPS[decided].why}\n")
     else:
-        out("  2 exemptions: none for this name\n")
-    out(f"  3 allow entries: {verdict.reason if verdict.action == ALLOW else 'none'}\n")
-    platforms = [r.platform for r in claims if r.platform is not None]
-    out("  4 platforms: " + (", ".join(
-        f"{p.id} ({'blocked' if p.id in group.block else 'allowed' if p.id in group.allow else 'monitored' if p.id in group.monitor else 'not blocked'} for {group.name})"  # noqa: E501
-        for p in platforms) or "none") + "\n")
-    lists = [r for r in claims if r.kind == "list"]
-    out("  5 other lists: " + (", ".join(f"{r.list_name} ({r.action})" for r in lists) or "none") + "\n")
+        out("decided by: no step (the name's platforms are neither blocked nor allowed for the group)\n")
     if exemption is not None:
         out(f"verdict: allowed\nreason: exemption {exemption.reference}: {exemption.reason}\n")
     else:
@@ -276,6 +273,19 @@ def _explain(config: Config, loaded: Loaded, name: str, client: str) -> None:
             out(f"  platform: {p.id} ({p.name}, {p.category}, {p.owner})\n")
     if verdict.action == BLOCK and exemption is None:
         out(f"answer: sinkhole {verdict.mode or policy.sinkhole.mode}, ttl {policy.sinkhole.ttl}\n")
+
+
+def _explain_exemptions(verdict: Verdict, exemption: Exemption | None, index: int, mark: str,
+                        out: Callable[[str], object]) -> None:
+    if not (verdict.exemptions and verdict.action == BLOCK):
+        out(f"  {index + 1} exemptions: none for this name{mark if exemption is not None else ''}\n")
+        return
+    now = time.time()
+    for e in verdict.exemptions:
+        applies = "applies" if e is exemption else "does not cover this client" if e.state(now) == "active" \
+            else e.state(now)
+        out(f"  {index + 1} exemption {e.reference} ({', '.join(sorted(e.platforms))}) approved by {e.approved_by}, "
+            f"{_when(e.starts)} to {_when(e.expires)}: {applies}{mark if e is exemption else ''}\n")
 
 
 def _when(moment: float) -> str:

@@ -13,13 +13,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 
-from resolver.core import wire
+from resolver.core import order
 from resolver.core.policy import (
     ALLOW,
-    BLOCK,
     DEFAULT_ALWAYS_ALLOW,
     DOH_CATEGORY,
-    MONITOR,
     PASS,
     SPECIAL_NAMES,
     Exemption,
@@ -241,44 +239,9 @@ class _Builder:
         return verdicts
 
     def _decide(self, rules: tuple[Rule, ...], group: Group) -> Verdict:
-        name = group.name
-        for rule in rules:
-            if rule.kind == "special":
-                return Verdict(BLOCK, rule, rules, rule.text, name, "bypass", rule.action,
-                               wire.ede_option(wire.EDE_BLOCKED, f"blocked: {rule.text}"), key=("bypass", name))
-        for rule in rules:
-            if rule.action == "allow" and (rule.groups is None or name in rule.groups) and not (
-                    rule.kind == "list" and rule.list_name in group.lists_allowed):
-                return Verdict(ALLOW, rule, rules, f"allowed by {rule.source}", name, protective=True)
-        for rule in rules:
-            if rule.platform is not None and rule.platform.id in group.allow:
-                return Verdict(ALLOW, rule, rules, f"platform {rule.platform.id} is allowed for group {name}", name,
-                               protective=True)
         platform_ids = {r.platform.id for r in rules if r.platform is not None}
         exemptions = tuple(e for e in self.exemptions if e.platforms & platform_ids)
-        for rule in rules:
-            if rule.platform is not None and rule.platform.id in group.block:
-                p = rule.platform
-                return Verdict(BLOCK, rule, rules, f"platform {p.id} ({p.category}) is blocked for group {name}",
-                               name, p.id, "", wire.ede_option(wire.EDE_BLOCKED, f"blocked: {p.name} ({p.id})"),
-                               exemptions=exemptions, key=(p.id, name))
-        for rule in rules:
-            if rule.kind == "list" and rule.action != "allow" and rule.list_name not in group.lists_allowed:
-                label = rule.label
-                if rule.list_name in group.lists_monitored:
-                    return Verdict(MONITOR, rule, rules, f"listed in {rule.source} (monitor only)", name, label,
-                                   key=(label, name))
-                return Verdict(BLOCK, rule, rules, f"listed in {rule.source}", name, label,
-                               "" if rule.action == "block" else rule.action,
-                               wire.ede_option(wire.EDE_BLOCKED, f"blocked: list {rule.list_name}"),
-                               exemptions=exemptions, key=(label, name))
-        for rule in rules:
-            if rule.platform is not None and rule.platform.id in group.monitor:
-                p = rule.platform
-                return Verdict(MONITOR, rule, rules, f"platform {p.id} is monitored for group {name}", name, p.id,
-                               key=(p.id, name))
-        owners = ", ".join(sorted(platform_ids))
-        return Verdict(PASS, None, rules, f"belongs to {owners}, which group {name} neither blocks nor allows", name)
+        return order.decide(rules, group, exemptions)[1]
 
     def finish(self) -> PackedTrie[tuple[Verdict, ...]]:
         """The served trie. The between-names rules (an allow shields what is below it; PASS decides nothing)

@@ -5,7 +5,9 @@ Order, and why:
 2. policy before cache (the order inside it is in core/policy.py), so a name blocked by a reload is blocked at
    once even if its answer is cached; the client's group is found first, from its address (memoised);
 3. cache, so a repeated allowed name never leaves the process;
-4. otherwise the transport forwards the query and hands the upstream reply back to ``on_reply``;
+4. otherwise the query is returned to be forwarded: the transport admits it to the in-flight table
+   (core/forwarding.py: identical misses share one upstream query; past the bound it is shed), and hands the
+   upstream reply back to ``on_reply``; a popular cached entry near its expiry comes back as a Prefetch ticket;
 5. an answer (fresh or cached) whose CNAME chain passes through a blocked name is blocked (CNAME cloaking).
 Every outcome is counted here, once, with its latency.
 """
@@ -20,6 +22,7 @@ from resolver.core import cache as cache_mod
 from resolver.core import wire
 from resolver.core.access import AccessList, RateLimiter
 from resolver.core.cache import Cache, Entry
+from resolver.core.forwarding import Inflight, Prefetch
 from resolver.core.policy import BLOCK, MONITOR, Policy, Verdict
 from resolver.core.stats import (
     BLOCKED,
@@ -58,8 +61,7 @@ class Pipeline:
         self.log_only_blocked = False
         self.access: AccessList | None = None
         self.limiter: RateLimiter | None = None
-        # Where a popular entry about to expire is sent for a background refresh (the app's forwarder).
-        self.prefetch: Callable[[Query], None] | None = None
+        self.inflight = Inflight()  # cache misses waiting on upstreams
         # packet minus its ID -> (the query it parsed to, the policy that judged it, that policy's verdicts)
         self._parsed: dict[bytes, tuple[Query, Policy, tuple[Verdict, ...] | None]] = {}
         self._memo_hits = 0  # since the memo was last emptied
@@ -90,8 +92,10 @@ class Pipeline:
         # (client, group, …) set on this one.
         parsed[key] = (query, policy, verdicts)
 
-    def on_query(self, data: bytes, transport: int, client: str, client_id: str | None = None) -> bytes | Query | None:
-        """Bytes to send back now, a Query to forward upstream, or None to drop the packet."""
+    def on_query(self, data: bytes, transport: int, client: str,
+                 client_id: str | None = None) -> bytes | Query | Prefetch | None:
+        """What to do with a packet: bytes to send back now, a Query to forward upstream (``inflight.admit`` it
+        first), a Prefetch (send its answer now and its question upstream), or None: drop it."""
         now = self.clock()
         # Who may ask and how fast come first, before any parsing: a flood costs a dict lookup per packet.
         refuse = throttle = False
@@ -165,16 +169,18 @@ class Pipeline:
                 cloak = self._cloaked(policy, entry, group, client, client_id)
                 if cloak is not None:
                     return self._blocked(policy, cloak, query, transport, now)
-            reply = self._fit(cache_mod.render(entry, query, now), query, transport)
-            if self.prefetch is not None and self.cache.wants_prefetch(entry, now):
-                self.prefetch(query)
-            return self._done(transport, CACHED, now, reply, query)
+            reply = self._done(transport, CACHED, now, self._fit(cache_mod.render(entry, query, now), query, transport),
+                               query)
+            if self.cache.wants_prefetch(entry, now) and self.inflight.admit_prefetch(query):
+                return Prefetch(reply, query)
+            return reply
         query.received = now
         return query
 
-    def on_reply(self, query: Query, reply: bytes) -> bytes:
-        """An upstream reply that matched the query: cache it and render the client's answer."""
-        if reply[3] & 0x0F in (wire.SERVFAIL, wire.REFUSED):
+    def on_reply(self, query: Query, reply: bytes | None) -> bytes:
+        """The client's answer from the upstream reply that matched ``query`` (cached on the way), or from the
+        cache's stale entry or SERVFAIL when none came in time (None)."""
+        if reply is None or reply[3] & 0x0F in (wire.SERVFAIL, wire.REFUSED):
             # Every upstream failed us (the forwarder tries the others first): a stale answer if there is one,
             # else our own SERVFAIL - a REFUSED passed on would tell the phone that *we* refuse it.
             return self.on_failure(query)
@@ -208,10 +214,12 @@ class Pipeline:
             return self._done(query.transport, STALE, query.received, self._fit(reply, query, query.transport), query)
         return self._done(query.transport, ERROR, query.received, wire.simple_reply(query, wire.SERVFAIL), query)
 
-    def store(self, query: Query, reply: bytes) -> None:
-        """A background refresh (prefetch) came back: cache it; nobody is waiting, nothing is counted."""
-        with contextlib.suppress(WireFormatError):  # a broken refresh leaves the old entry to expire
-            self.cache.put(query.cache_key, cache_mod.prepare(reply, query, self.clock(), self.cache.limits))
+    def store(self, query: Query, reply: bytes | None) -> None:
+        """A background refresh (prefetch) came back: cache it; nobody is waiting, nothing is counted. A failed
+        or broken refresh leaves the old entry to expire."""
+        if reply is not None and reply[3] & 0x0F not in (wire.SERVFAIL, wire.REFUSED):
+            with contextlib.suppress(WireFormatError):
+                self.cache.put(query.cache_key, cache_mod.prepare(reply, query, self.clock(), self.cache.limits))
 
     def on_shed(self, query: Query) -> bytes:
         """Too much work pending: answer SERVFAIL at once rather than queue without bound."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Final, Protocol
 
+from resolver.core.forwarding import Prefetch
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import TCP, UDP
 from resolver.core.wire import Query
@@ -25,6 +26,8 @@ MAX_TCP_PENDING: Final = 64
 
 class Forwarder(Protocol):
     def forward(self, query: Query, respond: Callable[[bytes], None]) -> None: ...
+
+    def prefetch(self, query: Query) -> None: ...
 
 
 class UdpListener:
@@ -65,8 +68,11 @@ class UdpListener:
                 continue
             if type(result) is bytes:
                 self.send(result, addr)
+            elif type(result) is Query:
+                self.forwarder.forward(result, partial(self.send, addr=addr))
             else:
-                self.forwarder.forward(result, partial(self.send, addr=addr))  # type: ignore[arg-type]
+                self.send(result.answer, addr)  # type: ignore[union-attr]
+                self.forwarder.prefetch(result.query)  # type: ignore[union-attr]
 
     def send(self, reply: bytes, addr: Any) -> None:
         sock = self.sock
@@ -132,6 +138,9 @@ class TcpListener:
                     continue
                 if type(result) is bytes:
                     writer.write(len(result).to_bytes(2, "big") + result)
+                elif type(result) is Prefetch:
+                    writer.write(len(result.answer).to_bytes(2, "big") + result.answer)
+                    self.forwarder.prefetch(result.query)
                 elif pending >= MAX_TCP_PENDING:
                     reply = self.pipeline.on_shed(result)  # type: ignore[arg-type]
                     writer.write(len(reply).to_bytes(2, "big") + reply)
