@@ -21,6 +21,7 @@ COMPILED = [
     "resolver/config/model.py",
     "resolver/core/access.py",
     "resolver/core/builder.py",
+    "resolver/core/client.py",
     "resolver/core/cache.py",
     "resolver/core/forwarding.py",
     "resolver/core/pipeline.py",

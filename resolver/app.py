@@ -6,9 +6,7 @@ line. Shutdown: close listeners, let in-flight upstream queries finish for a bou
 
 from __future__ import annotations
 
-import _socket
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
@@ -24,10 +22,11 @@ from resolver.core.access import AccessList, RateLimiter
 from resolver.core.cache import Cache
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import Stats
-from resolver.errors import ConfigError
+from resolver.errors import ConfigError, ListenError
 from resolver.lists.load import Loaded
 from resolver.net.forwarder import Forwarder
 from resolver.net.listeners import TcpListener, UdpListener
+from resolver.net.sockets import bind_tcp, bind_udp
 from resolver.net.upstream import UpstreamPool
 from resolver.ops.metrics import MetricsServer
 from resolver.ops.querylog import QueryLog, QueryLogConfig
@@ -42,7 +41,6 @@ DRAIN_SECONDS = 5.0
 PROBE_SECONDS = 10.0  # upstream health probe interval
 READY_WITHIN = 30.0  # /readyz wants a good upstream reply at most this old
 MONITOR_LOG_SECONDS = 60
-UDP_RCVBUF = 4 << 20
 GC_YOUNG = 10_000  # tracked objects allocated (net) between young-generation collections
 
 
@@ -104,18 +102,20 @@ class Server:
         # the hundreds of questions in flight survive and are promoted, to be walked again by the older
         # collections: a third of a forwarded query's CPU (W3: 113 -> 75 µs per query at 10,000).
         gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
-        if self.querylog is not None:
-            self.querylog.start()
         for endpoint in self.config.listen:
-            port = await self._bind_udp(endpoint)
-            server = await asyncio.start_server(self.tcp.handle, endpoint.host, port, reuse_address=True,
-                                                reuse_port=self.worker is not None, backlog=1024)
+            tcp, port = self._listen(endpoint)
+            server = await asyncio.start_server(self.tcp.handle, sock=tcp, backlog=1024)
             self.servers.append(server)
             self.bound.append(str(Endpoint(endpoint.host, port)))
         if self.config.metrics is not None:
             metrics = MetricsServer(lambda: take(self), self.ready)
             m = self.config.metrics
-            self.servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
+            try:
+                self.servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
+            except OSError as err:
+                raise ListenError(f"cannot listen on {m} (metrics): {err.strerror or err}") from None
+        if self.querylog is not None:  # (after binding: a bind error must not leave its thread behind)
+            self.querylog.start()
         for signame in ("SIGTERM", "SIGINT"):
             loop.add_signal_handler(getattr(signal, signame), self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self.tasks.spawn(self._reload("SIGHUP")))
@@ -133,23 +133,18 @@ class Server:
                  " ".join(self.bound), " ".join(str(e) for e in self.upstreams.endpoints),
                  self.config.metrics or "off", self.pipeline.policy.version, build())
 
-    async def _bind_udp(self, endpoint: Endpoint) -> int:
-        family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
-        sock = _socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    def _listen(self, endpoint: Endpoint) -> tuple[socket.socket, int]:
+        """UDP and TCP on ``endpoint``; port 0 takes one free port for both."""
+        shared = self.worker is not None
+        udp = bind_udp(endpoint, shared)
+        port: int = udp.getsockname()[1]
         try:
-            if self.worker is not None:  # the workers share the port; the kernel spreads clients over them
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            # A burst (a thousand phones waking at a shift change, a stalled core) must queue, not be dropped by
-            # the kernel: ask for a deep receive buffer (the kernel caps it at net.core.rmem_max).
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
-            sock.bind((endpoint.host, endpoint.port))
-        except OSError:
-            sock.close()
+            tcp = bind_tcp(Endpoint(endpoint.host, port), shared)
+        except ListenError:
+            udp.close()
             raise
-        self.closers.append(UdpListener(sock, self.pipeline, self.forwarder).close)
-        port: int = sock.getsockname()[1]
-        return port
+        self.closers.append(UdpListener(udp, self.pipeline, self.forwarder).close)
+        return tcp, port
 
     async def _reload(self, why: str) -> None:
         await self.reloader.reload(why)

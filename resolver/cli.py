@@ -17,6 +17,7 @@ from resolver import __version__, build
 from resolver.config.model import Config, load_config, with_overrides
 from resolver.config.policy import parse_duration
 from resolver.core import order
+from resolver.core.client import canonical_client
 from resolver.core.policy import ACTION_NAMES, BLOCK, Exemption, Policy, Verdict
 from resolver.errors import ConfigError, ResolverError
 from resolver.lists.formats import normalise_name
@@ -221,7 +222,7 @@ def _summary(platform_ids: frozenset[str], loaded: Loaded) -> str:
 
 def _explain(config: Config, loaded: Loaded, name: str, client: str) -> None:
     try:
-        client = str(ipaddress.ip_address(client))
+        client = canonical_client(str(ipaddress.ip_address(client)))
     except ValueError:
         raise ConfigError("--client", f"{client!r} is not an IP address") from None
     try:

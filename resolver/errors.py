@@ -24,6 +24,10 @@ class ConfigError(ResolverError):
         self.reason = reason
 
 
+class ListenError(ResolverError):
+    """A listen address cannot be bound (in use by another process, not an address of this host, no permission)."""
+
+
 class UpstreamError(ResolverError):
     """No upstream gave a usable answer; the client gets SERVFAIL."""
 

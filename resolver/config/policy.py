@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from resolver.config.yamlfile import Section
+from resolver.core.client import canonical_client
 from resolver.core.policy import DEFAULT_GROUP, Bypass, Exemption, GroupSpec, IPNetwork, PolicySpec
 from resolver.errors import ConfigError
 
@@ -92,7 +93,7 @@ def _addresses(items: tuple[str, ...], where: str) -> frozenset[str]:
     out = set()
     for i, text in enumerate(items):
         try:
-            out.add(str(ipaddress.ip_address(text)))
+            out.add(canonical_client(str(ipaddress.ip_address(text))))
         except ValueError:
             raise ConfigError(f"{where}[{i}]", f"{text!r} is not an IP address") from None
     return frozenset(out)

@@ -22,6 +22,7 @@ from resolver.core import cache as cache_mod
 from resolver.core import wire
 from resolver.core.access import AccessList, RateLimiter
 from resolver.core.cache import Cache, Entry
+from resolver.core.client import canonical_client
 from resolver.core.forwarding import Inflight, Prefetch
 from resolver.core.policy import BLOCK, MONITOR, Policy, Verdict
 from resolver.core.stats import (
@@ -97,6 +98,7 @@ class Pipeline:
         """What to do with a packet: bytes to send back now, a Query to forward upstream (``inflight.admit`` it
         first), a Prefetch (send its answer now and its question upstream), or None: drop it."""
         now = self.clock()
+        client = canonical_client(client)  # every consumer below reads this one form
         # Who may ask and how fast come first, before any parsing: a flood costs a dict lookup per packet.
         refuse = throttle = False
         access = self.access

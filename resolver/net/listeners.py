@@ -13,6 +13,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Final, Protocol
 
+from resolver.core.client import canonical_client
 from resolver.core.forwarding import Prefetch
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import TCP, UDP
@@ -106,7 +107,7 @@ class TcpListener:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        client = peer[0] if peer else ""
+        client = canonical_client(peer[0]) if peer else ""  # the per-client cap counts the phone, not the form
         # One client may not take the whole connection table: a per-client cap below the total one.
         if self.connections >= self.max_connections or self.by_client.get(client, 0) >= self.per_client:
             self.rejected += 1

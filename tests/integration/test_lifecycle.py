@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.authserver import AuthServer
-from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, query, write_config
+from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, query, run_cli, write_config
 from tests.support.zone import WWW, WWW_V4
 
 
@@ -78,3 +78,19 @@ def test_sigterm_answers_queries_in_flight_before_it_exits(resolver_factory: Res
     assert answers == [[WWW_V4]]
     assert server.proc.wait(10) == 0
     assert time.monotonic() - started < 1 + 5 + 2, "exit took longer than the slow answer plus the drain bound"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_second_instance_on_the_same_port_is_one_error_line(resolver_factory: ResolverFactory, auth: AuthServer,
+                                                              workers: str) -> None:
+    """The first keeps the port and keeps answering; the second says why it cannot start, without a traceback.
+    (With several workers the first already shares the port with SO_REUSEPORT among its own processes; a
+    stranger without that option must still be refused.)"""
+    first = resolver_factory(workers=int(workers))
+    second = run_cli("serve", "--listen", f"127.0.0.1:{first.port}", "--upstream", auth.address, "--workers", "1",
+                     timeout=20)
+    lines = [line for line in second.stderr.splitlines() if not line.startswith("{")]
+    assert second.returncode == 1, second.stderr
+    assert lines == [f"error: cannot listen on 127.0.0.1:{first.port} (udp): Address already in use"], second.stderr
+    assert "Traceback" not in second.stderr
+    assert addresses(first.query(WWW, "A"), "A") == [WWW_V4]
