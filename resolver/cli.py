@@ -268,7 +268,7 @@ def _explain(config: Config, loaded: Loaded, name: str, client: str) -> None:
         out(f"verdict: {ACTION_NAMES[verdict.action]}\nreason: {verdict.reason}\n")
     for rule in claims:
         out(f"{'rule' if rule is verdict.rule else 'also'}: {entry} ({_match_text(policy, entry)}) "
-            f"in {rule.source}{_where(loaded, rule.source, entry)}\n")
+            f"in {_shown(rule.source)}{_where(loaded, rule.source, entry)}\n")
         if rule.platform is not None:
             p = rule.platform
             out(f"  platform: {p.id} ({p.name}, {p.category}, {p.owner})\n")
@@ -287,6 +287,12 @@ def _explain_exemptions(verdict: Verdict, exemption: Exemption | None, index: in
             else e.state(now)
         out(f"  {index + 1} exemption {e.reference} ({', '.join(sorted(e.platforms))}) approved by {e.approved_by}, "
             f"{_when(e.starts)} to {_when(e.expires)}: {applies}{mark if e is exemption else ''}\n")
+
+
+def _shown(path: str) -> str:
+    """A file under the current directory as a relative path, as the operator would type it."""
+    cwd = os.getcwd() + os.sep
+    return path[len(cwd):] if path.startswith(cwd) else path
 
 
 def _when(moment: float) -> str:

@@ -4,16 +4,8 @@ Built once per (re)load from platforms, lists, groups and exemptions, then never
 filled reply tails, the client->group memo and the trie's merged verdicts, all pure functions of the snapshot): a
 reload builds a new one and swaps it in with one assignment, so the hot path never locks.
 
-The evaluation order, written once here and in README ("How a name is decided"):
-1. special names (bypass defences: the Firefox DoH canary, Apple Private Relay, DDR's resolver.arpa) -
-   answered locally for every client, whatever any list says;
-2. exemptions - an approved, unexpired exemption for a platform that claims the name lets the client through;
-3. allow entries - an allow (``allow_domains``, an always-allowed category, a platform the group allows, an
-   ``@@`` list rule) protects its name and everything below it from every block;
-4. platform blocks of the client's group (or monitor: counted, answered normally);
-5. other lists.
-Between names the most specific entry that decides wins; an entry of a platform the group neither blocks nor
-allows decides nothing, so the broader entry above it still applies.
+Which claim on a name decides it, and why in that order, is the table in ``resolver.core.order``: the builder
+walks it to make each Verdict, and ``resolver explain`` walks it to show the steps.
 """
 
 from __future__ import annotations
