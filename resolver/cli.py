@@ -27,7 +27,7 @@ from resolver.ops import logs
 log = logging.getLogger("resolver")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resolver", description="A filtering DNS resolver for managed phones.")
     parser.add_argument("--version", action="version", version=f"resolver {__version__} ({build()})")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,8 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     exemptions.add_argument("-c", "--config")
     exemptions.add_argument("--expiring", metavar="DURATION", help="only those expiring within DURATION (e.g. 7d)")
     exemptions.add_argument("--blocklist", action="append", metavar="FILE")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     def make_config() -> Config:
         return with_overrides(load_config(args.config), listen=getattr(args, "listen", None),

@@ -53,42 +53,7 @@ def build_policy(platforms: list[Platform], lists: list[ListInput], spec: Policy
             raise ConfigError(f"{spec.where}.lists", f"two lists are named {name!r}; give each a distinct name")
         list_names[name] = parsed.source
 
-    def resolve(names: tuple[str, ...], where: str) -> _Resolved:
-        chosen: set[str] = set()
-        chosen_lists: set[str] = set()
-        for i, name in enumerate(names):
-            if name in by_id:
-                chosen.add(name)
-            elif name in categories:
-                chosen.update(categories[name])
-            elif name in list_names:
-                chosen_lists.add(name)
-            else:
-                known = ", ".join(sorted(set(categories) | set(by_id) | set(list_names)))
-                raise ConfigError(f"{where}[{i}]", f"unknown platform, category or list {name!r} (known: {known})")
-        return _Resolved(frozenset(chosen), frozenset(chosen_lists))
-
-    if spec.always_allow is None:
-        always = resolve(tuple(c for c in DEFAULT_ALWAYS_ALLOW if c in categories), f"{spec.where}.always_allow")
-    else:
-        always = resolve(spec.always_allow, f"{spec.where}.always_allow")
-    doh = frozenset(categories.get(DOH_CATEGORY, ())) if spec.bypass.doh_servers else frozenset()
-    groups = []
-    for g in spec.groups:
-        block = resolve(g.block, f"{g.where}.block")
-        allow = resolve(g.allow, f"{g.where}.allow")
-        monitor = resolve(g.monitor, f"{g.where}.monitor")
-        allowed = allow.platforms | always.platforms
-        groups.append(Group(
-            g.name,
-            block=(block.platforms | (doh - allow.platforms)) - allowed,
-            allow=allowed,
-            monitor=monitor.platforms - allowed - block.platforms,
-            lists_allowed=allow.lists | always.lists,
-            lists_monitored=monitor.lists - block.lists,
-            networks=g.networks,
-            client_ids=frozenset(g.client_ids),
-        ))
+    groups = _groups(spec, _Names(by_id, categories, list_names))
     for e in spec.exemptions:
         unknown = sorted(e.platforms - set(by_id) - set(categories))
         if unknown:
@@ -115,6 +80,59 @@ def build_policy(platforms: list[Platform], lists: list[ListInput], spec: Policy
             rule = Rule("allow_domains", "allow", f"{g.where}.allow_domains", groups=frozenset((g.name,)))
             builder.add(g.allow_domains, "subtree", rule)
     return Policy(builder.finish(), by_id, tuple(groups), exemptions, spec, digest.hexdigest()[:16], list_names)
+
+
+class _Names:
+    """What a name in a group's block/allow/monitor may be: a platform id, a category or a list name."""
+
+    def __init__(self, by_id: dict[str, Platform], categories: dict[str, set[str]], lists: dict[str, str]) -> None:
+        self.by_id = by_id
+        self.categories = categories
+        self.lists = lists
+
+    def resolve(self, names: tuple[str, ...], where: str) -> _Resolved:
+        chosen: set[str] = set()
+        chosen_lists: set[str] = set()
+        for i, name in enumerate(names):
+            if name in self.by_id:
+                chosen.add(name)
+            elif name in self.categories:
+                chosen.update(self.categories[name])
+            elif name in self.lists:
+                chosen_lists.add(name)
+            else:
+                known = ", ".join(sorted(set(self.categories) | set(self.by_id) | set(self.lists)))
+                raise ConfigError(f"{where}[{i}]", f"unknown platform, category or list {name!r} (known: {known})")
+        return _Resolved(frozenset(chosen), frozenset(chosen_lists))
+
+
+def _groups(spec: PolicySpec, names: _Names) -> list[Group]:
+    """Each group's names resolved to platform ids and lists. An allow (explicit, or an always-allowed category)
+    beats a block; the DoH-bypass category is blocked for every group that does not allow it; monitoring applies
+    only to what is neither allowed nor blocked."""
+    categories = names.categories
+    if spec.always_allow is None:
+        always = names.resolve(tuple(c for c in DEFAULT_ALWAYS_ALLOW if c in categories), f"{spec.where}.always_allow")
+    else:
+        always = names.resolve(spec.always_allow, f"{spec.where}.always_allow")
+    doh = frozenset(categories.get(DOH_CATEGORY, ())) if spec.bypass.doh_servers else frozenset()
+    groups = []
+    for g in spec.groups:
+        block = names.resolve(g.block, f"{g.where}.block")
+        allow = names.resolve(g.allow, f"{g.where}.allow")
+        monitor = names.resolve(g.monitor, f"{g.where}.monitor")
+        allowed = allow.platforms | always.platforms
+        groups.append(Group(
+            g.name,
+            block=(block.platforms | (doh - allow.platforms)) - allowed,
+            allow=allowed,
+            monitor=monitor.platforms - allowed - block.platforms,
+            lists_allowed=allow.lists | always.lists,
+            lists_monitored=monitor.lists - block.lists,
+            networks=g.networks,
+            client_ids=frozenset(g.client_ids),
+        ))
+    return groups
 
 
 def _add_list(builder: _Builder, name: str, parsed: ListInput, digest: hashlib._Hash) -> None:

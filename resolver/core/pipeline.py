@@ -96,7 +96,10 @@ class Pipeline:
     def on_query(self, data: bytes, transport: int, client: str,
                  client_id: str | None = None) -> bytes | Query | Prefetch | None:
         """What to do with a packet: bytes to send back now, a Query to forward upstream (``inflight.admit`` it
-        first), a Prefetch (send its answer now and its question upstream), or None: drop it."""
+        first), a Prefetch (send its answer now and its question upstream), or None: drop it.
+
+        One function, longer than the others on purpose: it is the per-packet path, and the steps are read in
+        order here rather than paid for as calls (the module docstring gives the order and the reasons)."""
         now = self.clock()
         client = canonical_client(client)  # every consumer below reads this one form
         # Who may ask and how fast come first, before any parsing: a flood costs a dict lookup per packet.
