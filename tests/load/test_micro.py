@@ -18,10 +18,9 @@ import dns.rrset
 import pytest
 
 from resolver.core import cache as cache_mod
-from resolver.core import trie as trie_mod
 from resolver.core import wire
 from resolver.core.cache import Cache, CacheLimits
-from resolver.core.trie import DomainTrie
+from tests.support.domaintrie import DomainTrie, pack
 
 pytest.importorskip("pytest_benchmark")
 
@@ -81,10 +80,7 @@ def test_trie_lookup_100k(benchmark: Any, trie: DomainTrie[str], domains: list[s
 @pytest.mark.parametrize("kind", ["hit", "miss"])
 def test_packed_trie_lookup_100k(benchmark: Any, trie: DomainTrie[str], domains: list[str], kind: str) -> None:
     """``PackedTrie.lookup``, when the policy serves from a packed copy of the trie (skipped where it does not)."""
-    packed_cls = getattr(trie_mod, "PackedTrie", None)
-    if packed_cls is None:
-        pytest.skip("resolver.core.trie has no PackedTrie")
-    packed = packed_cls(trie)
+    packed = pack(trie)
     labels = _labels(_trie_name(domains, kind))
     assert benchmark(packed.lookup, labels) == ("block" if kind == "hit" else None)
 

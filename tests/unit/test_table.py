@@ -27,7 +27,8 @@ from resolver.core.policy import (
     Verdict,
 )
 from resolver.core.table import ROOT, TableBuilder, chains
-from resolver.core.trie import DomainTrie, Match, PackedTrie
+from resolver.core.trie import Match, PackedTrie
+from tests.support.domaintrie import DomainTrie
 
 WORDS = ["a", "b", "cdn", "www", "tiktok", "example", "co", "uk", "com", "x1", "deep", "_srv", "a-b"]
 MATCHES: list[Match] = ["exact", "subtree", "below"]
