@@ -170,12 +170,7 @@ class Pipeline:
             return self._done(transport, REFUSED, now, wire.any_reply(query), query)
         entry = self.cache.get(query.cache_key, now)
         if entry is not None:
-            if entry.cnames and policy.cname_cloaking:
-                cloak = self._cloaked(policy, entry, group, client, client_id)
-                if cloak is not None:
-                    return self._blocked(policy, cloak, query, transport, now)
-            reply = self._done(transport, CACHED, now, self._fit(cache_mod.render(entry, query, now), query, transport),
-                               query)
+            reply = self._from_entry(entry, query, CACHED, now, now)
             if self.cache.wants_prefetch(entry, now) and self.inflight.admit_prefetch(query):
                 return Prefetch(reply, query)
             return reply
@@ -195,14 +190,8 @@ class Pipeline:
         except WireFormatError:
             return self.on_failure(query)
         self.cache.put(query.cache_key, entry)
-        policy = self.policy
-        if entry.cnames and policy.cname_cloaking:
-            cloak = self._cloaked(policy, entry, query.group, query.client, query.client_id)
-            if cloak is not None:
-                return self._blocked(policy, cloak, query, query.transport, query.received)
         outcome = FORWARDED if entry.flags & 0x0F in (wire.NOERROR, wire.NXDOMAIN) else ERROR  # (the rcode)
-        answer = self._fit(cache_mod.render(entry, query, now), query, query.transport)
-        return self._done(query.transport, outcome, query.received, answer, query, now=now)
+        return self._from_entry(entry, query, outcome, query.received, now, finished=now)
 
     def on_failure(self, query: Query) -> bytes:
         """No upstream answered in time: a stale answer if the cache still has one (RFC 8767), else SERVFAIL -
@@ -210,13 +199,7 @@ class Pipeline:
         now = self.clock()
         entry = self.cache.get_stale(query.cache_key, now)
         if entry is not None:
-            policy = self.policy
-            if entry.cnames and policy.cname_cloaking:
-                cloak = self._cloaked(policy, entry, query.group, query.client, query.client_id)
-                if cloak is not None:
-                    return self._blocked(policy, cloak, query, query.transport, query.received)
-            reply = cache_mod.render(entry, query, now, self.cache.limits.stale_ttl)
-            return self._done(query.transport, STALE, query.received, self._fit(reply, query, query.transport), query)
+            return self._from_entry(entry, query, STALE, query.received, now, self.cache.limits.stale_ttl)
         return self._done(query.transport, ERROR, query.received, wire.simple_reply(query, wire.SERVFAIL), query)
 
     def store(self, query: Query, reply: bytes | None) -> None:
@@ -238,6 +221,18 @@ class Pipeline:
         exempted = self.stats.exempted
         exempted[verdict.key] = exempted.get(verdict.key, 0) + 1
         return True
+
+    def _from_entry(self, entry: Entry, query: Query, outcome: int, started: float, now: float,
+                    stale_ttl: int | None = None, finished: float | None = None) -> bytes:
+        """The client's answer from a cache entry (fresh, just forwarded or stale), unless its CNAME chain passes
+        through a name blocked for this client: the one place CNAME cloaking is checked."""
+        policy = self.policy
+        if entry.cnames and policy.cname_cloaking:
+            cloak = self._cloaked(policy, entry, query.group, query.client, query.client_id)
+            if cloak is not None:
+                return self._blocked(policy, cloak, query, query.transport, started)
+        reply = self._fit(cache_mod.render(entry, query, now, stale_ttl), query, query.transport)
+        return self._done(query.transport, outcome, started, reply, query, now=finished)
 
     def _cloaked(self, policy: Policy, entry: Entry, group: int, client: str, client_id: str | None) -> Verdict | None:
         """The verdict of the first blocked name the answer's CNAME chain passes through, if any."""
