@@ -100,7 +100,7 @@ class Server:
         gc.freeze()  # the policy and the code loaded so far live for good: later collections skip them
         # With the default 700, the young generation is collected every few dozen forwarded queries, and each time
         # the hundreds of questions in flight survive and are promoted, to be walked again by the older
-        # collections: a third of a forwarded query's CPU (W3: 113 -> 75 µs per query at 10,000).
+        # collections, a large share of a forwarded query's CPU (tests/load/RESULTS.md).
         gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
         for endpoint in self.config.listen:
             tcp, port = self._listen(endpoint)

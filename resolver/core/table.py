@@ -3,12 +3,12 @@
 A node of the trie is one slot of an open-addressing table (linear probing), keyed by the hash of its path from
 the root, ``hash((parent's key, label))``: the same chain the lookup computes label by label. ``keys`` holds the
 key (0: an empty slot), ``values`` at the same slot the index of the node's (here, below) value pair, or 0 for
-a node that is only the ancestor of entries. 9 bytes a slot, at most 2/3 of the slots used, instead of a dict
-and a bytes object per label: a million-name list is about 19 MB, and it is never held as a dict trie first.
+a node that is only the ancestor of entries. A few bytes a slot, at most 2/3 of the slots used, instead of a
+dict and a bytes object per label; a list is never held as a dict trie first.
 
 ``keys`` is a ``vec[i64]`` from ``librt`` (mypyc's runtime library), not an ``array``: compiled, a probe reads it
-as a C array, with no int object made per read. A million-name build spent 0.8 s in inserts with an array and
-about 0.3 s with the vec; interpreted, both cost the same.
+as a C array, with no int object made per read, which makes a big list's inserts much cheaper; interpreted, both
+cost the same (tests/load/RESULTS.md has the numbers).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from mypy_extensions import i64
 
 ROOT: Final = 1  # the key of the root. A node whose key is 0 (1 in 2**64) reads as an empty slot: the lookup finds it
 # as if present without values, so its subtree is still found.
-# The table doubles before it is more than 2/3 full: at 3/4 a lookup was measured 50% slower, as every walk ends
-# with a probe for a name that is not there, and that probe's length grows fast with the load.
+# The table doubles before it is more than 2/3 full: every walk ends with a probe for a name that is not there,
+# and that probe's length grows fast with the load (a fuller table was measurably slower).
 _LOAD_NUM: Final = 2
 _LOAD_DEN: Final = 3
 _NOT_SEPARATORS: Final = bytes(sorted(set(range(256)) - set(b".\n")))
@@ -147,7 +147,7 @@ class TableBuilder:
 
     def put(self, keys: Collection[int], value: int, combine: Combine) -> None:
         """Insert nodes by key: the one loop in Python per node, so it is kept to a few operations. (Placing the
-        keys whose home slot is free with C-level ``map`` passes instead was measured slower.)"""
+        keys whose home slot is free with C-level ``map`` passes instead was slower.)"""
         table = self._keys
         mask: i64 = self._mask
         found = 0
