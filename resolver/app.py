@@ -31,7 +31,7 @@ from resolver.net.upstream import UpstreamPool
 from resolver.ops.metrics import MetricsServer
 from resolver.ops.querylog import QueryLog, QueryLogConfig
 from resolver.ops.reload import Reloader
-from resolver.ops.snapshot import take
+from resolver.ops.snapshot import Snapshot, take
 from resolver.ops.workers import SnapshotSender
 from resolver.tasks import TaskSet
 
@@ -108,7 +108,7 @@ class Server:
             self.servers.append(server)
             self.bound.append(str(Endpoint(endpoint.host, port)))
         if self.config.metrics is not None:
-            metrics = MetricsServer(lambda: take(self), self.ready)
+            metrics = MetricsServer(self.snapshot, self.ready)
             m = self.config.metrics
             try:
                 self.servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
@@ -127,7 +127,7 @@ class Server:
                 self.background.spawn(self._refresh(source))
         if self.snapshot_fd is not None:
             sender = SnapshotSender(self.snapshot_fd)
-            self.background.spawn(sender.run(lambda: take(self)))
+            self.background.spawn(sender.run(self.snapshot))
         what = "resolver ready" if self.worker is None else f"worker {self.worker} ready"
         log.info("%s: dns %s (udp+tcp), upstreams %s, metrics %s, policy %s, build %s", what,
                  " ".join(self.bound), " ".join(str(e) for e in self.upstreams.endpoints),
@@ -165,6 +165,12 @@ class Server:
 
     def loop_time(self) -> float:
         return asyncio.get_running_loop().time()
+
+    def snapshot(self) -> Snapshot:
+        querylog = None if self.querylog is None else (self.querylog.written, self.querylog.dropped)
+        return take(stats=self.stats, cache=self.cache, policy=self.pipeline.policy, reloads=self.reloader.stats,
+                    upstreams=self.upstreams.upstream_stats, loop_now=self.loop_time(), tcp_rejected=self.tcp.rejected,
+                    querylog=querylog, ready=self.ready(), started=self.started)
 
     def ready(self) -> bool:
         """Listening, not shutting down, a policy loaded, and at least one upstream answering."""

@@ -1,7 +1,7 @@
 """The Prometheus families, every one built from one Snapshot, so one process and N workers export the same way.
 
 Apart from ``resolver.ops.metrics`` (the HTTP side) because only a resolver with a metrics listener needs it: one with
-metrics off never imports prometheus_client, which is 30 ms of a start-up.
+metrics off never imports prometheus_client, whose import would lengthen every start-up.
 """
 
 from __future__ import annotations

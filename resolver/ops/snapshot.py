@@ -1,17 +1,26 @@
 """A picklable copy of every number the metrics and the status page show, and how to add them up.
 
-One process takes its snapshot at scrape time. With ``--workers N`` each worker sends one a second to the
-supervisor, which adds them (plus what workers that died had counted, so counters never go backwards).
+One process takes its snapshot at scrape time. With ``--workers N`` each worker sends one to the supervisor every
+``SNAPSHOT_SECONDS``, and the supervisor adds them (plus what workers that died had counted, so counters never go
+backwards).
+
+``take`` is handed exactly the parts it reads, never the server: this module sits below the composition root (the
+supervisor imports it too), so it must not import its way back up.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from resolver.app import Server
+if TYPE_CHECKING:  # types only: the supervisor, which merely adds snapshots up, need not load the serving modules
+    from resolver.core.cache import Cache
+    from resolver.core.policy import Policy
+    from resolver.core.stats import Stats
+    from resolver.net.upstream import UpstreamStats
+    from resolver.ops.reload import ReloadStats
 
 
 @dataclass(slots=True)
@@ -46,12 +55,11 @@ class Snapshot:
     taken: float = field(default_factory=time.time)
 
 
-def take(server: Server) -> Snapshot:
-    stats = server.stats
-    cache = server.cache
-    policy = server.pipeline.policy
-    reload_stats = server.reloader.stats
-    healthy_now = server.loop_time()
+def take(*, stats: Stats, cache: Cache, policy: Policy, reloads: ReloadStats, upstreams: Mapping[str, UpstreamStats],
+         loop_now: float, tcp_rejected: int, querylog: tuple[int, int] | None, ready: bool,
+         started: float) -> Snapshot:
+    """Copy the numbers out now. ``loop_now`` is the event loop's clock, the one upstream health is kept on;
+    ``querylog`` is (written, dropped), None without a query log; ``started`` is Unix time."""
     default = policy.groups[0]
     # Every (platform, group) the policy blocks or monitors is exported from 0, so rate() sees the first one.
     blocked = {(pid, g.name): 0 for g in policy.groups for pid in g.block}
@@ -68,24 +76,23 @@ def take(server: Server) -> Snapshot:
         counters={
             "malformed": stats.malformed, "upstream_mismatch": stats.upstream_mismatch, "shed": stats.shed,
             "acl_dropped": stats.acl_dropped, "rate_limited": stats.rate_limited, "send_dropped": stats.send_dropped,
-            "cache_hits": cache.hits,
-            "cache_misses": cache.misses, "cache_evictions": cache.evictions, "reloads_ok": reload_stats.ok,
-            "reloads_failed": reload_stats.failed, "fetch_ok": reload_stats.fetch_ok,
-            "fetch_failed": reload_stats.fetch_failed, "tcp_rejected": server.tcp.rejected,
+            "cache_hits": cache.hits, "cache_misses": cache.misses, "cache_evictions": cache.evictions,
+            "reloads_ok": reloads.ok, "reloads_failed": reloads.failed, "fetch_ok": reloads.fetch_ok,
+            "fetch_failed": reloads.fetch_failed, "tcp_rejected": tcp_rejected,
         },
         cache_entries=len(cache),
         upstreams={
             name: UpstreamSnap(u.requests, u.errors, u.timeouts, list(u.latency_buckets), u.latency_sum,
-                               u.down_until <= healthy_now)
-            for name, u in server.upstreams.upstream_stats.items()
+                               u.down_until <= loop_now)
+            for name, u in upstreams.items()
         },
         policy_version=policy.version,
         platforms=[(p.id, p.category, p.id in default.block, len(p.domains)) for p in policy.platforms.values()],
         exemptions=[(e.reference, ",".join(sorted(e.platforms)), e.starts, e.expires) for e in policy.exemptions],
-        loaded_at=reload_stats.loaded_at,
-        ready=server.ready(),
-        started=server.started,
-        querylog=None if server.querylog is None else (server.querylog.written, server.querylog.dropped),
+        loaded_at=reloads.loaded_at,
+        ready=ready,
+        started=started,
+        querylog=querylog,
     )
 
 

@@ -1,8 +1,8 @@
 """A self-contained status page for small sites without Grafana, and the JSON it polls.
 
-``PAGE`` is served at ``/``; every 2 s it fetches ``status.json`` (``status_json(snapshot)``). The JSON carries
-only cumulative counters and the server's clock, so the server keeps no history: the page remembers the last
-five minutes itself and turns counter differences into rates. No external assets (no CDN, no fonts, no images);
+``PAGE`` is served at ``/``; every ``POLL_MS`` it fetches ``status.json`` (``status_json(snapshot)``). The JSON
+carries only cumulative counters and the server's clock, so the server keeps no history: the page remembers the
+last ``WINDOW_S`` itself and turns counter differences into rates. No external assets (no CDN, no fonts, no images);
 a Content-Security-Policy in the page allows only its own inline style and script (by hash) and fetches to its
 own origin. Values reach the DOM through ``textContent`` only, never as HTML.
 """
@@ -190,7 +190,6 @@ function render(s) {
   setText("errors-sub", ecap + " (SERVFAIL, FORMERR…)" + (stale ? " · " + fmtInt(stale) + " stale answers" : ""));
   $("errors").className = "value" + (er !== null && er > 0.05 ? " alarm" : "");
   setText("meta", "version " + s.version + " · up " + fmtAge(s.uptime_seconds) + " · updated " + fmtUtc(s.time));
-  // top blocked platforms
   const tb = $("platforms").tBodies[0]; tb.replaceChildren();
   const blockedTotal = s.blocked.reduce((a, r) => a + r.count, 0);
   for (const r of s.blocked.slice(0, 10)) {
@@ -198,7 +197,6 @@ function render(s) {
     row(tb, [r.platform, fmtInt(r.count), fmtPct(r.count / blockedTotal), now === null ? "—" : fmtRate(now)]);
   }
   if (!s.blocked.length) emptyRow(tb, 4, "nothing blocked yet");
-  // upstreams
   const ub = $("upstreams").tBodies[0]; ub.replaceChildren();
   for (const u of s.upstreams) {
     const failed = u.errors + u.timeouts;
@@ -206,7 +204,6 @@ function render(s) {
              u.requests ? fmtPct(failed / u.requests) : "—", u.healthy ? pill("healthy", "ok") : pill("down", "bad")]);
   }
   if (!s.upstreams.length) emptyRow(ub, 6, "no upstreams configured");
-  // policy
   setText("policy-version", s.policy.version);
   setText("policy-loaded", fmtUtc(s.policy.loaded_at) + " (" + fmtAge(s.time - s.policy.loaded_at) + " ago)");
   setText("reloads-failed", fmtInt(s.policy.reloads_failed));

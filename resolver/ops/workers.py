@@ -2,8 +2,11 @@
 
 The supervisor starts each worker as a fresh ``resolver serve`` process (no fork of a running event loop),
 restarts one that dies, forwards SIGHUP (every worker reloads) and SIGTERM (every worker drains, bounded), and
-serves the metrics: each worker sends a Snapshot a second down a pipe, and the supervisor adds them up, keeping
-what dead workers had counted so no counter goes backwards.
+serves the metrics: each worker sends a Snapshot down a pipe every SNAPSHOT_SECONDS, and the supervisor adds them
+up, keeping what dead workers had counted so no counter goes backwards.
+
+``Supervisor`` holds the decisions and ``WorkerProcess`` the plumbing (a process and its pipe), so the decisions
+are tested on a fake clock without processes or sockets.
 """
 
 from __future__ import annotations
@@ -17,14 +20,13 @@ import socket
 import struct
 import subprocess
 import sys
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from resolver.config.model import Config, Endpoint
 from resolver.ops.metrics import MetricsServer
 from resolver.ops.snapshot import Snapshot, merge
-from resolver.tasks import TaskSet
 
 log = logging.getLogger("resolver.ops.workers")
 _FRAME = struct.Struct("!I")
@@ -54,105 +56,161 @@ def pin_ports(config: Config) -> Config:
     return replace(config, listen=tuple(listen))
 
 
+class Child(Protocol):
+    """A worker process as the supervisor sees it: something to signal, and to kill when it will not stop."""
+
+    def signal(self, signum: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """When to act later (the event loop in service, a fake clock in the tests)."""
+
+    def call_later(self, delay: float, callback: Callable[[], None], /) -> Cancellable: ...
+
+
 @dataclass(slots=True)
 class Worker:
     index: int
-    proc: subprocess.Popen[bytes] | None = None
+    child: Child | None = None  # None: not started yet, or dead and waiting for its restart
     latest: Snapshot | None = None
-    buffer: bytearray = field(default_factory=bytearray)
-    transport: asyncio.ReadTransport | None = None
-
-
-class _SnapshotReader(asyncio.Protocol):
-    def __init__(self, supervisor: Supervisor, worker: Worker) -> None:
-        self.supervisor = supervisor
-        self.worker = worker
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self.worker.buffer
-        buffer += data
-        while len(buffer) >= 4:
-            size = _FRAME.unpack_from(buffer)[0]
-            if len(buffer) < 4 + size:
-                return
-            # The pipe comes from a child we started ourselves, so unpickling it is safe.
-            self.worker.latest = pickle.loads(bytes(buffer[4 : 4 + size]))
-            del buffer[: 4 + size]
-        if self.worker.latest is not None:
-            self.supervisor.check_ready()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.supervisor.lost(self.worker)
 
 
 class Supervisor:
-    def __init__(self, count: int, argv: Sequence[str], config: Config) -> None:
+    """The decisions: when to start, restart, signal and kill workers, when the service is ready, and what the
+    metrics add up to. Processes reach it as events (``reported``, ``exited``); it acts on them through a starter
+    and a timer, so the tests drive it with fakes and a fake clock. ``run`` wires it to real processes."""
+
+    def __init__(self, count: int, argv: Sequence[str], config: Config, *,
+                 start: Callable[[int], Child] | None = None, timers: Timers | None = None) -> None:
         self.count = count
         self.argv = list(argv)
         self.config = config
+        self.start_child = start  # index -> a started worker; by default a real process, made in ``run``
+        self.timers = timers
         self.workers = [Worker(i) for i in range(count)]
         self.retired: Snapshot | None = None
         self.restarts = 0
         self.stopping = False
         self.announced = False
-        self.done = asyncio.Event()
-        self.tasks = TaskSet()
+        self.done = False
+        self.on_done: Callable[[], None] = lambda: None
+        self._kill_timer: Cancellable | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        if self.timers is None:
+            self.timers = loop
+        if self.start_child is None:
+            self.start_child = self._start_process
+        finished = asyncio.Event()
+        self.on_done = finished.set
         for signame in ("SIGTERM", "SIGINT"):
-            loop.add_signal_handler(getattr(signal, signame), lambda: self.tasks.spawn(self.stop()))
-        loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
+            loop.add_signal_handler(getattr(signal, signame), self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.hup)
         servers = []
         if self.config.metrics is not None:
             m = self.config.metrics
             metrics = MetricsServer(self.snapshot, self.ready)
             servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
-        for worker in self.workers:
-            await self.spawn(worker)
-        await self.done.wait()
+        self.start()
+        await finished.wait()
         for server in servers:
             server.close()
         return 0
 
-    async def spawn(self, worker: Worker) -> None:
-        read_fd, write_fd = os.pipe()
-        args = [sys.executable, "-m", "resolver", *self.argv, "--worker", f"{worker.index}:{write_fd}"]
-        worker.proc = subprocess.Popen(args, pass_fds=(write_fd,))
-        os.close(write_fd)
-        worker.buffer.clear()
-        loop = asyncio.get_running_loop()
-        pipe = os.fdopen(read_fd, "rb", buffering=0)
-        worker.transport, _ = await loop.connect_read_pipe(lambda: _SnapshotReader(self, worker), pipe)
+    def _start_process(self, index: int) -> Child:
+        return WorkerProcess(index, self.argv, self.reported, self.exited)
 
-    def lost(self, worker: Worker) -> None:
-        """The worker's pipe closed: it exited. Keep its counts, and start a new one unless we are stopping."""
-        if worker.latest is not None:
-            self.retired = merge([], merge([worker.latest], self.retired))
-            worker.latest = None
-        if self.stopping:
-            if all(w.latest is None and (w.proc is None or w.proc.poll() is not None) for w in self.workers):
-                self.done.set()
+    def _timers(self) -> Timers:
+        if self.timers is None:
+            raise RuntimeError("the supervisor has no timers: give it some, or start it with run()")
+        return self.timers
+
+    # -- events ---------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for worker in self.workers:
+            self._spawn(worker)
+
+    def _spawn(self, worker: Worker) -> None:
+        if self.start_child is None:
+            raise RuntimeError("the supervisor has no way to start a worker: give it one, or start it with run()")
+        worker.latest = None
+        worker.child = self.start_child(worker.index)
+
+    def reported(self, index: int, snap: Snapshot) -> None:
+        """Worker ``index`` sent a snapshot (it does so only once its listeners are bound)."""
+        worker = self.workers[index]
+        if worker.child is None:
             return
-        code = worker.proc.wait() if worker.proc is not None else None
-        log.error("worker %d exited (status %s); restarting it in %.0fs", worker.index, code, RESTART_BACKOFF)
-
-        def restart() -> None:
-            # A signal sent to the whole process group reaches the workers first: by now we may be stopping.
-            if not self.stopping:
-                self.restarts += 1
-                self.tasks.spawn(self.spawn(worker))
-            elif all(w.proc is None or w.proc.poll() is not None for w in self.workers):
-                self.done.set()
-
-        asyncio.get_running_loop().call_later(RESTART_BACKOFF, restart)
-
-    def check_ready(self) -> None:
-        # Every worker reports only after binding its listeners: once all have, the service is up.
+        worker.latest = snap
+        # Once every worker has bound its listeners, the service is up.
         if not self.announced and all(w.latest is not None for w in self.workers):
             self.announced = True
             log.info("resolver ready: dns %s (udp+tcp), %d workers, metrics %s",
                      " ".join(str(e) for e in self.config.listen), self.count, self.config.metrics or "off")
+
+    def exited(self, index: int, status: int | None) -> None:
+        """Worker ``index`` is gone. Keep its counts, and start a new one unless we are stopping."""
+        worker = self.workers[index]
+        worker.child = None
+        if worker.latest is not None:
+            self.retired = merge([], merge([worker.latest], self.retired))
+            worker.latest = None
+        if self.stopping:
+            self._finish_if_all_gone()
+            return
+        log.error("worker %d exited (status %s); restarting it in %.0fs", index, status, RESTART_BACKOFF)
+
+        def restart() -> None:
+            # A signal sent to the whole process group reaches the workers first: by now we may be stopping.
+            if not self.stopping and worker.child is None:
+                self.restarts += 1
+                self._spawn(worker)
+
+        self._timers().call_later(RESTART_BACKOFF, restart)
+
+    def hup(self) -> None:
+        log.info("SIGHUP: every worker reloads")
+        for worker in self.workers:
+            if worker.child is not None:
+                worker.child.signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        """Every worker drains; one still running after STOP_SECONDS is killed."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("shutting down %d workers", self.count)
+        for worker in self.workers:
+            if worker.child is not None:
+                worker.child.signal(signal.SIGTERM)
+        if not self._finish_if_all_gone():
+            self._kill_timer = self._timers().call_later(STOP_SECONDS, self._kill_stragglers)
+
+    def _kill_stragglers(self) -> None:
+        for worker in self.workers:
+            if worker.child is not None:
+                log.error("worker %d did not stop in %.0fs; killing it", worker.index, STOP_SECONDS)
+                worker.child.kill()
+
+    def _finish_if_all_gone(self) -> bool:
+        if any(w.child is not None for w in self.workers):
+            return False
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        if not self.done:
+            self.done = True
+            self.on_done()
+        return True
+
+    # -- what the metrics server reads ----------------------------------------------------------------------------
 
     def ready(self) -> bool:
         return not self.stopping and all(w.latest is not None and w.latest.ready for w in self.workers)
@@ -165,39 +223,75 @@ class Supervisor:
         snap.counters["worker_restarts"] = self.restarts
         return snap
 
-    def _forward_hup(self) -> None:
-        log.info("SIGHUP: every worker reloads")
-        for worker in self.workers:
-            if worker.proc is not None and worker.proc.poll() is None:
-                worker.proc.send_signal(signal.SIGHUP)
 
-    async def stop(self) -> None:
-        if self.stopping:
+class WorkerProcess:
+    """The plumbing of one worker: a fresh ``resolver serve --worker INDEX:FD`` process (never a fork of a running
+    event loop) and the pipe it sends its snapshots down. The pipe closing is how its death is noticed."""
+
+    def __init__(self, index: int, argv: Sequence[str], reported: Callable[[int, Snapshot], None],
+                 exited: Callable[[int, int | None], None]) -> None:
+        self.index = index
+        self.reported = reported
+        self.exited = exited
+        self.buffer = bytearray()
+        read_fd, write_fd = os.pipe()
+        args = [sys.executable, "-m", "resolver", *argv, "--worker", f"{index}:{write_fd}"]
+        try:
+            self.proc = subprocess.Popen(args, pass_fds=(write_fd,))
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self.fd = read_fd
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(read_fd, self._readable)
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
             return
-        self.stopping = True
-        log.info("shutting down %d workers", self.count)
-        for worker in self.workers:
-            if worker.proc is not None and worker.proc.poll() is None:
-                worker.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_SECONDS
-        for worker in self.workers:
-            while worker.proc is not None and worker.proc.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if worker.proc is not None and worker.proc.poll() is None:
-                log.error("worker %d did not stop in %.0fs; killing it", worker.index, STOP_SECONDS)
-                worker.proc.kill()
-                worker.proc.wait()
-        self.done.set()
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            # The pipe closes as the process exits: this waits only for the kernel to finish the exit.
+            self.exited(self.index, self.proc.wait())
+            return
+        buffer = self.buffer
+        buffer += data
+        latest: Snapshot | None = None
+        while len(buffer) >= 4:
+            size = _FRAME.unpack_from(buffer)[0]
+            if len(buffer) < 4 + size:
+                break
+            # The pipe comes from a child we started ourselves, so unpickling it is safe.
+            latest = pickle.loads(bytes(buffer[4 : 4 + size]))
+            del buffer[: 4 + size]
+        if latest is not None:
+            self.reported(self.index, latest)
 
 
 class SnapshotSender:
-    """Worker side: a Snapshot a second down the pipe, skipped (never queued) if the supervisor is behind."""
+    """Worker side: a Snapshot every SNAPSHOT_SECONDS down the pipe, skipped (never queued) while the supervisor
+    is behind, so a stalled supervisor cannot make a worker's memory grow."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.transport: asyncio.WriteTransport | None = None
 
-    async def run(self, take: object) -> None:
+    async def run(self, take: Callable[[], Snapshot]) -> None:
         loop = asyncio.get_running_loop()
         pipe = os.fdopen(self.fd, "wb", buffering=0)
         self.transport, _ = await loop.connect_write_pipe(asyncio.Protocol, pipe)
@@ -205,9 +299,9 @@ class SnapshotSender:
             self.send(take)
             await asyncio.sleep(SNAPSHOT_SECONDS)
 
-    def send(self, take: object) -> None:
+    def send(self, take: Callable[[], Snapshot]) -> None:
         transport = self.transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size() > 1 << 20:
             return
-        data = pickle.dumps(take() if callable(take) else take, protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(take(), protocol=pickle.HIGHEST_PROTOCOL)
         transport.write(_FRAME.pack(len(data)) + data)

@@ -51,7 +51,7 @@ def test_dns_over_tls_reuses_its_connection_and_survives_the_upstream_closing_it
             auth.add(f"n{i}.example.test", "A", f"192.0.2.{100 + i}")
             assert addresses(server.query(f"n{i}.example.test", "A"), "A") == [f"192.0.2.{100 + i}"]
         assert proxy.handshakes == 1
-        time.sleep(1.5)  # the upstream closes the connection
+        assert wait_for(lambda: proxy.idle_closed == 1, timeout=10)  # the upstream closes the idle connection
         assert addresses(server.query(WWW, "A"), "A") == [WWW_V4]
         assert proxy.handshakes == 2
         assert server.stop() == 0, server.stderr_text()  # and it shuts down cleanly with a connection open

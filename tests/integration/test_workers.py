@@ -68,7 +68,8 @@ def test_a_killed_worker_is_restarted_and_nothing_is_lost(resolver_factory: Reso
         samples = parse_samples(server.metrics_text())
         return total(samples, "resolver_worker_restarts_total") == 1 and \
             total(samples, "resolver_queries_total") >= sent - 20
-    # What the dead worker answered after its last report (< 1 s of traffic) is the only count that can be lost.
+    # What the dead worker answered after its last report (at most one report interval of traffic) is the only
+    # count that can be lost.
     assert wait_for(counted, timeout=10), server.metrics_text()[-2000:]
 
 

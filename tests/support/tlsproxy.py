@@ -39,6 +39,7 @@ class TlsProxy:
         self.sock.settimeout(0.2)
         self.port: int = self.sock.getsockname()[1]
         self.handshakes = 0
+        self.idle_closed = 0  # connections this proxy closed because the client went quiet
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -65,7 +66,10 @@ class TlsProxy:
             with self.context.wrap_socket(raw, server_side=True) as conn:
                 self.handshakes += 1
                 while True:
-                    head = recv_exact(conn, 2)
+                    try:
+                        head = recv_exact(conn, 2)
+                    except TimeoutError:
+                        break  # idle: counted once the socket is closed, so a test can wait for the close
                     if head is None:
                         return
                     query = recv_exact(conn, int.from_bytes(head, "big"))
@@ -78,5 +82,6 @@ class TlsProxy:
                     if reply is None:
                         return
                     conn.sendall(len(reply).to_bytes(2, "big") + reply)
+            self.idle_closed += 1
         except (OSError, ssl.SSLError):
             return

@@ -1,0 +1,223 @@
+"""The supervisor's decisions on a fake clock, with fake workers: no process, no pipe, no socket, no sleep.
+
+Each test plays the events real workers would cause (``reported`` when a snapshot arrives, ``exited`` when one
+dies) and checks what the supervisor does about them. tests/integration/test_workers.py runs the real processes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from resolver.config.model import Config
+from resolver.ops.snapshot import Snapshot
+from resolver.ops.workers import RESTART_BACKOFF, STOP_SECONDS, Supervisor
+
+
+@dataclass
+class FakeTimer:
+    when: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    """Timers fire only when the test moves the clock on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._queue: list[tuple[float, int, FakeTimer]] = []
+        self._order = itertools.count()
+
+    def call_later(self, delay: float, callback: Callable[[], None], /) -> FakeTimer:
+        timer = FakeTimer(self.now + delay, callback)
+        heapq.heappush(self._queue, (timer.when, next(self._order), timer))
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        until = self.now + seconds
+        while self._queue and self._queue[0][0] <= until:
+            when, _, timer = heapq.heappop(self._queue)
+            self.now = when
+            if not timer.cancelled:
+                timer.callback()
+        self.now = until
+
+
+@dataclass
+class FakeChild:
+    index: int
+    signals: list[int] = field(default_factory=list)
+    killed: bool = False
+
+    def signal(self, signum: int) -> None:
+        self.signals.append(signum)
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+class Plant:
+    """Starts fake workers and remembers every one it started, in order."""
+
+    def __init__(self) -> None:
+        self.started: list[FakeChild] = []
+
+    def start(self, index: int) -> FakeChild:
+        child = FakeChild(index)
+        self.started.append(child)
+        return child
+
+    def of(self, index: int) -> list[FakeChild]:
+        return [c for c in self.started if c.index == index]
+
+
+def snap(queries: int, *, ready: bool = True) -> Snapshot:
+    return Snapshot(
+        queries=[queries], buckets=[[queries]], sums=[0.0], blocked={}, monitored={}, exempted={},
+        counters={"cache_hits": queries}, cache_entries=queries, upstreams={}, policy_version="v1", platforms=[],
+        exemptions=[], loaded_at=1.0, ready=ready, started=1.0)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def plant() -> Plant:
+    return Plant()
+
+
+@pytest.fixture
+def sup(clock: FakeClock, plant: Plant) -> Supervisor:
+    supervisor = Supervisor(2, ["serve"], Config(), start=plant.start, timers=clock)
+    supervisor.start()
+    return supervisor
+
+
+def test_every_worker_is_started(sup: Supervisor, plant: Plant) -> None:
+    assert [c.index for c in plant.started] == [0, 1]
+
+
+def test_ready_only_when_every_worker_has_reported_ready(sup: Supervisor) -> None:
+    assert not sup.ready() and not sup.announced
+    sup.reported(0, snap(1))
+    assert not sup.ready() and not sup.announced  # one worker bound its ports; the other may not yet
+    sup.reported(1, snap(1, ready=False))
+    assert sup.announced and not sup.ready()  # both listen, but one has no healthy upstream yet
+    sup.reported(1, snap(1))
+    assert sup.ready()
+
+
+def test_a_dead_worker_is_restarted_after_the_backoff_and_counted(sup: Supervisor, clock: FakeClock,
+                                                                  plant: Plant) -> None:
+    sup.reported(0, snap(1))
+    sup.reported(1, snap(1))
+    sup.exited(0, -9)
+    assert not sup.ready()  # one worker short until its replacement reports
+    clock.advance(RESTART_BACKOFF * 0.99)
+    assert len(plant.of(0)) == 1 and sup.restarts == 0  # no restart storm from a worker that dies at once
+    clock.advance(RESTART_BACKOFF * 0.02)
+    assert len(plant.of(0)) == 2 and sup.restarts == 1
+    sup.reported(0, snap(0))
+    assert sup.ready()
+    assert sup.snapshot().counters["worker_restarts"] == 1
+
+
+def test_a_death_while_stopping_is_not_restarted(sup: Supervisor, clock: FakeClock, plant: Plant) -> None:
+    sup.stop()
+    sup.exited(0, 0)
+    clock.advance(RESTART_BACKOFF * 2)
+    assert len(plant.started) == 2 and sup.restarts == 0 and not sup.done
+    sup.exited(1, 0)
+    assert sup.done
+
+
+def test_a_restart_due_after_the_stop_began_does_not_happen(sup: Supervisor, clock: FakeClock,
+                                                            plant: Plant) -> None:
+    sup.exited(0, -9)  # e.g. SIGTERM sent to the whole group reached this worker before the supervisor
+    sup.stop()
+    clock.advance(RESTART_BACKOFF * 2)
+    assert len(plant.started) == 2 and sup.restarts == 0
+    sup.exited(1, 0)
+    assert sup.done
+
+
+def test_stop_asks_every_worker_to_drain_and_kills_one_that_ignores_it(sup: Supervisor, clock: FakeClock,
+                                                                       plant: Plant) -> None:
+    finished: list[bool] = []
+    sup.on_done = lambda: finished.append(True)
+    sup.stop()
+    first, second = plant.started
+    assert first.signals == [signal.SIGTERM] and second.signals == [signal.SIGTERM]
+    sup.exited(0, 0)
+    clock.advance(STOP_SECONDS * 0.99)
+    assert not second.killed and not sup.done  # still draining: its time is not up
+    clock.advance(STOP_SECONDS * 0.02)
+    assert second.killed and not first.killed
+    sup.exited(1, -9)
+    assert sup.done and finished == [True]
+
+
+def test_stop_kills_nobody_once_every_worker_has_stopped(sup: Supervisor, clock: FakeClock, plant: Plant) -> None:
+    sup.stop()
+    sup.exited(0, 0)
+    sup.exited(1, 0)
+    assert sup.done
+    clock.advance(STOP_SECONDS * 2)
+    assert not any(c.killed for c in plant.started)
+
+
+def test_a_second_stop_signal_changes_nothing(sup: Supervisor, plant: Plant) -> None:
+    sup.stop()
+    sup.stop()
+    assert all(c.signals == [signal.SIGTERM] for c in plant.started)
+
+
+def test_counts_of_a_dead_worker_survive_in_the_merged_snapshot(sup: Supervisor, clock: FakeClock) -> None:
+    sup.reported(0, snap(5))
+    sup.reported(1, snap(3))
+    assert sup.snapshot().queries == [8]
+    sup.exited(0, -9)
+    merged = sup.snapshot()
+    assert merged.queries == [8] and merged.counters["cache_hits"] == 8  # nothing went backwards
+    assert merged.cache_entries == 3 and merged.workers == 1  # its cache died with it
+    clock.advance(RESTART_BACKOFF)
+    sup.reported(0, snap(2))  # the replacement counts from zero
+    assert sup.snapshot().queries == [10]
+
+
+def test_a_late_report_from_a_dead_worker_is_not_counted_twice(sup: Supervisor) -> None:
+    sup.reported(0, snap(5))
+    sup.exited(0, -9)
+    sup.reported(0, snap(5))
+    sup.reported(1, snap(0))
+    assert sup.snapshot().queries == [5]
+
+
+def test_sighup_reaches_every_live_worker(sup: Supervisor, plant: Plant) -> None:
+    sup.exited(1, -9)  # dead, waiting for its restart: nothing to signal (its replacement reads the new config)
+    sup.hup()
+    assert plant.started[0].signals == [signal.SIGHUP]
+    assert plant.started[1].signals == []
+
+
+def test_sighup_reaches_a_restarted_worker(sup: Supervisor, clock: FakeClock, plant: Plant) -> None:
+    sup.exited(1, -9)
+    clock.advance(RESTART_BACKOFF)
+    sup.hup()
+    assert [c.signals for c in plant.started] == [[signal.SIGHUP], [], [signal.SIGHUP]]
+
+
+def test_no_snapshot_before_any_worker_reported(sup: Supervisor) -> None:
+    with pytest.raises(RuntimeError):
+        sup.snapshot()
