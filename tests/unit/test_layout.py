@@ -1,4 +1,5 @@
-"""The package's shape: no module imports itself back, however indirectly.
+"""The package's shape: no module imports itself back, however indirectly; modules and functions small enough
+to read in one sitting; only entry points and composition at the top; README's module map true.
 
 A cycle is counted even when one link is only for type checking (``if TYPE_CHECKING:``) or sits inside a function:
 either way the two modules can no longer be understood, tested or moved apart, and a deferred import is a cycle
@@ -9,12 +10,21 @@ as they move.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import resolver
 
 PACKAGE = Path(resolver.__file__).parent
+README = PACKAGE.parent / "README.md"
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 60
+# Longer on purpose, each with the reason (the same reason is in its docstring).
+LONG_ON_PURPOSE = {
+    "resolver/core/pipeline.py:Pipeline.on_query": "the per-packet path, read in order rather than paid for as calls",
+}
+TOP_LEVEL = {"__init__.py", "__main__.py", "cli.py", "app.py", "errors.py", "tasks.py"}
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -139,3 +149,63 @@ def test_the_cycle_check_sees_type_only_relative_and_deferred_imports(tmp_path: 
     graph = import_graph(pkg)
     assert graph["pkg.sub.d"] == {"pkg", "pkg.c"}
     assert sorted(cycles(graph)) == [["pkg.a", "pkg.b", "pkg.a"], ["pkg.c", "pkg.sub.d", "pkg.c"]]
+
+
+def _functions(tree: ast.AST, prefix: str = "") -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield prefix + node.name, node
+            yield from _functions(node, f"{prefix}{node.name}.")
+        elif isinstance(node, ast.ClassDef):
+            yield from _functions(node, f"{prefix}{node.name}.")
+
+
+def test_modules_and_functions_are_small() -> None:
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = str(path.relative_to(PACKAGE.parent))
+        source = path.read_text()
+        if source.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{where}: {source.count(chr(10))} lines")
+        for name, node in _functions(ast.parse(source)):
+            length = (node.end_lineno or node.lineno) - node.lineno + 1
+            if length > MAX_FUNCTION_LINES and f"{where}:{name}" not in LONG_ON_PURPOSE:
+                too_long.append(f"{where}:{name}: {length} lines")
+    assert not too_long, f"over {MAX_MODULE_LINES} lines a module or {MAX_FUNCTION_LINES} a function:\n" + \
+        "\n".join(too_long)
+
+
+def test_the_top_of_the_package_is_entry_points_and_composition() -> None:
+    top = {p.name for p in PACKAGE.glob("*.py")}
+    assert top == TOP_LEVEL, f"modules at the top of resolver/: {sorted(top)}; the rest belongs in a subpackage"
+
+
+def readme_module_map() -> dict[str, str]:
+    """README's module map (the ``resolver/`` tree under "Development"): path -> its one-line role."""
+    block = re.search(r"```text\n(resolver/\n.*?)```", README.read_text(), re.DOTALL)
+    assert block, "README has no module map (a text block starting with resolver/)"
+    out: dict[str, str] = {}
+    stack: list[tuple[int, str]] = [(-1, "resolver")]
+    for line in block.group(1).splitlines()[1:]:
+        match = re.match(r"^( *)(\S+)\s*(.*)$", line)
+        if not match or not match.group(1):
+            break  # the end of the resolver/ tree (blocklists/, tests/ … follow at the left margin)
+        indent, name, role = len(match.group(1)), match.group(2), match.group(3).strip()
+        while stack[-1][0] >= indent:
+            stack.pop()
+        path = f"{stack[-1][1]}/{name.rstrip('/')}"
+        out[path] = role
+        if name.endswith("/"):
+            stack.append((indent, path))
+    return out
+
+
+def test_readme_module_map_lists_every_module_with_its_role() -> None:
+    shown = readme_module_map()
+    modules_here = {str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
+                    if p.name != "__init__.py" or p.parent == PACKAGE}
+    folders = {str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert set(shown) == modules_here | folders, (
+        f"missing from README: {sorted(modules_here | folders - set(shown))}; "
+        f"in README but not in the package: {sorted(set(shown) - modules_here - folders)}")
+    assert all(shown.values()), f"no role given for {[k for k, v in shown.items() if not v]}"
