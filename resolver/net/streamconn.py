@@ -9,7 +9,6 @@ from typing import Any
 
 from resolver.config.model import Endpoint
 from resolver.core import wire
-from resolver.core.cache import matches
 from resolver.core.stats import Stats
 from resolver.core.wire import Query
 from resolver.errors import UpstreamError
@@ -78,7 +77,7 @@ class StreamConn:
                     return  # idle: close, and open again on the next question
                 reply = await reader.readexactly(int.from_bytes(head, "big"))
                 waiting = self.pending.get(reply[0] << 8 | reply[1]) if len(reply) >= 2 else None
-                if waiting is None or not matches(reply, reply[0] << 8 | reply[1], waiting[0]):
+                if waiting is None or not wire.is_response(reply, reply[0] << 8 | reply[1], waiting[0]):
                     self.stats.upstream_mismatch += 1
                     continue
                 self.answered += 1

@@ -24,7 +24,6 @@ from typing import Final
 
 from resolver.config.model import Endpoint
 from resolver.core import wire
-from resolver.core.cache import matches
 from resolver.core.stats import LATENCY_BOUNDS, Stats
 from resolver.core.wire import Query
 from resolver.errors import UpstreamError, UpstreamTimeout
@@ -309,7 +308,7 @@ class _Channel:
                 self.fail(UpstreamError(f"{self.endpoint}: {err}"))
                 return
             attempt = pending.get(data[0] << 8 | data[1]) if len(data) >= 12 else None
-            if attempt is None or not matches(data, attempt.qid, attempt.query):
+            if attempt is None or not wire.is_response(data, attempt.qid, attempt.query):
                 self.pool.stats.upstream_mismatch += 1  # forged or stale: keep listening for the real one
                 continue
             self._release(attempt.qid)
