@@ -1,8 +1,8 @@
 """Build hook: compile the hot path with mypyc when a C compiler is at hand; pure Python otherwise.
 
 The modules below are plain, ``mypy --strict``-clean Python: the same source runs interpreted or compiled, and the
-tests run against whichever build is installed. Compiled, the per-query CPU falls by about a third (forwarded
-queries by ~40%): see tests/load/RESULTS.md. The rest of the metadata is in pyproject.toml.
+tests run against whichever build is installed. Compiled, the per-query CPU falls markedly: see
+tests/load/RESULTS.md. The rest of the metadata is in pyproject.toml.
 
 ``RESOLVER_PURE=1`` skips compiling (e.g. to step through the hot path in a debugger). Without a compiler the
 extensions are optional: the build warns and installs the pure-Python package.
@@ -29,6 +29,7 @@ COMPILED = [
     "resolver/core/trie.py",
     "resolver/core/wire.py",
     "resolver/lists/stream.py",
+    "resolver/net/framing.py",
     "resolver/net/streamconn.py",
     "resolver/net/listeners.py",
     "resolver/net/upstream.py",

@@ -12,6 +12,7 @@ from resolver.core import wire
 from resolver.core.stats import Stats
 from resolver.core.wire import Query
 from resolver.errors import UpstreamError
+from resolver.net.framing import frame, read_frame
 from resolver.tasks import TaskSet
 
 
@@ -53,7 +54,7 @@ class StreamConn:
         try:
             if self.closed:
                 raise ConnectionLost("connection closed")
-            writer.write(len(packet).to_bytes(2, "big") + packet)
+            writer.write(frame(packet))
             return await future
         finally:
             self.pending.pop(qid, None)
@@ -70,12 +71,13 @@ class StreamConn:
             self.opened.set_result(writer)
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readexactly(2), self.IDLE_SECONDS)
-                except TimeoutError:
+                    reply = await read_frame(reader, self.IDLE_SECONDS)
+                except TimeoutError:  # no reply began: the stream is still in step
                     if self.pending:
                         continue
                     return  # idle: close, and open again on the next question
-                reply = await reader.readexactly(int.from_bytes(head, "big"))
+                if reply is None:
+                    raise ConnectionLost("closed by the upstream")
                 waiting = self.pending.get(reply[0] << 8 | reply[1]) if len(reply) >= 2 else None
                 if waiting is None or not wire.is_response(reply, reply[0] << 8 | reply[1], waiting[0]):
                     self.stats.upstream_mismatch += 1
@@ -83,7 +85,7 @@ class StreamConn:
                 self.answered += 1
                 if not waiting[1].done():
                     waiting[1].set_result(reply)
-        except (OSError, asyncio.IncompleteReadError, ssl.SSLError, UpstreamError) as err:
+        except (OSError, ssl.SSLError, UpstreamError) as err:  # FrameError is an OSError
             error = err
         finally:
             self.close(error)
