@@ -31,8 +31,11 @@ COMPILED = [
     "resolver/core/trie.py",
     "resolver/core/wire.py",
     "resolver/lists/stream.py",
+    "resolver/net/attempt.py",
+    "resolver/net/framing.py",
     "resolver/net/streamconn.py",
     "resolver/net/listeners.py",
+    "resolver/net/udp.py",
     "resolver/net/upstream.py",
 ]
 

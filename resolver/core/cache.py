@@ -66,16 +66,6 @@ class Entry:
         return self.flags & _RCODE_MASK
 
 
-def matches(reply: bytes, qid: int, query: Query) -> bool:
-    """Whether ``reply`` answers the query we sent upstream (ID, QR, one question, same name/type/class)."""
-    if len(reply) < 12 + len(query.question) or reply[0] << 8 | reply[1] != qid or not reply[2] & 0x80:
-        return False
-    if reply[4:6] != b"\x00\x01":
-        return False
-    end = 12 + len(query.qname)
-    return reply[12:end].lower() == query.qname and reply[end : end + 4] == query.question[-4:]
-
-
 def prepare(reply: bytes, query: Query, now: float, limits: CacheLimits) -> Entry:
     """Walk a validated upstream reply; raises WireFormatError if any record is malformed."""
     _, flags, _, ancount, nscount, arcount = HEADER.unpack_from(reply)

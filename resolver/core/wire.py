@@ -330,6 +330,19 @@ def encode_name(name: str) -> bytes:
     return bytes(out)
 
 
+def is_response(reply: bytes, qid: int, query: Query) -> bool:
+    """Whether ``reply`` answers the query we sent upstream as ``upstream_query(query, qid)``, as dnspython's
+    ``Message.is_response`` decides it: the ID, QR set with our opcode (QUERY), and our one question echoed
+    (the name compared without case, for upstreams that randomise it). Anything else is forged or stale, and
+    must not be taken as the answer."""
+    if len(reply) < 12 + len(query.question) or reply[0] << 8 | reply[1] != qid or reply[2] & 0xF8 != 0x80:
+        return False
+    if reply[4:6] != b"\x00\x01":
+        return False
+    end = 12 + len(query.qname)
+    return reply[12:end].lower() == query.qname and reply[end : end + 4] == query.question[-4:]
+
+
 def upstream_query(query: Query, qid: int) -> bytes:
     """The query we send upstream: fresh random ID, lowercased name, RD set, our own EDNS with the client's DO."""
     return b"".join((HEADER.pack(qid, RD | (query.flags & CD), 1, 0, 0, 1), query.qname, query.question[-4:],

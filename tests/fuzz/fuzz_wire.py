@@ -9,8 +9,9 @@ The first byte of an input picks the target, the rest is its data:
     (None, bytes or a Query; bytes parse with dnspython, carry the packet's ID and QR; a packet with QR set gets
     None; a forwarded Query gives an upstream query and a SERVFAIL dnspython can read);
   1 upstream reply -> the data becomes the body of a reply to a fixed query (header counts and flags from the data,
-    ID and question right, so it passes ``cache.matches`` as upstream.py requires); ``cache.prepare`` returns an Entry
-    or raises WireFormatError, ``cache.render`` works at any age, ``Pipeline.on_reply`` gives a readable answer;
+    ID and question right, so it passes ``wire.is_response`` as the upstream path requires); ``cache.prepare``
+    returns an Entry or raises WireFormatError, ``cache.render`` works at any age, ``Pipeline.on_reply`` gives a
+    readable answer;
   2 ``wire.read_labels`` / ``wire.skip_name`` at an offset taken from the data: a result or WireFormatError;
   3 ``lists.parse_text`` on the data as UTF-8 text, format from the second byte: never raises.
 Any other exception, or a broken rule (AssertionError), is a finding; atheris saves the input as ``crash-*``.
@@ -138,10 +139,10 @@ def _check_reply(out: bytes, qid: bytes) -> None:
 
 def check_upstream_reply(data: bytes) -> None:
     head = data[:8].ljust(8, b"\x00")
-    flags = struct.unpack_from("!H", head)[0] | wire.QR
+    flags = struct.unpack_from("!H", head)[0] & ~wire.OPCODE_MASK | wire.QR  # a reply to our QUERY
     an, ns, ar = (min(v, 64) for v in struct.unpack_from("!HHH", head, 2))
     reply = struct.pack("!HHHHHH", REPLY_QID, flags, 1, an, ns, ar) + REPLY_QUERY.question + data[8:]
-    assert cache_mod.matches(reply, REPLY_QID, REPLY_QUERY), "the harness built a reply that does not match"
+    assert wire.is_response(reply, REPLY_QID, REPLY_QUERY), "the harness built a reply that does not match"
     try:
         entry = cache_mod.prepare(reply, REPLY_QUERY, 1000.0, CacheLimits())
     except WireFormatError:

@@ -330,10 +330,13 @@ def test_prepare_and_render_age_ttls_and_swap_opt() -> None:
     q = wire.parse_query(make_query("www.example.test", edns=True))
     up = wire.upstream_query(q, 999)
     reply = upstream_reply(up, answers=[("A", 300, "192.0.2.1"), ("A", 200, "192.0.2.2")])
-    assert cache_mod.matches(reply, 999, q)
-    assert not cache_mod.matches(reply, 998, q)
+    assert wire.is_response(reply, 999, q)
+    assert not wire.is_response(reply, 998, q)
     other = wire.parse_query(make_query("www.other.test"))
-    assert not cache_mod.matches(reply, 999, other)
+    assert not wire.is_response(reply, 999, other)
+    assert not wire.is_response(reply[:2] + bytes((reply[2] & 0x7F,)) + reply[3:], 999, q)  # QR clear: a query
+    assert not wire.is_response(reply[:2] + bytes((reply[2] | 0x28,)) + reply[3:], 999, q)  # opcode 5 (UPDATE)
+    assert not wire.is_response(reply[:12], 999, q)  # no question
     entry = cache_mod.prepare(reply, q, 1000.0, CacheLimits())
     assert entry.ttl == 200 and entry.ar == 0  # upstream OPT dropped
     for edns in (True, False):

@@ -4,8 +4,8 @@ Rules checked (each test names its rule):
 1. ``wire.parse_query`` on any bytes returns a Query or raises WireFormatError, and never hangs;
 2. ``Pipeline.on_query`` returns None, bytes or a Query; bytes parse with dnspython, carry the packet's ID and QR;
    a packet that is itself a response gets nothing back (no reflection);
-3. ``cache.prepare`` on a mangled upstream reply (one that still passes ``matches``, as in upstream.py) returns an
-   Entry or raises WireFormatError; ``wire.read_labels`` terminates on pointer loops;
+3. ``cache.prepare`` on a mangled upstream reply (one that still passes ``wire.is_response``, as net/ requires) returns
+   an Entry or raises WireFormatError; ``wire.read_labels`` terminates on pointer loops;
 4. ``lists.parse_text`` never raises on any text (ConfigError only for an unknown format); ``parse_file`` on a
    binary file raises ConfigError naming the file;
 5. ``load_config`` and ``load_platform`` on hostile YAML raise ConfigError naming the file, within a few CPU seconds
@@ -437,7 +437,7 @@ def upstream_exchanges(draw: st.DrawFn) -> tuple[wire.Query, int, bytes]:
 
 
 def check_prepare(query: wire.Query, qid: int, reply: bytes) -> None:
-    if not cache_mod.matches(reply, qid, query):
+    if not wire.is_response(reply, qid, query):
         return  # upstream.py drops these before prepare (counted as a mismatch)
     with no_hang():
         try:
@@ -455,7 +455,7 @@ def check_prepare(query: wire.Query, qid: int, reply: bytes) -> None:
 @given(upstream_exchanges(), st.lists(MUTATIONS, min_size=1, max_size=6))
 def test_prepare_on_mutated_replies(exchange: tuple[wire.Query, int, bytes], ops: list[Mutation]) -> None:
     query, qid, reply = exchange
-    # Mangle what follows the question, so most mutants still pass ``matches`` and reach the record walk.
+    # Mangle what follows the question, so most mutants still pass ``wire.is_response`` and reach the record walk.
     check_prepare(query, qid, mutate(reply, ops, protect=12 + len(query.question)))
 
 
@@ -472,7 +472,7 @@ def test_on_reply_with_mutated_replies(exchange: tuple[wire.Query, int, bytes], 
     """The whole reply path: a mangled but matching reply gives the client a readable answer or SERVFAIL."""
     query, qid, reply = exchange
     reply = mutate(reply, ops, protect=12 + len(query.question))
-    if not cache_mod.matches(reply, qid, query):
+    if not wire.is_response(reply, qid, query):
         return
     pipe = Pipeline(PIPELINE.policy, Cache(CacheLimits()), Stats(), lambda: 1000.0, lambda: 1.8e9)
     query.transport, query.client, query.received = UDP, "127.0.0.1", 1000.0
