@@ -20,7 +20,7 @@ from resolver.config.yamlfile import SAFE_LOADER, check_shape, short
 from resolver.core.builder import build_policy
 from resolver.core.policy import ListInput, Platform, Policy
 from resolver.errors import ConfigError
-from resolver.lists.formats import ParsedList, SkippedLine, normalise_name
+from resolver.lists.entries import ParsedList, SkippedLine, normalise_name
 from resolver.lists.stream import ListStream
 
 PLATFORM_KEYS = ("name", "category", "owner", "domains", "notes", "sources")

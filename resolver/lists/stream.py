@@ -19,21 +19,11 @@ from pathlib import Path
 from typing import BinaryIO, Literal, get_args
 
 from resolver.errors import ConfigError
-from resolver.lists.formats import (
-    _DETECT_CHARS,
-    _PARSERS,
-    _SHAPES,
-    Action,
-    Format,
-    ListEntry,
-    Match,
-    ParsedList,
-    SkippedLine,
-    _chunks,
-    _Out,
-    detect_format,
-    parse_file,
-)
+from resolver.lists.collect import Collector
+from resolver.lists.entries import Action, Format, ListEntry, Match, ParsedList, SkippedLine
+from resolver.lists.fastpath import SHAPES, chunks
+from resolver.lists.formats import parse_file
+from resolver.lists.parsers import DETECT_CHARS, PARSERS, detect_format
 
 BLOCK_BYTES = 1 << 18  # read at a time: big enough for the C-level passes to pay; a few copies of a block are
 # in flight (bytes, text, chunks), which a reload adds to its peak
@@ -100,7 +90,7 @@ class ListStream:
         total = 0
         pending: list[bytes] = []  # a line longer than a block, in pieces: joined once, not re-copied per read
         held = b""
-        size = max(BLOCK_BYTES, 4 * _DETECT_CHARS)  # the first block holds what detect_format reads, in any UTF-8
+        size = max(BLOCK_BYTES, 4 * DETECT_CHARS)  # the first block holds what detect_format reads, in any UTF-8
         while data := read(size):
             size = BLOCK_BYTES
             total += len(data)
@@ -124,11 +114,11 @@ class ListStream:
             yield b"".join(pending)
 
     def _parse(self, handle: BinaryIO, where: str) -> Iterator[tuple[Match, Action, list[str]]]:
-        out = _Out(lines=False)
+        out = Collector(lines=False)
         offset, line = 0, 1
         kind: tuple[Match, Action] | None = None
         batch: list[str] = []  # consecutive runs of one kind, joined: the builder's passes pay per call
-        parse, shapes = _PARSERS[self.format], _SHAPES[self.format]
+        parse, shapes = PARSERS[self.format], SHAPES[self.format]
         for block in self._blocks(handle, where):
             try:
                 text = block.decode("utf-8")
@@ -141,12 +131,12 @@ class ListStream:
             if not offset:
                 self._rate = (block.count(b"\n") + 1) / len(block)  # until a whole block has been parsed
                 if self.fmt == "auto":
-                    self.format = detect_format(text[:_DETECT_CHARS].split("\n"))
-                    parse, shapes = _PARSERS[self.format], _SHAPES[self.format]
+                    self.format = detect_format(text[:DETECT_CHARS].split("\n"))
+                    parse, shapes = PARSERS[self.format], SHAPES[self.format]
             offset += len(block)
             text = text[:-1] if text.endswith("\n") else text  # the block's last newline ends its last line
             following = line + 1  # an empty text is one empty line
-            for after in _chunks(text, parse, shapes, out, line):
+            for after in chunks(text, parse, shapes, out, line):
                 following = after
                 for match, action, names in out.take():
                     self.count += len(names)
