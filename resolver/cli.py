@@ -135,7 +135,7 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
            worker: str | None = None) -> int:
     logs.setup(level, fmt)
     from resolver.app import Server
-    from resolver.ops.reload import fetch_list
+    from resolver.lists.fetch import fetch_list
 
     for source in config.policy.lists:
         # A URL list never fetched before is fetched now, so the first policy already has it; on failure the

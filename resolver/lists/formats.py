@@ -32,6 +32,7 @@ from resolver.lists.entries import (
 )
 from resolver.lists.fastpath import SHAPES, chunks
 from resolver.lists.parsers import DETECT_CHARS, PARSERS, detect_format
+from resolver.lists.reader import MAX_LIST_BYTES, read_text
 
 __all__ = [
     "MAX_SKIPPED", "TEXT_CUT", "Action", "Format", "ListEntry", "Match", "ParsedList", "SkippedLine",
@@ -67,24 +68,10 @@ def parse_text(text: str, source: str, fmt: Format | Literal["auto"] = "auto") -
 
 
 def parse_file(
-    path: str | os.PathLike[str], fmt: Format | Literal["auto"] = "auto", max_bytes: int = 256 * 1024 * 1024
+    path: str | os.PathLike[str], fmt: Format | Literal["auto"] = "auto", max_bytes: int = MAX_LIST_BYTES
 ) -> ParsedList:
     """Read and parse a list file; raise ``ConfigError`` when it is unreadable or clearly not a text list.
 
     Reads at most ``max_bytes + 1`` bytes, so a wrong path (a disk image, /dev/zero) cannot exhaust memory.
     """
-    where = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except OSError as e:
-        raise ConfigError(where, e.strerror or str(e)) from e
-    if len(data) > max_bytes:
-        raise ConfigError(where, f"larger than {max_bytes} bytes")
-    if b"\0" in data:
-        raise ConfigError(where, "not a text list: contains NUL bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(where, f"not UTF-8 text at byte {e.start}") from e
-    return parse_text(text, where, fmt)
+    return parse_text(read_text(path, max_bytes), os.fspath(path), fmt)

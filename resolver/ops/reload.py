@@ -18,15 +18,13 @@ from resolver.config.model import BUNDLED_BLOCKLISTS, DEFAULT_SOURCE, Config
 from resolver.config.policy import ListSource
 from resolver.core.pipeline import Pipeline
 from resolver.errors import ConfigError
+from resolver.lists.fetch import fetch_list
 from resolver.lists.load import Loaded, load_policy, trim_memory
-from resolver.lists.stream import ListStream
 
 log = logging.getLogger("resolver.ops.reload")
 
 WATCH_SECONDS = 2.0  # how often policy files are checked for changes
-FETCH_TIMEOUT = 30.0
 FETCH_RETRY = 300.0  # after a failed fetch, try again this soon (or at the refresh interval if shorter)
-MAX_LIST_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,43 +190,3 @@ class Reloader:
             return False, False
         self.stats.fetch_ok += 1
         return True, changed
-
-
-def fetch_list(source: ListSource, target: Path) -> bool:
-    """Download a URL list to ``target`` (atomically); True when the content changed.
-
-    A failed download, an empty body, or a body in which no line parses leaves the last good copy in place:
-    a list server's bad day must never unblock everything.
-    """
-    import urllib.error  # here, not at the top: only URL lists need it, and it is 20 ms of every start-up
-    import urllib.request
-
-    url = str(source.url)
-    try:
-        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response:
-            body = response.read(MAX_LIST_BYTES + 1)
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        raise ConfigError(url, f"download failed: {getattr(err, 'reason', err)}") from None
-    if len(body) > MAX_LIST_BYTES:
-        raise ConfigError(url, f"larger than {MAX_LIST_BYTES} bytes")
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ConfigError(url, f"not UTF-8 text at byte {err.start}") from None
-    del text  # only the check that it decodes (with the same message as ever); the stream parses block by block
-    stream = ListStream(None, source.format, url, MAX_LIST_BYTES, data=body)  # type: ignore[arg-type]
-    for _ in stream.runs():
-        pass
-    if not stream.count:
-        skipped = len(stream.skipped) + stream.unkept
-        raise ConfigError(url, f"no usable entries ({skipped} lines skipped); keeping the old copy")
-    try:
-        if target.exists() and target.read_bytes() == body:
-            return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".part")
-        partial.write_bytes(body)
-        partial.replace(target)
-    except OSError as err:
-        raise ConfigError(str(target), f"cannot store the list: {err.strerror or err}") from None
-    return True
