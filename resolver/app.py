@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from resolver import build
-from resolver.config.model import Config, Endpoint, system_nameservers
+from resolver.config.loader import system_nameservers
+from resolver.config.model import Config, Endpoint, QueryLogConfig
 from resolver.config.policy import ListSource
 from resolver.core.access import AccessList, RateLimiter
 from resolver.core.cache import Cache
@@ -30,7 +31,7 @@ from resolver.lists.load import Loaded
 from resolver.net.listeners import TcpListener, UdpListener
 from resolver.net.upstream import UpstreamPool
 from resolver.ops.metrics import MetricsServer
-from resolver.ops.querylog import QueryLog, QueryLogConfig
+from resolver.ops.querylog import QueryLog
 from resolver.ops.reload import Reloader
 from resolver.ops.snapshot import take
 from resolver.ops.workers import SnapshotSender

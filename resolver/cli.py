@@ -14,12 +14,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from resolver import __version__, build
-from resolver.config.model import Config, load_config, with_overrides
+from resolver.config.loader import load_config, with_overrides
+from resolver.config.model import Config
 from resolver.config.policy import parse_duration
 from resolver.core.policy import ACTION_NAMES, ALLOW, BLOCK, Policy
 from resolver.errors import ConfigError, ResolverError
 from resolver.lists.formats import normalise_name
-from resolver.lists.load import Loaded, line_of, load_policy
+from resolver.lists.load import Loaded, load_policy
+from resolver.lists.platforms import line_of
 from resolver.ops import logs
 
 log = logging.getLogger("resolver")

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resolver.config.model import load_config, with_overrides
+from resolver.config.loader import load_config, with_overrides
 from resolver.errors import ConfigError
 from resolver.lists import formats as lists
 from resolver.lists import stream as liststream
