@@ -27,7 +27,8 @@ from resolver.lists.reader import MAX_LIST_BYTES, ListReader
 
 BLOCK_BYTES = 1 << 18  # read at a time: big enough for the C-level passes to pay; a few copies of a block are
 # in flight (bytes, text, chunks), which a reload adds to its peak
-BATCH_NAMES = 1024  # small runs are joined up to this many names; bigger batches measured slower (cache)
+BATCH_NAMES = 1024  # small runs are joined up to this many names: the builder pays per call, and a much
+# bigger batch no longer stays in the CPU cache while it is consumed
 
 
 class ListStream:
