@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from resolver import build
-from resolver.config.model import Config, Endpoint, system_nameservers
+from resolver.config.loader import system_nameservers
+from resolver.config.model import Config, Endpoint, QueryLogConfig
 from resolver.config.policy import ListSource
 from resolver.core.access import AccessList, RateLimiter
 from resolver.core.cache import Cache
@@ -29,7 +30,7 @@ from resolver.net.listeners import TcpListener, UdpListener
 from resolver.net.sockets import bind_tcp, bind_udp
 from resolver.net.upstream import UpstreamPool
 from resolver.ops.metrics import MetricsServer
-from resolver.ops.querylog import QueryLog, QueryLogConfig
+from resolver.ops.querylog import QueryLog
 from resolver.ops.reload import Reloader
 from resolver.ops.snapshot import Snapshot, take
 from resolver.ops.workers import SnapshotSender

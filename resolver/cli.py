@@ -14,14 +14,16 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from resolver import __version__, build
-from resolver.config.model import Config, load_config, with_overrides
+from resolver.config.loader import load_config, with_overrides
+from resolver.config.model import Config
 from resolver.config.policy import parse_duration
 from resolver.core import order
 from resolver.core.client import canonical_client
 from resolver.core.policy import ACTION_NAMES, BLOCK, Exemption, Policy, Verdict
 from resolver.errors import ConfigError, ResolverError
 from resolver.lists.formats import normalise_name
-from resolver.lists.load import Loaded, line_of, load_policy
+from resolver.lists.load import Loaded, load_policy
+from resolver.lists.platforms import line_of
 from resolver.ops import logs
 
 log = logging.getLogger("resolver")
@@ -140,7 +142,7 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
            worker: str | None = None) -> int:
     logs.setup(level, fmt)
     from resolver.app import Server
-    from resolver.ops.reload import fetch_list
+    from resolver.lists.fetch import fetch_list
 
     for source in config.policy.lists:
         # A URL list never fetched before is fetched now, so the first policy already has it; on failure the

@@ -107,21 +107,7 @@ def parse_policy(s: Section, base: Path) -> PolicyConfig:
     lists = _lists(s, base)
     max_days = s.number("max_exemption_days", 90, 1, 3650, integer=True)
 
-    groups_raw = s.raw.get("groups") or {}
-    if not isinstance(groups_raw, dict):
-        raise ConfigError(s.where("groups"), "must be a mapping of group name to group")
-    shorthand = {k: s.raw[k] for k in ("block", "allow", "monitor") if k in s.raw}
-    if shorthand and DEFAULT_GROUP in groups_raw:
-        raise ConfigError(s.where(next(iter(shorthand))),
-                          "policy.block/allow/monitor are shorthand for groups.default; give one or the other")
-    groups = [_group(s, DEFAULT_GROUP, groups_raw.get(DEFAULT_GROUP, shorthand), True,
-                     f"{s.path}.groups.{DEFAULT_GROUP}" if DEFAULT_GROUP in groups_raw else s.path)]
-    for name, raw in groups_raw.items():
-        if name == DEFAULT_GROUP:
-            continue
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigError(s.where(f"groups.{name}"), "group names are letters, digits, '.', '-' and '_'")
-        groups.append(_group(s, name, raw, False, f"{s.path}.groups.{name}"))
+    groups = _groups(s)
     group_names = {g.name for g in groups}
 
     exemptions = []
@@ -157,6 +143,26 @@ def parse_policy(s: Section, base: Path) -> PolicyConfig:
         spec=spec,
     )
     return config
+
+
+def _groups(s: Section) -> list[GroupSpec]:
+    """``groups:``, the default group first; ``policy.block/allow/monitor`` are shorthand for the default group."""
+    groups_raw = s.raw.get("groups") or {}
+    if not isinstance(groups_raw, dict):
+        raise ConfigError(s.where("groups"), "must be a mapping of group name to group")
+    shorthand = {k: s.raw[k] for k in ("block", "allow", "monitor") if k in s.raw}
+    if shorthand and DEFAULT_GROUP in groups_raw:
+        raise ConfigError(s.where(next(iter(shorthand))),
+                          "policy.block/allow/monitor are shorthand for groups.default; give one or the other")
+    groups = [_group(s, DEFAULT_GROUP, groups_raw.get(DEFAULT_GROUP, shorthand), True,
+                     f"{s.path}.groups.{DEFAULT_GROUP}" if DEFAULT_GROUP in groups_raw else s.path)]
+    for name, raw in groups_raw.items():
+        if name == DEFAULT_GROUP:
+            continue
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(s.where(f"groups.{name}"), "group names are letters, digits, '.', '-' and '_'")
+        groups.append(_group(s, name, raw, False, f"{s.path}.groups.{name}"))
+    return groups
 
 
 def _group(s: Section, name: str, raw: Any, is_default: bool, path: str) -> GroupSpec:

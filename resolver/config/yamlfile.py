@@ -1,7 +1,9 @@
-"""Reading a YAML mapping with its key path, so every error says where: ``file: sinkhole.ipv4[1]: reason``."""
+"""Reading YAML files (the config, the platform files) and a mapping with its key path, so every error says where:
+``file:line`` for syntax, ``file: sinkhole.ipv4[1]: reason`` for values."""
 
 from __future__ import annotations
 
+import os
 import reprlib
 from typing import Any
 
@@ -9,8 +11,8 @@ import yaml
 
 from resolver.errors import ConfigError
 
-# libyaml's C loader when PyYAML was built with it (about 10x faster on big files), else the Python one; both
-# are the *safe* loader: no Python objects from tags.
+# libyaml's C loader when PyYAML was built with it (much faster on big platform files), else the Python one;
+# both are the *safe* loader: no Python objects from tags.
 SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_NODES = 200_000  # values in one YAML document, counting every use of an alias
 MAX_DEPTH = 64
@@ -49,6 +51,32 @@ def check_shape(raw: Any, file: str) -> None:
             stack.extend((v, depth + 1) for v in value.values())
         elif isinstance(value, list):
             stack.extend((v, depth + 1) for v in value)
+
+
+def load_yaml(path: str | os.PathLike[str], max_bytes: int, hint: str = "") -> tuple[Any, str]:
+    """Read one YAML document of at most ``max_bytes`` and return it with its text (for ``file:line`` lookups
+    later). Refused with ``ConfigError`` naming the file, and the line for a syntax error: unreadable, too big
+    (``hint`` is added to that message), not UTF-8, not YAML, or a shape ``check_shape`` refuses."""
+    file = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as err:
+        raise ConfigError(file, err.strerror or str(err)) from None
+    if len(data) > max_bytes:
+        raise ConfigError(file, f"larger than {max_bytes} bytes{hint}")
+    try:
+        text = data.decode("utf-8")
+        raw: Any = yaml.load(text, Loader=SAFE_LOADER)
+    except UnicodeDecodeError as err:
+        raise ConfigError(file, f"not UTF-8 text at byte {err.start}") from None
+    except yaml.MarkedYAMLError as err:
+        line = f":{err.problem_mark.line + 1}" if err.problem_mark is not None else ""
+        raise ConfigError(f"{file}{line}", f"YAML syntax: {err.problem}") from None
+    except (yaml.YAMLError, RecursionError, ValueError) as err:  # ValueError: an int too long to read
+        raise ConfigError(file, f"YAML: {err.__class__.__name__}") from None
+    check_shape(raw, file)
+    return raw, text
 
 
 class Section:

@@ -1,7 +1,8 @@
 """Stream a list file into the policy as it is built: the bulk path of ``resolver serve`` and reloads.
 
-The file is read in blocks and each block parsed with the parsers of ``resolver.lists.formats`` (the same validation,
-the same skip reasons and line numbers); what they accept is handed on chunk by chunk as runs of names that
+The file is read in blocks of whole lines by ``resolver.lists.reader`` (the checks and messages of a whole-file
+read) and each block parsed with the parts ``resolver.lists.formats`` uses (the same validation, the same skip
+reasons and line numbers); what they accept is handed on chunk by chunk as runs of names that
 share a match and an action, and never kept. The entries are counted, the skipped lines kept for ``resolver
 check``, the content hashed for the policy version. A list read this way is one block of text at a time in
 memory, not a million entries; ``ParsedList.entries`` of it reads the file again, the slow way, only if someone
@@ -12,33 +13,22 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import stat
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO, Literal, get_args
 
 from resolver.errors import ConfigError
-from resolver.lists.formats import (
-    _DETECT_CHARS,
-    _PARSERS,
-    _SHAPES,
-    Action,
-    Format,
-    ListEntry,
-    Match,
-    ParsedList,
-    SkippedLine,
-    _chunks,
-    _Out,
-    detect_format,
-    parse_file,
-)
+from resolver.lists.collect import Collector
+from resolver.lists.entries import Action, Format, ListEntry, Match, ParsedList, SkippedLine
+from resolver.lists.fastpath import SHAPES, chunks
+from resolver.lists.formats import parse_file
+from resolver.lists.parsers import DETECT_CHARS, PARSERS, detect_format
+from resolver.lists.reader import MAX_LIST_BYTES, ListReader
 
 BLOCK_BYTES = 1 << 18  # read at a time: big enough for the C-level passes to pay; a few copies of a block are
 # in flight (bytes, text, chunks), which a reload adds to its peak
-MAX_LIST_BYTES = 256 * 1024 * 1024
-BATCH_NAMES = 1024  # small runs are joined up to this many names; bigger batches measured slower (cache)
+BATCH_NAMES = 1024  # small runs are joined up to this many names: the builder pays per call, and a much
+# bigger batch no longer stays in the CPU cache while it is consumed
 
 
 class ListStream:
@@ -74,66 +64,26 @@ class ListStream:
 
     def runs(self) -> Iterator[tuple[Match, Action, list[str]]]:
         if self._data is not None:
-            yield from self._parse(io.BytesIO(self._data), self.source)
+            yield from self._parse(io.BytesIO(self._data), ListReader(self.source, self.max_bytes))
             return
         if self.path is None:
             self._hash.update(b"missing")
             return
-        where = str(self.path)
-        try:
-            handle = open(self.path, "rb")  # noqa: SIM115 - closed by the with below, once the size is checked
-        except OSError as err:
-            raise ConfigError(where, err.strerror or str(err)) from None
-        with handle:
-            info = os.fstat(handle.fileno())
-            if stat.S_ISREG(info.st_mode):
-                self._size = info.st_size
-                if info.st_size > self.max_bytes:  # known before parsing anything: refuse at once
-                    raise ConfigError(where, f"larger than {self.max_bytes} bytes")
-            yield from self._parse(handle, where)
+        reader = ListReader(str(self.path), self.max_bytes)
+        with reader.open(self.path) as handle:
+            self._size = reader.size
+            yield from self._parse(handle, reader)
 
-    def _blocks(self, handle: BinaryIO, where: str) -> Iterator[bytes]:
-        """The file in blocks of whole lines (each ending with its newline, but the last). A read is held until
-        the next one shows there is more: a file that fits in the first read is one block, so format detection
-        sees what ``parse_text`` shows it."""
-        read = handle.read
-        total = 0
-        pending: list[bytes] = []  # a line longer than a block, in pieces: joined once, not re-copied per read
-        held = b""
-        size = max(BLOCK_BYTES, 4 * _DETECT_CHARS)  # the first block holds what detect_format reads, in any UTF-8
-        while data := read(size):
-            size = BLOCK_BYTES
-            total += len(data)
-            if total > self.max_bytes:
-                raise ConfigError(where, f"larger than {self.max_bytes} bytes")
-            if b"\0" in data:  # checked as read, not per block: a binary file without newlines is refused at once
-                raise ConfigError(where, "not a text list: contains NUL bytes")
-            self._hash.update(data)
-            held, data = data, held
-            if not data:
-                continue
-            cut = data.rfind(b"\n") + 1
-            if not cut:
-                pending.append(data)
-                continue
-            pending.append(data[:cut])
-            yield b"".join(pending) if len(pending) > 1 else pending[0]
-            pending = [data[cut:]] if cut < len(data) else []
-        pending.append(held)
-        if any(pending):
-            yield b"".join(pending)
-
-    def _parse(self, handle: BinaryIO, where: str) -> Iterator[tuple[Match, Action, list[str]]]:
-        out = _Out(lines=False)
+    def _parse(self, handle: BinaryIO, reader: ListReader) -> Iterator[tuple[Match, Action, list[str]]]:
+        out = Collector(lines=False)
         offset, line = 0, 1
         kind: tuple[Match, Action] | None = None
         batch: list[str] = []  # consecutive runs of one kind, joined: the builder's passes pay per call
-        parse, shapes = _PARSERS[self.format], _SHAPES[self.format]
-        for block in self._blocks(handle, where):
-            try:
-                text = block.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise ConfigError(where, f"not UTF-8 text at byte {offset + err.start}") from None
+        parse, shapes = PARSERS[self.format], SHAPES[self.format]
+        # The first block holds what detect_format reads, in any UTF-8, so it sees what parse_text shows it.
+        for block in reader.blocks(handle, max(BLOCK_BYTES, 4 * DETECT_CHARS), BLOCK_BYTES):
+            self._hash.update(block)
+            text = reader.decode(block)
             if not offset:
                 text = text.removeprefix("\ufeff")
             if "\r" in text:
@@ -141,12 +91,12 @@ class ListStream:
             if not offset:
                 self._rate = (block.count(b"\n") + 1) / len(block)  # until a whole block has been parsed
                 if self.fmt == "auto":
-                    self.format = detect_format(text[:_DETECT_CHARS].split("\n"))
-                    parse, shapes = _PARSERS[self.format], _SHAPES[self.format]
+                    self.format = detect_format(text[:DETECT_CHARS].split("\n"))
+                    parse, shapes = PARSERS[self.format], SHAPES[self.format]
             offset += len(block)
             text = text[:-1] if text.endswith("\n") else text  # the block's last newline ends its last line
             following = line + 1  # an empty text is one empty line
-            for after in _chunks(text, parse, shapes, out, line):
+            for after in chunks(text, parse, shapes, out, line):
                 following = after
                 for match, action, names in out.take():
                     self.count += len(names)

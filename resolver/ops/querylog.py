@@ -17,27 +17,14 @@ import secrets
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
+from resolver.config.model import QueryLogConfig
 from resolver.core.pipeline import QueryRecord
 from resolver.core.stats import OUTCOMES, QTYPE_INDEX, QTYPES
 
 log = logging.getLogger("resolver.ops.querylog")
-CLIENT_MODES = ("full", "hashed", "none")
 _TYPES = {code: QTYPES[index] for code, index in QTYPE_INDEX.items()}  # the metrics label names
-
-
-@dataclass(frozen=True, slots=True)
-class QueryLogConfig:
-    path: Path | None = None  # None: off
-    only_blocked: bool = False
-    client: str = "hashed"
-    salt: str = ""  # secret for hashed clients; empty: a random one per start (hashes do not survive restarts)
-    max_bytes: int = 100 * 1024 * 1024
-    backups: int = 5
-    queue: int = 10_000
-    flush_seconds: float = 0.5
 
 
 def _name(qname: bytes) -> str:

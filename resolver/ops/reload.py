@@ -1,6 +1,13 @@
 """Hot reload: SIGHUP, a changed policy file, or a refreshed URL list builds a new policy off the event loop and
 swaps it in with one assignment. A policy that fails to load is refused, logged once with the file, line or key,
 and counted; the old one keeps serving. Queries in flight never see a half-built policy.
+
+What is decided is kept apart from the loop and the executor, so tests drive it with a fake clock and fake builds,
+without sockets or sleeps: whether a change of the watched files triggers a reload (``changed_files``,
+``watch_reason``, ``after_reload``), what the reload line says changed (``Summary.changes``), when a URL list is
+fetched again (``next_fetch_delay``), and what a finished build does (``Reloader.swapped`` and ``refused``). The
+``Reloader`` takes the build, the fetch and the clock as parameters; its loops only sleep, stat and hand work to the
+executor.
 """
 
 from __future__ import annotations
@@ -18,15 +25,46 @@ from resolver.config.model import BUNDLED_BLOCKLISTS, DEFAULT_SOURCE, Config
 from resolver.config.policy import ListSource
 from resolver.core.pipeline import Pipeline
 from resolver.errors import ConfigError
+from resolver.lists.fetch import fetch_list
 from resolver.lists.load import Loaded, load_policy, trim_memory
-from resolver.lists.stream import ListStream
 
 log = logging.getLogger("resolver.ops.reload")
 
 WATCH_SECONDS = 2.0  # how often policy files are checked for changes
-FETCH_TIMEOUT = 30.0
 FETCH_RETRY = 300.0  # after a failed fetch, try again this soon (or at the refresh interval if shorter)
-MAX_LIST_BYTES = 256 * 1024 * 1024
+
+FileState = tuple[int, int]  # (mtime in ns, size); (-1, -1) for a file that cannot be read
+Build = Callable[[Callable[[], Config]], tuple[Config, Loaded]]  # config factory -> (config, policy); ConfigError
+Fetch = Callable[[ListSource, Path], bool]  # (URL list, cache file) -> content changed; ConfigError
+
+
+# --- decisions ------------------------------------------------------------------------------------------------
+
+
+def changed_files(seen: dict[Path, FileState], now: dict[Path, FileState]) -> list[str]:
+    """The watched files that appeared, vanished or changed between two looks, sorted; none: no reload."""
+    return sorted(str(p) for p in set(now) | set(seen) if now.get(p) != seen.get(p))
+
+
+def watch_reason(changed: list[str]) -> str:
+    """The ``why`` of a reload the watcher starts: the first few files, so the log line stays one line."""
+    return "changed: " + ", ".join(changed[:3]) + (" …" if len(changed) > 3 else "")
+
+
+def after_reload(started: dict[Path, FileState], current: dict[Path, FileState]) -> dict[Path, FileState]:
+    """What the watcher compares with next, after a reload that began when the files were ``started``.
+
+    What changed while that reload was being built must still count as a change: files watched before keep the
+    state the reload started from; files the new config added start from ``current``; files it dropped are
+    forgotten.
+    """
+    return {path: started.get(path, state) for path, state in current.items()}
+
+
+def next_fetch_delay(refresh: float, ok: bool) -> float:
+    """Seconds until a URL list is fetched again: its refresh interval after a success; after a failure, sooner
+    (FETCH_RETRY), so one bad day at the list server does not cost a whole interval."""
+    return refresh if ok else min(refresh, FETCH_RETRY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +124,46 @@ class ReloadStats:
     fetch_failed: int = 0
 
 
+def rebuild(config_factory: Callable[[], Config]) -> tuple[Config, Loaded]:
+    """Re-read the config and build its policy (in the executor: this is the slow part of a reload).
+
+    Building a big policy makes millions of short-lived objects: with the collector off it does not pause the
+    serving thread again and again to scan them (the list parser does the same).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        config = config_factory()
+        return config, load_policy(config)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _settle() -> None:
+    """After a swap: keep the new, long-lived policy out of later collections, and hand the old policy's pages
+    back to the OS now, or the process keeps the reload's peak for good. (No gc.collect(): this is the serving
+    thread, and the build leaves no cycles to collect.)"""
+    gc.freeze()
+    trim_memory()
+
+
+# --- plumbing -------------------------------------------------------------------------------------------------
+
+
 class Reloader:
-    def __init__(self, config_factory: Callable[[], Config], config: Config, pipeline: Pipeline,
-                 loaded: Loaded) -> None:
+    """Owns the reloads of one server: ``reload`` (SIGHUP, the watcher, a refreshed list), ``watch`` and ``refresh``
+    (the loops app.py runs), ``stats`` (the counters the metrics read), ``config`` (the config last loaded)."""
+
+    def __init__(self, config_factory: Callable[[], Config], config: Config, pipeline: Pipeline, loaded: Loaded,
+                 *, build: Build = rebuild, fetch: Fetch = fetch_list,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config_factory = config_factory
         self.config = config
         self.pipeline = pipeline
         self.summary = Summary.of(loaded)
-        self.stats = ReloadStats()
+        self._build, self._fetch, self._clock = build, fetch, clock
+        self.stats = ReloadStats(loaded_at=clock())
         self._lock = asyncio.Lock()
 
     async def reload(self, why: str) -> bool:
@@ -104,42 +174,32 @@ class Reloader:
         """
         async with self._lock:  # one build at a time; a burst of triggers yields a few reloads, not a pile-up
             loop = asyncio.get_running_loop()
-
-            def build() -> tuple[Config, Loaded]:
-                # Building a big policy makes millions of short-lived objects: with the collector off it does not
-                # pause the serving thread again and again to scan them (the list parser does the same).
-                enabled = gc.isenabled()
-                gc.disable()
-                try:
-                    config = self.config_factory()
-                    return config, load_policy(config)
-                finally:
-                    if enabled:
-                        gc.enable()
-
             try:
-                config, loaded = await loop.run_in_executor(None, build)
+                config, loaded = await loop.run_in_executor(None, self._build, self.config_factory)
             except ConfigError as err:
-                self.stats.failed += 1
-                log.error("reload refused (%s), the old policy keeps serving: %s", why, err)
-                return False
-            new = Summary.of(loaded)
-            self.pipeline.swap(loaded.policy)
-            del loaded  # the list summaries: only the policy is kept
-            # The new policy is long-lived: keep it out of later collections. (No gc.collect() here: this is the
-            # serving thread, and the build leaves no cycles to collect.) The swap freed the old policy's table:
-            # hand its pages back to the OS now, or the process keeps the reload's peak for good.
-            gc.freeze()
-            trim_memory()
-            self.config = config
-            self.stats.ok += 1
-            self.stats.loaded_at = time.time()
-            log.info("policy reloaded (%s): version %s -> %s; %s", why, self.summary.version, new.version,
-                     self.summary.changes(new))
-            self.summary = new
-            return True
+                return self.refused(why, err)
+            return self.swapped(why, config, loaded)
 
-    def watched(self) -> dict[Path, tuple[int, int]]:
+    def refused(self, why: str, err: ConfigError) -> bool:
+        """A build failed: the old policy and config stay; the failure is logged once and counted."""
+        self.stats.failed += 1
+        log.error("reload refused (%s), the old policy keeps serving: %s", why, err)
+        return False
+
+    def swapped(self, why: str, config: Config, loaded: Loaded) -> bool:
+        """A build succeeded: serve its policy from the next query on, and log what changed."""
+        new = Summary.of(loaded)
+        self.pipeline.swap(loaded.policy)  # only the policy is kept: the list summaries go with ``loaded``
+        _settle()
+        self.config = config
+        self.stats.ok += 1
+        self.stats.loaded_at = self._clock()
+        log.info("policy reloaded (%s): version %s -> %s; %s", why, self.summary.version, new.version,
+                 self.summary.changes(new))
+        self.summary = new
+        return True
+
+    def watched(self) -> dict[Path, FileState]:
         """(mtime, size) of every file the policy is read from, and of the blocklists directory itself."""
         config = self.config
         paths: list[Path] = []
@@ -161,17 +221,15 @@ class Reloader:
         return out
 
     async def watch(self) -> None:
-        """Poll the policy files: no inotify dependency, and a few dozen stat calls every 2 s cost nothing."""
+        """Poll the policy files: no inotify dependency, and a few dozen stat calls per look cost nothing."""
         seen = self.watched()
         while True:
             await asyncio.sleep(WATCH_SECONDS)
             now = self.watched()
-            if now != seen:
-                changed = sorted(str(p) for p in set(now) | set(seen) if now.get(p) != seen.get(p))
-                await self.reload("changed: " + ", ".join(changed[:3]) + (" …" if len(changed) > 3 else ""))
-                # What changed while that reload was being built must still count as a change: files watched
-                # before keep the state the reload started from; files the new config added start from now.
-                seen = {path: now.get(path, state) for path, state in self.watched().items()}
+            changed = changed_files(seen, now)
+            if changed:
+                await self.reload(watch_reason(changed))
+                seen = after_reload(now, self.watched())
 
     async def refresh(self, source: ListSource) -> None:
         """Fetch a URL list every ``refresh`` seconds; reload when its content changed."""
@@ -179,56 +237,21 @@ class Reloader:
             ok, changed = await self.fetch(source)
             if changed:
                 await self.reload(f"list {source.name} refreshed")
-            await asyncio.sleep(source.refresh if ok else min(source.refresh, FETCH_RETRY))
+            await asyncio.sleep(next_fetch_delay(source.refresh, ok))
 
     async def fetch(self, source: ListSource) -> tuple[bool, bool]:
+        """Fetch one URL list off the loop; (fetched, content changed)."""
         loop = asyncio.get_running_loop()
         target = source.cache_path(self.config.policy.list_cache_dir)
         try:
-            changed = await loop.run_in_executor(None, fetch_list, source, target)
+            changed = await loop.run_in_executor(None, self._fetch, source, target)
         except ConfigError as err:
-            self.stats.fetch_failed += 1
-            log.error("list %s: fetch failed, keeping the last good copy: %s", source.name, err)
-            return False, False
+            return self.fetch_failed(source, err)
         self.stats.fetch_ok += 1
         return True, changed
 
-
-def fetch_list(source: ListSource, target: Path) -> bool:
-    """Download a URL list to ``target`` (atomically); True when the content changed.
-
-    A failed download, an empty body, or a body in which no line parses leaves the last good copy in place:
-    a list server's bad day must never unblock everything.
-    """
-    import urllib.error  # here, not at the top: only URL lists need it, and it is 20 ms of every start-up
-    import urllib.request
-
-    url = str(source.url)
-    try:
-        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response:
-            body = response.read(MAX_LIST_BYTES + 1)
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        raise ConfigError(url, f"download failed: {getattr(err, 'reason', err)}") from None
-    if len(body) > MAX_LIST_BYTES:
-        raise ConfigError(url, f"larger than {MAX_LIST_BYTES} bytes")
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ConfigError(url, f"not UTF-8 text at byte {err.start}") from None
-    del text  # only the check that it decodes (with the same message as ever); the stream parses block by block
-    stream = ListStream(None, source.format, url, MAX_LIST_BYTES, data=body)  # type: ignore[arg-type]
-    for _ in stream.runs():
-        pass
-    if not stream.count:
-        skipped = len(stream.skipped) + stream.unkept
-        raise ConfigError(url, f"no usable entries ({skipped} lines skipped); keeping the old copy")
-    try:
-        if target.exists() and target.read_bytes() == body:
-            return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".part")
-        partial.write_bytes(body)
-        partial.replace(target)
-    except OSError as err:
-        raise ConfigError(str(target), f"cannot store the list: {err.strerror or err}") from None
-    return True
+    def fetch_failed(self, source: ListSource, err: ConfigError) -> tuple[bool, bool]:
+        """A failed fetch keeps the last good copy (nothing to reload) and is logged and counted."""
+        self.stats.fetch_failed += 1
+        log.error("list %s: fetch failed, keeping the last good copy: %s", source.name, err)
+        return False, False

@@ -56,7 +56,7 @@ with atheris.instrument_imports(include=["resolver"]) if _FUZZING else contextli
     from resolver.core.stats import TCP, UDP, Stats
     from resolver.errors import WireFormatError
     from resolver.lists import formats as lists
-    from resolver.lists.load import load_platforms
+    from resolver.lists.platforms import load_platforms
     from tests.support.alarm import no_hang  # (not instrumented: only the resolver package is)
 
 SKIP_KNOWN = False

@@ -117,7 +117,7 @@ def test_cache_hit(benchmark: Any) -> None:
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory: pytest.TempPathFactory, domains: list[str]) -> Any:
     """A policy built from a 100k-domain list the way ``resolver serve -c CFG --blocklist FILE`` builds it."""
-    from resolver.config.model import load_config, with_overrides
+    from resolver.config.loader import load_config, with_overrides
     from resolver.lists.load import load_policy
 
     directory = tmp_path_factory.mktemp("micro")

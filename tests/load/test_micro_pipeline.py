@@ -15,7 +15,7 @@ import dns.message
 import pytest
 
 import resolver
-from resolver.config.model import load_config
+from resolver.config.loader import load_config
 from resolver.core import wire
 from resolver.core.cache import Cache, CacheLimits
 from resolver.core.pipeline import Pipeline

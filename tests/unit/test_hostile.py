@@ -37,7 +37,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from resolver.config.model import BUNDLED_BLOCKLISTS, load_config
+from resolver.config.loader import load_config
+from resolver.config.model import BUNDLED_BLOCKLISTS
 from resolver.core import cache as cache_mod
 from resolver.core import wire
 from resolver.core.builder import build_policy
@@ -47,7 +48,7 @@ from resolver.core.policy import Bypass, PolicySpec
 from resolver.core.stats import TCP, UDP, Stats
 from resolver.errors import ConfigError, WireFormatError
 from resolver.lists import formats as lists
-from resolver.lists.load import load_platform, load_platforms
+from resolver.lists.platforms import load_platform, load_platforms
 from tests.support.alarm import no_hang
 
 # HOSTILE_EXAMPLES=5000 runs every property that much longer (the default keeps the file fast).

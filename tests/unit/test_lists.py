@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from resolver.errors import ConfigError
+from resolver.lists import fastpath, parsers
 from resolver.lists import formats as lists
+from resolver.lists.collect import Collector
 from resolver.lists.formats import (
     ListEntry,
     ParsedList,
@@ -45,7 +47,7 @@ def parse(text: str, fmt: lists.Format | str = "auto") -> tuple[list[Entry], lis
 def parse_slow(text: str, fmt: lists.Format, monkeypatch: pytest.MonkeyPatch) -> ParsedList:
     """Parse with the chunk fast path switched off, so every line goes through the line parsers."""
     with monkeypatch.context() as m:
-        m.setattr(lists, "_fast", lambda *args: 0)
+        m.setattr(fastpath, "fast", lambda *args: 0)
         return parse_text(text, "test", fmt)
 
 
@@ -359,7 +361,7 @@ def test_detect_format(lines: list[str], fmt: str) -> None:
 
 
 def test_detect_format_reads_only_the_head() -> None:
-    lines = ["ads.example"] * lists.DETECT_LINES + ["||late.example^"]
+    lines = ["ads.example"] * parsers.DETECT_LINES + ["||late.example^"]
     assert detect_format(lines) == "domains"
 
 
@@ -588,14 +590,14 @@ def test_fast_path_refuses_each_odd_line_in_a_clean_chunk(fmt: lists.Format, mon
 def test_fast_path_takes_clean_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Guard the speed: a clean list must not fall back to the line parser chunk by chunk."""
     slow_lines = 0
-    parse_hosts = lists._PARSERS["hosts"]
+    parse_hosts = parsers.PARSERS["hosts"]
 
-    def counting(chunk: list[str], first: int, out: lists._Out) -> None:
+    def counting(chunk: list[str], first: int, out: Collector) -> None:
         nonlocal slow_lines
         slow_lines += len(chunk)
         parse_hosts(chunk, first, out)
 
-    monkeypatch.setitem(lists._PARSERS, "hosts", counting)
+    monkeypatch.setitem(parsers.PARSERS, "hosts", counting)
     text = "# header\n" + "".join(f"0.0.0.0 ads{i}.example.com\n" for i in range(20000))
     result = parse_text(text, "t")
     assert len(result.entries) == 20000

@@ -16,10 +16,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resolver.config.model import load_config, with_overrides
+from resolver.config.loader import load_config, with_overrides
+from resolver.config.policy import ListSource
 from resolver.errors import ConfigError
 from resolver.lists import formats as lists
 from resolver.lists import stream as liststream
+from resolver.lists.fetch import fetch_list
 from resolver.lists.formats import parse_file, parse_text
 from resolver.lists.load import load_policy
 from resolver.lists.stream import ListStream
@@ -231,3 +233,49 @@ def test_a_file_of_junk_keeps_only_the_first_skipped_lines(tmp_path: Path) -> No
     assert [names for _, _, names in stream.runs()] == [["good.example"]]
     streamed = stream.parsed()
     assert len(streamed.skipped) == lists.MAX_SKIPPED and streamed.skipped_count == bad
+
+
+# --- one reader: a whole file, a streamed file and a download give the same refusals ---------------------------
+
+BAD_BODIES = {
+    b"a.example\n" * 50 + b"0.0.0.0 caf\xe9.example\n": "not UTF-8 text at byte 511",
+    b"a.example\n" * 50 + b"b\x00.example\n": "not a text list: contains NUL bytes",
+    b"a.example\n" * 100: "larger than 999 bytes",
+}
+
+
+@pytest.mark.parametrize("body", list(BAD_BODIES), ids=["utf8", "nul", "size"])
+def test_one_reader_for_whole_files_streams_and_downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          body: bytes) -> None:
+    monkeypatch.setattr(liststream, "BLOCK_BYTES", 64)
+    path = tmp_path / "bad.txt"
+    path.write_bytes(body)
+    reasons = []
+    for read in (lambda: parse_file(path, max_bytes=999),
+                 lambda: stream(path, max_bytes=999),
+                 lambda: list(ListStream(None, "auto", str(path), 999, data=body).runs())):
+        with pytest.raises(ConfigError) as info:
+            read()
+        assert info.value.where == str(path)
+        reasons.append(info.value.reason)
+    assert reasons == [BAD_BODIES[body]] * 3
+
+
+def test_fetch_stores_a_good_download_and_keeps_the_copy_on_a_bad_one(tmp_path: Path) -> None:
+    """``fetch_list`` through a file:// URL (urllib serves it without a socket)."""
+    served = tmp_path / "served.txt"
+    target = tmp_path / "cache" / "ads.txt"
+    source = ListSource("ads", url=served.as_uri())
+    served.write_bytes(b"||ads.example^\n")
+    assert fetch_list(source, target) is True and target.read_bytes() == b"||ads.example^\n"
+    assert fetch_list(source, target) is False  # the same content: nothing to reload
+    for body, reason in ((b"# nothing here\n", "no usable entries (0 lines skipped); keeping the old copy"),
+                         (b"||a.example^\n\x00", "not a text list: contains NUL bytes")):
+        served.write_bytes(body)
+        with pytest.raises(ConfigError) as info:
+            fetch_list(source, target)
+        assert (info.value.where, info.value.reason) == (served.as_uri(), reason)
+        assert target.read_bytes() == b"||ads.example^\n"
+    served.unlink()
+    with pytest.raises(ConfigError, match="download failed"):
+        fetch_list(source, target)

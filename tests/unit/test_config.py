@@ -1,0 +1,90 @@
+"""The config package: one YAML reader for the config and the platform files, the model apart from the loader.
+
+Messages are compared whole: an operator reads them, and the two kinds of file must say the same thing the same way.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import resolver.config
+from resolver.config.loader import MAX_CONFIG_BYTES, load_config, parse_upstream, with_overrides
+from resolver.config.model import Config, Endpoint, QueryLogConfig
+from resolver.config.yamlfile import MAX_DEPTH, load_yaml
+from resolver.errors import ConfigError
+from resolver.lists.platforms import MAX_PLATFORM_BYTES, load_platform
+
+PLATFORM = "name: Example\ncategory: social\nowner: Example Inc.\ndomains: [example.com]\nsources: [docs]\n"
+
+
+def refusal(load: object, path: Path) -> tuple[str, str]:
+    with pytest.raises(ConfigError) as info:
+        load(path)  # type: ignore[operator]
+    return info.value.where, info.value.reason
+
+
+@pytest.mark.parametrize(("data", "where", "reason"), [
+    (b"listen: [127.0.0.1:53\n", ":2", "YAML syntax: "),  # (the rest is libyaml's or PyYAML's own words)
+    (b"a: 1\nb: caf\xe9\n", "", "not UTF-8 text at byte 11"),
+    (b"a: !!python/object:os.system {}\n", ":1", "YAML syntax: could not determine a constructor for the tag"),
+    (b"a: " + b"[" * (MAX_DEPTH + 2) + b"]" * (MAX_DEPTH + 2) + b"\n", "",
+     f"nested more than {MAX_DEPTH} levels deep: refused"),
+])
+def test_config_and_platform_files_are_refused_alike(tmp_path: Path, data: bytes, where: str, reason: str) -> None:
+    config, platform = tmp_path / "resolver.yaml", tmp_path / "example.yaml"
+    config.write_bytes(data)
+    platform.write_bytes(data)
+    refused = [refusal(load_config, config), refusal(load_platform, platform)]
+    assert [where_ for where_, _ in refused] == [f"{config}{where}", f"{platform}{where}"]
+    assert refused[0][1] == refused[1][1] and refused[0][1].startswith(reason)
+
+
+def test_size_caps_and_their_hint(tmp_path: Path) -> None:
+    config = tmp_path / "resolver.yaml"
+    config.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
+    assert refusal(load_config, config) == (str(config),
+                                            f"larger than {MAX_CONFIG_BYTES} bytes; lists belong in list files")
+    platform = tmp_path / "example.yaml"
+    platform.write_bytes(b"#" * (MAX_PLATFORM_BYTES + 1))
+    assert refusal(load_platform, platform) == (str(platform), f"larger than {MAX_PLATFORM_BYTES} bytes")
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    assert refusal(load_config, tmp_path / "missing.yaml") == (str(tmp_path / "missing.yaml"),
+                                                               "No such file or directory")
+    directory = tmp_path / "dir.yaml"
+    directory.mkdir()
+    assert refusal(load_platform, directory) == (str(directory), "Is a directory")
+
+
+def test_load_yaml_returns_the_text_for_line_lookups(tmp_path: Path) -> None:
+    path = tmp_path / "example.yaml"
+    path.write_text(PLATFORM)
+    assert load_yaml(path, 1000) == ({"name": "Example", "category": "social", "owner": "Example Inc.",
+                                      "domains": ["example.com"], "sources": ["docs"]}, PLATFORM)
+    assert load_platform(path).domains == ("example.com",)
+    path.write_text(PLATFORM + "colour: red\n")
+    assert refusal(load_platform, path) == (f"{path}:6", "colour: unknown key "
+                                            "(known: name, category, owner, domains, notes, sources)")
+
+
+def test_the_model_reads_no_files() -> None:
+    """model.py is the frozen dataclasses only (and compiled): no YAML, no loader."""
+    tree = ast.parse((Path(resolver.config.__file__).parent / "model.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"yaml", "resolver.config.yamlfile", "resolver.config.loader"}
+
+
+def test_a_config_file_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "resolver.yaml"
+    path.write_text("upstreams: [tls://9.9.9.9#dns.quad9.net]\nquery_log: {path: q.jsonl, client: none}\n")
+    config = with_overrides(load_config(path), listen=["[::1]:5300"])
+    assert config.listen == (Endpoint("::1", 5300),)
+    assert config.upstreams == (Endpoint("9.9.9.9", 853, "tls", "dns.quad9.net"),)
+    assert config.query_log == QueryLogConfig(path=tmp_path / "q.jsonl", client="none")
+    assert load_config(None) == Config()
+    assert parse_upstream("tcp://[2001:db8::1]", "x") == Endpoint("2001:db8::1", 53, "tcp")
