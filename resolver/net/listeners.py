@@ -140,13 +140,13 @@ class TcpListener:
                 if result is None:
                     continue
                 if type(result) is bytes:
-                    writer.write(len(result).to_bytes(2, "big") + result)
+                    writer.write(frame(result))
                 elif type(result) is Prefetch:
-                    writer.write(len(result.answer).to_bytes(2, "big") + result.answer)
+                    writer.write(frame(result.answer))
                     self.forwarder.prefetch(result.query)
                 elif pending >= MAX_TCP_PENDING:
                     reply = self.pipeline.on_shed(result)  # type: ignore[arg-type]
-                    writer.write(len(reply).to_bytes(2, "big") + reply)
+                    writer.write(frame(reply))
                 else:
                     pending += 1
                     drained.clear()
