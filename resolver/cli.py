@@ -255,11 +255,11 @@ def _explain(config: Config, loaded: Loaded, name: str, client: str) -> None:
     exemption = policy.exemption_for(verdict, client, None, time.time()) if verdict.action == BLOCK else None
     decided = order.decide(claims, group, verdict.exemptions)[0]
     if exemption is not None:
-        decided = 1  # the exemptions step: it lifts the block the later step gave
+        decided = order.EXEMPTIONS  # it lifts the block the later step gave
     out("steps:\n")
     for index, step in enumerate(order.STEPS):
         mark = "  <- decides" if index == decided else "" if index < decided else "  (not reached)"
-        if step.decide is order.STEPS[1].decide:
+        if index == order.EXEMPTIONS:
             _explain_exemptions(verdict, exemption, index, mark, out)
         else:
             out(f"  {index + 1} {step.name}: {step.describe(claims, group)}{mark}\n")

@@ -150,6 +150,10 @@ STEPS: tuple[Step, ...] = (
 )
 
 
+# Where the exemptions step sits: explain names it as the deciding step when an exemption lifts a block.
+EXEMPTIONS = next(i for i, step in enumerate(STEPS) if step.decide is _exemptions)
+
+
 def decide(rules: tuple[Rule, ...], group: Group, exemptions: tuple[Exemption, ...]) -> tuple[int, Verdict]:
     """The first step that decides, as (index in STEPS, verdict); (len(STEPS), a PASS verdict) when none does:
     the name belongs to platforms the group neither blocks nor allows."""
