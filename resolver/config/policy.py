@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resolver.config.changes import GUARD_KEYS, Guard, parse_guard
 from resolver.config.yamlfile import Section
 from resolver.core.client import canonical_client
 from resolver.core.policy import DEFAULT_GROUP, Bypass, Exemption, GroupSpec, IPNetwork, PolicySpec
@@ -48,6 +49,7 @@ class PolicyConfig:
     list_cache_dir: Path = DEFAULT_LIST_CACHE
     max_exemption_days: int = 90
     spec: PolicySpec = field(default_factory=PolicySpec)
+    guard: Guard = field(default_factory=Guard)  # required platforms, approved reductions, shrink limits
 
 
 def parse_duration(value: Any, where: str) -> float:
@@ -102,7 +104,7 @@ def _addresses(items: tuple[str, ...], where: str) -> frozenset[str]:
 def parse_policy(s: Section, base: Path) -> PolicyConfig:
     """Read ``policy:`` (``s``); relative paths are relative to ``base``, the config file's directory."""
     s.check_keys(("blocklists_dir", "block", "allow", "monitor", "always_allow", "allow_domains", "lists", "groups",
-                  "exemptions", "max_exemption_days", "bypass", "list_cache_dir"))
+                  "exemptions", "max_exemption_days", "bypass", "list_cache_dir", *GUARD_KEYS))
     directory = s.raw.get("blocklists_dir")
     lists = _lists(s, base)
     max_days = s.number("max_exemption_days", 90, 1, 3650, integer=True)
@@ -141,6 +143,7 @@ def parse_policy(s: Section, base: Path) -> PolicyConfig:
         list_cache_dir=DEFAULT_LIST_CACHE if cache_dir is None else base / str(cache_dir),
         max_exemption_days=max_days,
         spec=spec,
+        guard=parse_guard(s, parse_time),
     )
     return config
 

@@ -47,6 +47,8 @@ class ParsedList:
     entries: Collection[ListEntry]  # a tuple; for a streamed list, its count, and the file read again if iterated
     skipped: tuple[SkippedLine, ...]  # the first MAX_SKIPPED skipped lines
     unkept: int = 0  # skipped lines past those, only counted
+    allow_names: tuple[str, ...] = ()  # names of allow entries (the first ones), for the reduction check
+    blocking: int = 0  # entries whose action is not "allow"
 
     @property
     def skipped_count(self) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from resolver.config.model import BUNDLED_BLOCKLISTS, Config
 from resolver.config.policy import ListSource
 from resolver.core.builder import build_policy
+from resolver.core.guard import Side, missing_required
 from resolver.core.policy import ListInput, Platform, Policy
 from resolver.errors import ConfigError
 from resolver.lists.entries import ParsedList, SkippedLine, normalise_name
@@ -28,6 +29,12 @@ class Loaded:
     policy: Policy
     platforms: list[Platform]
     lists: list[ParsedList]  # counts and skipped lines; the entries are read again only if iterated
+
+    def side(self) -> Side:
+        """What the reduction check compares (``resolver.core.guard``): small, so a server keeps it."""
+        names = self.policy.lists
+        return Side(self.policy, {name: parsed.blocking for name, parsed in zip(names, self.lists, strict=True)},
+                    tuple(n for parsed in self.lists for n in parsed.allow_names))
 
 
 def load_policy(config: Config) -> Loaded:
@@ -45,6 +52,10 @@ def load_policy(config: Config) -> Loaded:
     policy = build_policy(platforms, [ListInput(s.source, name=n, bulk=s) for s, n in zip(streams, names, strict=True)],
                           spec)
     trim_memory()
+    missing = missing_required(policy, pc.guard.required)
+    if missing:
+        index, name, why = missing[0]
+        raise ConfigError(f"{spec.where}.required[{index}]", f"{name!r} must be blocked for the default group: {why}")
     return Loaded(policy, platforms, [stream.parsed() for stream in streams])
 
 
