@@ -25,6 +25,7 @@ from resolver.lists.formats import normalise_name
 from resolver.lists.load import Loaded, load_policy
 from resolver.lists.platforms import line_of
 from resolver.ops import logs
+from resolver.ops.review import load_side, render, review
 
 log = logging.getLogger("resolver")
 
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=None, metavar="N",
                        help="worker processes sharing the ports (SO_REUSEPORT); default: one per CPU this "
                             "process may run on. Each worker has its own cache")
+    serve.add_argument("--check-against", metavar="OLD",
+                       help="refuse to start when this policy unblocks anything, compared with OLD (a config or a "
+                            "directory, as for `resolver diff`), that the config does not approve")
     serve.add_argument("--worker", help=argparse.SUPPRESS)  # INDEX:FD, set by the supervisor for its workers
 
     check = sub.add_parser("check", help="validate a config and its lists, print a summary")
@@ -58,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--client", default="127.0.0.1", help="client address (default 127.0.0.1)")
     explain.add_argument("--blocklist", action="append", metavar="FILE")
 
+    diff = sub.add_parser("diff", help="what changes from OLD to NEW, per group; exits 1 on a reduction NEW does "
+                                       "not approve")
+    diff.add_argument("old", metavar="OLD", help="config file, or a directory (its resolver.yaml, or else a "
+                                                 "blocklists directory under the built-in policy)")
+    diff.add_argument("new", metavar="NEW", help="the same, for the proposed policy")
+
     exemptions = sub.add_parser("exemptions", help="list exemptions with their state (pending, active, expired)")
     exemptions.add_argument("-c", "--config")
     exemptions.add_argument("--expiring", metavar="DURATION", help="only those expiring within DURATION (e.g. 7d)")
@@ -67,15 +77,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "diff":
+        return _guarded(lambda: _diff(args.old, args.new))
 
     def make_config() -> Config:
         return with_overrides(load_config(args.config), listen=getattr(args, "listen", None),
                               upstreams=getattr(args, "upstream", None), metrics=getattr(args, "metrics", None),
                               blocklists=args.blocklist)
 
-    try:
+    def command() -> int:
         config = make_config()
         if args.command == "serve":
+            if args.check_against and args.worker is None:  # the supervisor checked for its workers
+                _check_against(args.check_against, config)
             if args.workers is None:
                 args.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             if args.workers < 1:
@@ -91,6 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _explain(config, loaded, args.name, args.client)
         return 0
+
+    return _guarded(command)
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """Run a command; what goes wrong becomes one ``error:`` line and an exit code, never a traceback."""
+    try:
+        return command()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -100,6 +122,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `resolver check | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _diff(old_path: str, new_path: str) -> int:
+    _, old = load_side(old_path)
+    new_config, new = load_side(new_path)
+    outcome = review(old.side(), new.side(), new_config.policy.guard, time.time())
+    sys.stdout.write(render(old_path, new_path, old, new, outcome))
+    return 1 if outcome.refused else 0
+
+
+def _check_against(old_path: str, config: Config) -> None:
+    """``serve --check-against``: the first policy passes the same review as a reload would."""
+    _, old = load_side(old_path)
+    outcome = review(old.side(), load_policy(config).side(), config.policy.guard, time.time())
+    if outcome.refused:
+        raise ConfigError("--check-against", f"refusing to start against {old_path}: {outcome.refusal()}")
 
 
 def _run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:

@@ -33,6 +33,7 @@ import dns.rdatatype
 import pytest
 import yaml
 
+from tests.support.approvals import approval
 from tests.support.authserver import AuthServer
 from tests.support.blocklists import BLOCKLISTS_DIR, load_platforms
 from tests.support.prom import by_labels, delta, parse_samples
@@ -782,7 +783,8 @@ class Load:
 
 
 def test_twenty_reloads_under_load_lose_no_query_and_give_no_wrong_answer(servers: ResolverFactory) -> None:
-    configs = [{"policy": {"block": ["social", "messaging"]}}, {"policy": {"block": ["social"]}}]
+    configs = [{"policy": {"block": ["social", "messaging"]}},
+               {"policy": {"block": ["social"], "approved_changes": [approval(platforms=["messaging"])]}}]
     server = servers(configs[0])
     assert server.config_path is not None and server.proc is not None
     expect_a(server, WWW, WWW_V4)

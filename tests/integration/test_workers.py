@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 from tests.integration.test_metrics import by_label, parse_samples, total
+from tests.support.approvals import approval
 from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, wait_for, write_config
 
 
@@ -76,7 +77,8 @@ def test_a_killed_worker_is_restarted_and_nothing_is_lost(resolver_factory: Reso
 def test_sighup_reloads_every_worker_and_sigterm_stops_them(resolver_factory: ResolverFactory) -> None:
     server = resolver_factory({"policy": {"block": ["tiktok"]}}, ["--workers", "2"])
     assert server.config_path is not None and server.proc is not None
-    write_config(server.config_path, {"policy": {"block": ["facebook"]}})
+    write_config(server.config_path, {"policy": {"block": ["facebook"],  # unblocking TikTok, signed off
+                                                 "approved_changes": [approval(platforms=["tiktok"])]}})
     server.proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: server.stderr_text().count("policy reloaded") >= 2, timeout=15), server.stderr_text()
     _answered_all(server, [f"f{i}.facebook.com" for i in range(30)], "0.0.0.0")
