@@ -97,7 +97,7 @@ def render(old_name: str, new_name: str, old: Loaded, new: Loaded, outcome: Revi
     for change in outcome.changes:
         if change.kind != "exemption":
             by_group.setdefault(change.group, []).append(change)
-    for group in sorted(by_group, key=lambda g: (g == "", g)):
+    for group in sorted(by_group, key=lambda g: (g == "", not g.startswith("default"), g)):
         lines.append(f"group {group}:" if group else "every group concerned:")
         for effect, title in (("allowed", "becomes allowed"), ("blocked", "becomes blocked")):
             items = [c for c in by_group[group] if c.effect == effect]
