@@ -19,6 +19,7 @@ from resolver.config.model import Config
 from resolver.config.policy import parse_duration
 from resolver.core import order
 from resolver.core.client import canonical_client
+from resolver.core.guard import Approval
 from resolver.core.policy import ACTION_NAMES, BLOCK, Exemption, Policy, Verdict
 from resolver.errors import ConfigError, ResolverError
 from resolver.lists.formats import normalise_name
@@ -232,6 +233,12 @@ def _check(config: Config, loaded: Loaded) -> None:
     states = [e.state(now) for e in policy.exemptions]
     out(f"exemptions: {len(states)} ({states.count('active')} active, {states.count('pending')} pending, "
         f"{states.count('expired')} expired)\n")
+    guard = config.policy.guard
+    out("required for the default group: " + (", ".join(guard.required) + " (all blocked)" if guard.required
+                                                else "nothing (policy.required)") + "\n")
+    out("approved changes: " + ("; ".join(f"{a.reference} ({_approved(a)}) by {a.approved_by}, until "
+                                           f"{_when(a.expires)}{' [expired]' if a.expires <= now else ''}"
+                                           for a in guard.approvals) or "none") + "\n")
     bypass = policy.spec.bypass
     out("bypass defences: " + ", ".join(f"{k} {'on' if getattr(bypass, k) else 'off'}" for k in
                                         ("firefox_canary", "private_relay", "ddr", "doh_servers", "cname_cloaking"))
@@ -242,6 +249,12 @@ def _check(config: Config, loaded: Loaded) -> None:
     out(f"listen: {' '.join(str(e) for e in config.listen)}; upstreams: "
         f"{' '.join(str(e) for e in config.upstreams) or 'from /etc/resolv.conf'}\n")
     out("ok\n")
+
+
+def _approved(approval: Approval) -> str:
+    kinds = (("platforms", approval.platforms), ("lists", approval.lists), ("domains", approval.domains),
+             ("bypass", approval.bypass))
+    return "; ".join(f"{kind} {', '.join(sorted(names))}" for kind, names in kinds if names)
 
 
 def _printable(text: str) -> str:
