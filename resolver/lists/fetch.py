@@ -47,6 +47,27 @@ def fetch_list(source: ListSource, target: Path) -> bool:
     return _store(body, target)
 
 
+def needs_fetch(source: ListSource, cache_dir: Path) -> bool:
+    """True for a URL list with no last copy on disk, or with one that is not the content its ``sha256`` pins
+    (the pin was changed for a new release of the list): fetch it before building, or the build fails on the
+    old copy. A path list is never fetched."""
+    if source.url is None:
+        return False
+    cached = source.cache_path(cache_dir)
+    if not cached.exists():
+        return True
+    if source.sha256 is None:
+        return False
+    digest = hashlib.sha256()
+    try:
+        with cached.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    except OSError:
+        return True
+    return digest.hexdigest() != source.sha256
+
+
 def _opener(insecure: bool) -> urllib.request.OpenerDirector:
     """urllib's opener (certificates checked against the system's store), but following a redirect only to
     https unless the list is ``insecure``: a redirect to http would hand the list to anyone on the path."""

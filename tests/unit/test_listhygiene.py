@@ -22,7 +22,7 @@ from resolver.config.policy import ListSource
 from resolver.errors import ConfigError
 from resolver.lists import collect, fastpath, suffixes
 from resolver.lists.entries import MAX_SKIPPED, normalise_name
-from resolver.lists.fetch import fetch_list
+from resolver.lists.fetch import fetch_list, needs_fetch
 from resolver.lists.formats import ParsedList, parse_text
 from resolver.lists.load import load_policy
 from resolver.lists.stream import ListStream
@@ -348,3 +348,15 @@ def test_fetch_of_an_allow_list_counts_its_allow_rules(https_site: ListSite, tmp
     with pytest.raises(ConfigError, match=r"no usable entries \(1 lines skipped\)"):
         fetch_list(ListSource("ok", url=https_site.url()), tmp_path / "ok.txt")
     assert fetch_list(ListSource("ok", url=https_site.url(), allowlist=True), tmp_path / "ok.txt") is True
+
+
+def test_a_url_list_needs_a_fetch_when_its_copy_is_missing_or_not_the_one_pinned(tmp_path: Path) -> None:
+    """What start-up and a reload ask before building: a changed pin must bring the new release first."""
+    url = "https://lists.example/ads.txt"
+    cached = ListSource("ads", url=url).cache_path(tmp_path)
+    assert needs_fetch(ListSource("ads", url=url, sha256=PIN), tmp_path)
+    cached.write_bytes(b"||ads.example^\n")
+    assert not needs_fetch(ListSource("ads", url=url, sha256=PIN), tmp_path)
+    assert not needs_fetch(ListSource("ads", url=url), tmp_path)
+    assert needs_fetch(ListSource("ads", url=url, sha256="0" * 64), tmp_path)
+    assert not needs_fetch(ListSource("ads", path=tmp_path / "ads.txt", sha256="0" * 64), tmp_path)
