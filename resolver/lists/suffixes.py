@@ -11,8 +11,9 @@ subtree it opens as many.
 
 The rules are three sets of names spelled as ``normalise_name`` spells them (punycode for IDN): listed suffixes,
 the bases of wildcard rules (``*.ck``: every name one label below ``ck``) and the exceptions to those
-(``!www.ck``). ``covers_any`` checks a chunk of names with set operations, so the bulk path pays a hash per name
-and no Python loop.
+(``!www.ck``). ``covers_any`` checks a whole chunk of names with set operations and C-level maps (each name
+hashed, and its parent made and hashed), so the bulk path runs no Python code per name; ``is_public_suffix``
+answers for one name, for the line parsers and for callers such as the platform files.
 """
 
 from __future__ import annotations
