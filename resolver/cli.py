@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.workers > 1 and args.worker is None:
                 return _supervise(list(argv if argv is not None else sys.argv[1:]), config, args)
             return _serve(make_config, config, args.log_level, args.log_format, args.worker)
-        loaded = load_policy(config)
+        loaded = load_policy(config, strict=args.command == "check")  # check: a public-suffix entry is an error
         if args.command == "check":
             _check(config, loaded)
         elif args.command == "exemptions":

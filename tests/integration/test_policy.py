@@ -867,6 +867,12 @@ LISTS = {
         "passthru.domains-listed.lists.test CNAME rpz-passthru.\n",
     ),
 }
+# The allow rules above (`@@`, rpz-passthru.) are skipped in those lists, which only block; these allow lists let
+# the same names through.
+ALLOW_LISTS = {
+    "ok.txt": ("adblock", "! names the lists above block, let through\n@@||ok.adblock-listed.lists.test^\n"),
+    "pass.rpz": ("rpz", "passthru.domains-listed.lists.test CNAME rpz-passthru.\n"),
+}
 JUNK_LIST = (
     "! a list that went wrong\n"
     "||junk-good.lists.test^\n"
@@ -885,6 +891,9 @@ def lists_server(servers: ResolverFactory, tmp_path_factory: pytest.TempPathFact
     for filename, (fmt, text) in LISTS.items():
         (d / filename).write_text(text)
         entries.append({"name": f"{fmt}-list", "path": str(d / filename), "format": fmt})
+    for filename, (fmt, text) in ALLOW_LISTS.items():
+        (d / filename).write_text(text)
+        entries.append({"name": f"{fmt}-allow", "path": str(d / filename), "format": fmt, "allowlist": True})
     (d / "junk.txt").write_bytes(JUNK_LIST.encode("utf-8"))
     entries.append({"name": "junk", "path": str(d / "junk.txt"), "format": "adblock"})
     return servers.shared({"policy": {"lists": entries}})
@@ -898,10 +907,10 @@ BLOCKED_BY_LISTS = [
     "junk-good.lists.test", "junk-good-too.lists.test",
 ]
 FORWARDED_PAST_LISTS = [
-    "ok.adblock-listed.lists.test",  # @@ allows
+    "ok.adblock-listed.lists.test",  # @@ allows (from an allow list)
     "sub.exact-only.lists.test",  # |name^ is that name only
     "wildcard.lists.test",  # *.name is below the name only
-    "passthru.domains-listed.lists.test",  # rpz-passthru.
+    "passthru.domains-listed.lists.test",  # rpz-passthru. (from an allow list)
     "wild.rpz.lists.test",
     "a.nx.rpz.lists.test",  # an RPZ QNAME trigger is that name only
 ]
@@ -986,7 +995,10 @@ def test_url_list_blocks_and_its_last_good_copy_survives_a_failing_server_and_a_
 ) -> None:
     handler, port = list_site
     cache = tmp_path / "list-cache"
-    config = {"policy": {"lists": [{"url": f"http://127.0.0.1:{port}/list.txt", "refresh": 60, "name": "web"}],
+    # Plain http (insecure: true) keeps this about the last good copy; tests/integration/test_listhygiene.py
+    # fetches over https.
+    config = {"policy": {"lists": [{"url": f"http://127.0.0.1:{port}/list.txt", "refresh": 60, "name": "web",
+                                    "insecure": True}],
                          "list_cache_dir": str(cache)}}
     first = servers(config)
     assert handler.requests == 1, f"the list should be fetched once at start-up\n{first.stderr_text()}"
