@@ -35,7 +35,7 @@ def load_policy(config: Config) -> Loaded:
     used is given back to the OS before the (long-lived) policy is returned. (It makes no cycles worth a
     ``gc.collect()`` here: everything it drops is freed as it goes.)"""
     pc = config.policy
-    platforms = load_platforms(pc.blocklists_dir or BUNDLED_BLOCKLISTS)
+    platforms = load_platforms(pc.blocklists_dir or BUNDLED_BLOCKLISTS, pc.categories)
     streams = [open_list(src, pc.list_cache_dir) for src in pc.lists]
     spec = pc.spec
     groups = tuple(replace(g, allow_domains=_names(g.allow_domains, f"{g.where}.allow_domains")) for g in spec.groups)
