@@ -119,6 +119,7 @@ class Summary:
 class ReloadStats:
     ok: int = 0
     failed: int = 0
+    refused: int = 0  # builds that loaded but would unblock something nobody approved
     loaded_at: float = field(default_factory=time.time)
     fetch_ok: int = 0
     fetch_failed: int = 0
