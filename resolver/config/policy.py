@@ -23,6 +23,7 @@ from resolver.errors import ConfigError
 LIST_FORMATS = ("auto", "hosts", "domains", "adblock", "rpz", "wildcard")
 _SHA256 = re.compile(r"^[0-9A-Fa-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # spelt like a platform id
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 DEFAULT_LIST_CACHE = Path.home() / ".cache" / "resolver" / "lists"
@@ -55,6 +56,7 @@ class ListSource:
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     blocklists_dir: Path | None = None  # None: the bundled blocklists/
+    categories: tuple[str, ...] = ()  # allowed in platform files beside the bundled ones (resolver.lists.platforms)
     lists: tuple[ListSource, ...] = ()
     list_cache_dir: Path = DEFAULT_LIST_CACHE
     max_exemption_days: int = 90
@@ -114,7 +116,7 @@ def _addresses(items: tuple[str, ...], where: str) -> frozenset[str]:
 def parse_policy(s: Section, base: Path) -> PolicyConfig:
     """Read ``policy:`` (``s``); relative paths are relative to ``base``, the config file's directory."""
     s.check_keys(("blocklists_dir", "block", "allow", "monitor", "always_allow", "allow_domains", "lists", "groups",
-                  "exemptions", "max_exemption_days", "bypass", "list_cache_dir", *GUARD_KEYS))
+                  "exemptions", "max_exemption_days", "bypass", "list_cache_dir", "categories", *GUARD_KEYS))
     directory = s.raw.get("blocklists_dir")
     lists = _lists(s, base)
     max_days = s.number("max_exemption_days", 90, 1, 3650, integer=True)
@@ -149,6 +151,7 @@ def parse_policy(s: Section, base: Path) -> PolicyConfig:
     )
     config = PolicyConfig(
         blocklists_dir=None if directory is None else base / str(directory),
+        categories=_categories(s),
         lists=lists,
         list_cache_dir=DEFAULT_LIST_CACHE if cache_dir is None else base / str(cache_dir),
         max_exemption_days=max_days,
@@ -156,6 +159,14 @@ def parse_policy(s: Section, base: Path) -> PolicyConfig:
         guard=parse_guard(s, parse_time),
     )
     return config
+
+
+def _categories(s: Section) -> tuple[str, ...]:
+    names = s.strings("categories", ())
+    for i, name in enumerate(names):
+        if not _CATEGORY.match(name):
+            raise ConfigError(f"{s.where('categories')}[{i}]", f"{name!r}: lowercase letters, digits, - and _ only")
+    return names
 
 
 def _groups(s: Section) -> list[GroupSpec]:

@@ -50,7 +50,7 @@ def load_policy(config: Config, strict: bool = False) -> Loaded:
     per list; ``strict`` (``resolver check``) makes the first such entry an error naming its file and line, so it
     is fixed rather than carried."""
     pc = config.policy
-    platforms = load_platforms(pc.blocklists_dir or BUNDLED_BLOCKLISTS)
+    platforms = load_platforms(pc.blocklists_dir or BUNDLED_BLOCKLISTS, pc.categories)
     for src in pc.lists:
         if src.insecure and src.url is not None and src.url.startswith("http://"):
             log.warning("list %s: fetched over plain http (%s.insecure: true): anyone on the path can change what "

@@ -744,6 +744,13 @@ def replace_config(path: Path, config: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
+def replace_text(path: Path, text: str) -> None:
+    """Write a watched file so that a reload never reads half of it."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 class Load:
     """Clients asking a blocked and a forwarded name without pause, recording every wrong or missing answer."""
 
@@ -843,6 +850,36 @@ def test_broken_config_is_refused_logged_counted_and_the_old_policy_keeps_servin
     blocked(server, TIKTOK)
     expect_a(server, FACEBOOK, FACEBOOK_V4)
     assert server.alive()
+    server.stop()
+
+
+def test_a_platform_moved_to_an_undeclared_category_is_refused_and_the_ban_stays(
+    servers: ResolverFactory, tmp_path: Path
+) -> None:
+    """A typo in a running server's platform file (``socail``) would take TikTok out of ``social``, which the default
+    group blocks: the reload is refused at the file's line and TikTok stays blocked. A category the config declares
+    is taken: a platform leaves a blocked category on purpose only."""
+    directory = tmp_path / "blocklists"
+    shutil.copytree(BLOCKLISTS_DIR, directory)
+    server = servers({"policy": {"blocklists_dir": str(directory)}}, metrics=True)
+    assert server.config_path is not None
+    blocked(server, TIKTOK)
+    tiktok = directory / "tiktok.yaml"
+    text = tiktok.read_text()
+    line = text.splitlines().index("category: social") + 1
+    replace_text(tiktok, text.replace("\ncategory: social\n", "\ncategory: socail\n", 1))
+    assert server.wait_stderr("reload refused", timeout=10), server.stderr_text()  # the watcher saw it
+    refusal = server.stderr_lines("reload refused")[0]
+    assert f"{tiktok}:{line}: category: unknown category 'socail' (known: doh-bypass, maps, messaging, news, " \
+           "social, transport; declare a new one in the config's policy.categories)" in refusal, refusal
+    assert wait_for(lambda: by_labels(parse_samples(server.metrics_text()), "resolver_reloads_total", "result")
+                    .get(("failure",), 0) >= 1, timeout=5), server.metrics_text()
+    blocked(server, TIKTOK)
+
+    replace_config(server.config_path, {"policy": {"blocklists_dir": str(directory), "categories": ["video"]}})
+    replace_text(tiktok, text.replace("\ncategory: social\n", "\ncategory: video\n", 1))
+    assert server.wait_stderr("policy reloaded", timeout=10), server.stderr_text()
+    expect_a(server, TIKTOK, TIKTOK_V4)  # the default group blocks social and messaging, not video
     server.stop()
 
 
