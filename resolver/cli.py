@@ -181,16 +181,11 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
            worker: str | None = None) -> int:
     logs.setup(level, fmt)
     from resolver.app import Server
-    from resolver.lists.fetch import fetch_list
+    from resolver.ops.reload import fetch_missing
 
-    for source in config.policy.lists:
-        # A URL list never fetched before is fetched now, so the first policy already has it; on failure the
-        # resolver still starts (without that list) and keeps trying.
-        if source.url is not None and not source.cache_path(config.policy.list_cache_dir).exists():
-            try:
-                fetch_list(source, source.cache_path(config.policy.list_cache_dir))
-            except ConfigError as err:
-                log.error("list %s: first fetch failed, starting without it: %s", source.name, err)
+    # A URL list never fetched before (or pinned to new content) is fetched now, so the first policy already has
+    # it; on failure the resolver still starts (without that list) and keeps trying.
+    fetch_missing(config)
     loaded = load_policy(config)
 
     index, fd = (int(x) for x in worker.split(":")) if worker else (None, None)

@@ -8,6 +8,7 @@ An https list stays https: a redirect to plain http is refused unless the list i
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,14 +88,33 @@ def _opener(insecure: bool) -> urllib.request.OpenerDirector:
 
 
 def _store(body: bytes, target: Path) -> bool:
-    """Write ``body`` to ``target`` through a partial file, so a reader sees the old copy or the new one."""
+    """Write ``body`` to ``target`` through a partial file, so a reader sees the old copy or the new one. The old
+    copy stays beside it (a hard link, so ``target`` never goes missing) until ``restore_previous`` or the next
+    download: a policy built from the new copy may still be refused."""
     try:
         if target.exists() and target.read_bytes() == body:
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".part")
+        partial, previous = target.with_suffix(".part"), _previous(target)
         partial.write_bytes(body)
+        previous.unlink(missing_ok=True)
+        if target.exists():
+            os.link(target, previous)
         partial.replace(target)
     except OSError as err:
         raise ConfigError(str(target), f"cannot store the list: {err.strerror or err}") from None
     return True
+
+
+def restore_previous(target: Path) -> bool:
+    """Put back the copy the last download replaced (its policy was refused), so a restart does not build from
+    the copy a reload refused. False when there is none (the list was never fetched before)."""
+    try:
+        _previous(target).replace(target)
+    except OSError:
+        return False
+    return True
+
+
+def _previous(target: Path) -> Path:
+    return target.with_suffix(".prev")

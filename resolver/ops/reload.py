@@ -26,7 +26,7 @@ from resolver.config.model import BUNDLED_BLOCKLISTS, DEFAULT_SOURCE, Config
 from resolver.config.policy import ListSource
 from resolver.core.pipeline import Pipeline
 from resolver.errors import ConfigError
-from resolver.lists.fetch import fetch_list
+from resolver.lists.fetch import fetch_list, needs_fetch, restore_previous
 from resolver.lists.load import Loaded, load_policy, trim_memory
 from resolver.ops.review import Review, audit_event, review
 
@@ -138,10 +138,24 @@ def rebuild(config_factory: Callable[[], Config]) -> tuple[Config, Loaded]:
     gc.disable()
     try:
         config = config_factory()
+        fetch_missing(config)
         return config, load_policy(config)
     finally:
         if enabled:
             gc.enable()
+
+
+def fetch_missing(config: Config) -> None:
+    """Download the URL lists the config names but has no usable copy of (a new list, or a new ``sha256`` pin),
+    so the policy is built with them; a failed download is logged, and the build goes on without that list (a
+    pinned list with a stale copy then fails the build, and the old policy keeps serving)."""
+    cache = config.policy.list_cache_dir
+    for source in config.policy.lists:
+        if needs_fetch(source, cache):
+            try:
+                fetch_list(source, source.cache_path(cache))
+            except ConfigError as err:
+                log.error("list %s: fetch failed, building without a new copy: %s", source.name, err)
 
 
 def _settle() -> None:
@@ -263,10 +277,17 @@ class Reloader:
     async def refresh(self, source: ListSource) -> None:
         """Fetch a URL list every ``refresh`` seconds; reload when its content changed."""
         while True:
-            ok, changed = await self.fetch(source)
-            if changed:
-                await self.reload(f"list {source.name} refreshed")
-            await asyncio.sleep(next_fetch_delay(source.refresh, ok))
+            await asyncio.sleep(await self.refresh_once(source))
+
+    async def refresh_once(self, source: ListSource) -> float:
+        """One fetch, and a reload if the content changed; the seconds until the next fetch."""
+        ok, changed = await self.fetch(source)
+        if changed and not await self.reload(f"list {source.name} refreshed"):
+            # The new copy was refused: put the old one back, or a restart would serve what was refused.
+            if restore_previous(source.cache_path(self.config.policy.list_cache_dir)):
+                log.warning("list %s: the refused download is set aside; the last accepted copy stays on disk",
+                            source.name)
+        return next_fetch_delay(source.refresh, ok)
 
     async def fetch(self, source: ListSource) -> tuple[bool, bool]:
         """Fetch one URL list off the loop; (fetched, content changed)."""
