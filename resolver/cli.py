@@ -211,9 +211,10 @@ def _check(config: Config, loaded: Loaded) -> None:
             "monitored" if p.id in default.monitor else "not blocked"
         out(f"  {p.id:<{width}}  {p.category:<10} {len(p.domains):>5} domains  {state}\n")
     out(f"lists: {len(loaded.lists)}\n")
-    for (name, _), parsed in zip(policy.lists.items(), loaded.lists, strict=True):
-        out(f"  {name}: {parsed.source}  {parsed.format}  {len(parsed.entries)} entries, "
-            f"{parsed.skipped_count} lines skipped\n")
+    for (name, _), parsed, source in zip(policy.lists.items(), loaded.lists, config.policy.lists, strict=True):
+        kind = "allow list, " if source.allowlist else ""
+        out(f"  {name}: {parsed.source}  {parsed.format}  {kind}{len(parsed.entries)} entries "
+            f"({parsed.blocking} blocking), {parsed.skipped_count} lines skipped\n")
         for skip in parsed.skipped[:20]:
             out(f"    line {skip.line}: {_printable(skip.reason)}: {_printable(skip.text)}\n")
         if parsed.skipped_count > 20:

@@ -282,11 +282,11 @@ class Reloader:
     async def refresh_once(self, source: ListSource) -> float:
         """One fetch, and a reload if the content changed; the seconds until the next fetch."""
         ok, changed = await self.fetch(source)
-        if changed and not await self.reload(f"list {source.name} refreshed"):
-            # The new copy was refused: put the old one back, or a restart would serve what was refused.
-            if restore_previous(source.cache_path(self.config.policy.list_cache_dir)):
-                log.warning("list %s: the refused download is set aside; the last accepted copy stays on disk",
-                            source.name)
+        refused = changed and not await self.reload(f"list {source.name} refreshed")
+        # A refused copy goes back to the previous one, or a restart would serve what was refused.
+        if refused and restore_previous(source.cache_path(self.config.policy.list_cache_dir)):
+            log.warning("list %s: the refused download is set aside; the last accepted copy stays on disk",
+                        source.name)
         return next_fetch_delay(source.refresh, ok)
 
     async def fetch(self, source: ListSource) -> tuple[bool, bool]:

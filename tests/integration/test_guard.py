@@ -184,6 +184,9 @@ def test_an_allow_list_over_a_blocked_platform_is_refused_until_approved(resolve
     line = reload_and_expect(server, "reload refused", 1)
     assert "domain tiktok.com for group default" in line, line
     assert sinkholed(server, TIKTOK)
+    checked = run_cli("check", "-c", str(server.config_path))
+    assert f"  ok: {allow}  adblock  allow list, 1 entries (0 blocking), 0 lines skipped\n" in checked.stdout, \
+        checked.stdout
     config["policy"]["approved_changes"] = [approval(domains=["tiktok.com"])]
     write_config(server.config_path, config)
     reload_and_expect(server, "policy reloaded", 1)

@@ -87,7 +87,7 @@ def test_an_allow_rule_in_a_list_that_blocks_does_not_lift_the_ban(
     result = run_cli("check", "-c", str(server.config_path))
     assert result.returncode == 0, result.stderr
     assert "    line 2: allow rule outside an allow list: @@||tiktok.com^\n" in result.stdout, result.stdout
-    assert f"  ads: {listed}  adblock  1 entries, 1 lines skipped\n" in result.stdout, result.stdout
+    assert f"  ads: {listed}  adblock  1 entries (1 blocking), 1 lines skipped\n" in result.stdout, result.stdout
 
 
 def test_an_allow_list_lets_through_a_name_another_list_blocks(
