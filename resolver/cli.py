@@ -126,17 +126,18 @@ def _guarded(command: Callable[[], int]) -> int:
 
 
 def _diff(old_path: str, new_path: str) -> int:
-    _, old = load_side(old_path)
+    old_config, old = load_side(old_path)
     new_config, new = load_side(new_path)
-    outcome = review(old.side(), new.side(), new_config.policy.guard, time.time())
+    outcome = review(old.side(), new.side(), new_config.policy.guard, time.time(), old_config.policy.guard)
     sys.stdout.write(render(old_path, new_path, old, new, outcome))
     return 1 if outcome.refused else 0
 
 
 def _check_against(old_path: str, config: Config) -> None:
     """``serve --check-against``: the first policy passes the same review as a reload would."""
-    _, old = load_side(old_path)
-    outcome = review(old.side(), load_policy(config).side(), config.policy.guard, time.time())
+    old_config, old = load_side(old_path)
+    outcome = review(old.side(), load_policy(config).side(), config.policy.guard, time.time(),
+                     old_config.policy.guard)
     if outcome.refused:
         raise ConfigError("--check-against", f"refusing to start against {old_path}: {outcome.refusal()}")
 

@@ -29,6 +29,10 @@ class Limits:
     platform_shrink: float = 0.10
     list_shrink: float = 0.50
 
+    def stricter(self, other: Limits) -> Limits:
+        """The tighter of two configs' limits: a change cannot loosen the limit it is judged by."""
+        return Limits(min(self.platform_shrink, other.platform_shrink), min(self.list_shrink, other.list_shrink))
+
 
 @dataclass(frozen=True, slots=True)
 class Approval:

@@ -205,7 +205,7 @@ class Reloader:
 
     def review(self, config: Config, loaded: Loaded) -> Review:
         """The new build against the serving one, with the new config's approvals."""
-        return review(self.side, loaded.side(), config.policy.guard, self._clock())
+        return review(self.side, loaded.side(), config.policy.guard, self._clock(), self.config.policy.guard)
 
     def refused(self, why: str, err: ConfigError) -> bool:
         """A build failed: the old policy and config stay; the failure is logged once and counted."""

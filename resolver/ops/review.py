@@ -41,9 +41,11 @@ class Review:
                 f"(platforms, lists, domains or bypass, with approved_by, reason, reference, expires)")
 
 
-def review(old: Side, new: Side, guard: Guard, now: float) -> Review:
-    """``guard`` is the NEW config's: a change is approved where it is made."""
-    changes = compare(old, new, guard.limits)
+def review(old: Side, new: Side, guard: Guard, now: float, old_guard: Guard | None = None) -> Review:
+    """``guard`` is the NEW config's: a change is approved where it is made. The shrink limits are the stricter of
+    the two configs', so raising a limit and cutting a list in one change is still caught."""
+    limits = guard.limits if old_guard is None else guard.limits.stricter(old_guard.limits)
+    changes = compare(old, new, limits)
     categories = categories_of(old.policy) | categories_of(new.policy)
     return Review(changes, unapproved(changes, guard.approvals, now, categories),
                   approvals_used(changes, guard.approvals, now, categories))

@@ -12,6 +12,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.support.approvals import approval
 from tests.support.authserver import AuthServer
 from tests.support.blocklists import BLOCKLISTS_DIR
@@ -266,3 +268,21 @@ def test_serve_check_against_refuses_an_unapproved_reduction(tmp_path: Path, aut
                                           "approved_changes": [approval(platforms=["messaging"])]}},
                               ["--check-against", str(old)])
     assert wait_for(lambda: sinkholed(server, TIKTOK))
+
+
+def test_raising_the_shrink_limit_in_the_same_change_does_not_let_a_cut_through(tmp_path: Path) -> None:
+    blocklists_copy(tmp_path / "old")
+    new_dir = blocklists_copy(tmp_path / "new")
+    tiktok = new_dir / "tiktok.yaml"
+    platform = yaml.safe_load(tiktok.read_text())
+    platform["domains"] = platform["domains"][: len(platform["domains"]) // 2]  # half of TikTok's domains gone
+    tiktok.write_text(yaml.safe_dump(platform))
+    # Each side is a policy repository: resolver.yaml and its blocklists/ directory.
+    old = write_config(tmp_path / "old" / "resolver.yaml", {"policy": {"blocklists_dir": "blocklists"}})
+    new = write_config(tmp_path / "new" / "resolver.yaml",
+                       {"policy": {"blocklists_dir": "blocklists", "max_platform_shrink": "90%"}})
+    result = run_cli("diff", str(tmp_path / "old"), str(tmp_path / "new"))
+    assert result.returncode == 1, result
+    assert "platform tiktok: domains" in result.stdout and "more than the 10% allowed" in result.stdout, result.stdout
+    assert old.exists() and new.exists()
+    assert run_cli("diff", str(old), str(new)).returncode == 1, "the config files name the same sides"

@@ -92,6 +92,10 @@ def test_a_platform_that_lost_more_than_the_limit_of_its_domains() -> None:
     assert reductions(old, nine) == [], "a 10% drop is within the default limit"
 
 
+def test_a_change_is_judged_by_the_stricter_of_the_two_limits() -> None:
+    assert Limits(0.5, 0.9).stricter(Limits(0.1, 0.95)) == Limits(0.1, 0.9)
+
+
 def test_an_allow_entry_over_a_platform_domain_is_a_reduction() -> None:
     new = side(build(allow_domains=("tiktok.com",)))
     changes = [c for c in compare(side(build()), new) if c.reduction]
