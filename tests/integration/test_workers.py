@@ -115,7 +115,8 @@ def test_each_worker_exports_the_policy_version_it_serves(resolver_factory: Reso
     first = _checked_version(server.config_path)
     every = [(str(i), first) for i in range(workers)]
     assert wait_for(lambda: _versions(server) == every, timeout=10), server.metrics_text()
-    write_config(server.config_path, {"policy": {"block": ["facebook"]}})
+    write_config(server.config_path, {"policy": {"block": ["facebook"],  # unblocking TikTok, signed off
+                                                 "approved_changes": [approval(platforms=["tiktok"])]}})
     second = _checked_version(server.config_path)
     assert second != first
     server.proc.send_signal(signal.SIGHUP)
