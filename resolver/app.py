@@ -171,7 +171,7 @@ class Server:
         querylog = None if self.querylog is None else (self.querylog.written, self.querylog.dropped)
         return take(stats=self.stats, cache=self.cache, policy=self.pipeline.policy, reloads=self.reloader.stats,
                     upstreams=self.upstreams.upstream_stats, loop_now=self.loop_time(), tcp_rejected=self.tcp.rejected,
-                    querylog=querylog, ready=self.ready(), started=self.started)
+                    querylog=querylog, ready=self.ready(), started=self.started, worker=self.worker or 0)
 
     def ready(self) -> bool:
         """Listening, not shutting down, a policy loaded, and at least one upstream answering."""

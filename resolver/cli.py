@@ -19,12 +19,14 @@ from resolver.config.model import Config
 from resolver.config.policy import parse_duration
 from resolver.core import order
 from resolver.core.client import canonical_client
+from resolver.core.guard import Approval
 from resolver.core.policy import ACTION_NAMES, BLOCK, Exemption, Policy, Verdict
 from resolver.errors import ConfigError, ResolverError
 from resolver.lists.formats import normalise_name
 from resolver.lists.load import Loaded, load_policy
 from resolver.lists.platforms import line_of
 from resolver.ops import logs
+from resolver.ops.review import load_side, render, review
 
 log = logging.getLogger("resolver")
 
@@ -46,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=None, metavar="N",
                        help="worker processes sharing the ports (SO_REUSEPORT); default: one per CPU this "
                             "process may run on. Each worker has its own cache")
+    serve.add_argument("--check-against", metavar="OLD",
+                       help="refuse to start when this policy unblocks anything, compared with OLD (a config or a "
+                            "directory, as for `resolver diff`), that the config does not approve")
     serve.add_argument("--worker", help=argparse.SUPPRESS)  # INDEX:FD, set by the supervisor for its workers
 
     check = sub.add_parser("check", help="validate a config and its lists, print a summary")
@@ -58,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--client", default="127.0.0.1", help="client address (default 127.0.0.1)")
     explain.add_argument("--blocklist", action="append", metavar="FILE")
 
+    diff = sub.add_parser("diff", help="what changes from OLD to NEW, per group; exits 1 on a reduction NEW does "
+                                       "not approve")
+    diff.add_argument("old", metavar="OLD", help="config file, or a directory (its resolver.yaml, or else a "
+                                                 "blocklists directory under the built-in policy)")
+    diff.add_argument("new", metavar="NEW", help="the same, for the proposed policy")
+
     exemptions = sub.add_parser("exemptions", help="list exemptions with their state (pending, active, expired)")
     exemptions.add_argument("-c", "--config")
     exemptions.add_argument("--expiring", metavar="DURATION", help="only those expiring within DURATION (e.g. 7d)")
@@ -67,15 +78,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "diff":
+        return _guarded(lambda: _diff(args.old, args.new))
 
     def make_config() -> Config:
         return with_overrides(load_config(args.config), listen=getattr(args, "listen", None),
                               upstreams=getattr(args, "upstream", None), metrics=getattr(args, "metrics", None),
                               blocklists=args.blocklist)
 
-    try:
+    def command() -> int:
         config = make_config()
         if args.command == "serve":
+            if args.check_against and args.worker is None:  # the supervisor checked for its workers
+                _check_against(args.check_against, config)
             if args.workers is None:
                 args.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             if args.workers < 1:
@@ -83,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.workers > 1 and args.worker is None:
                 return _supervise(list(argv if argv is not None else sys.argv[1:]), config, args)
             return _serve(make_config, config, args.log_level, args.log_format, args.worker)
-        loaded = load_policy(config)
+        loaded = load_policy(config, strict=args.command == "check")  # check: a public-suffix entry is an error
         if args.command == "check":
             _check(config, loaded)
         elif args.command == "exemptions":
@@ -91,6 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _explain(config, loaded, args.name, args.client)
         return 0
+
+    return _guarded(command)
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """Run a command; what goes wrong becomes one ``error:`` line and an exit code, never a traceback."""
+    try:
+        return command()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -100,6 +123,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `resolver check | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _diff(old_path: str, new_path: str) -> int:
+    old_config, old = load_side(old_path)
+    new_config, new = load_side(new_path)
+    outcome = review(old.side(), new.side(), new_config.policy.guard, time.time(), old_config.policy.guard)
+    sys.stdout.write(render(old_path, new_path, old, new, outcome))
+    return 1 if outcome.refused else 0
+
+
+def _check_against(old_path: str, config: Config) -> None:
+    """``serve --check-against``: the first policy passes the same review as a reload would."""
+    old_config, old = load_side(old_path)
+    outcome = review(old.side(), load_policy(config).side(), config.policy.guard, time.time(),
+                     old_config.policy.guard)
+    if outcome.refused:
+        raise ConfigError("--check-against", f"refusing to start against {old_path}: {outcome.refusal()}")
 
 
 def _run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
@@ -142,16 +182,11 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
            worker: str | None = None) -> int:
     logs.setup(level, fmt)
     from resolver.app import Server
-    from resolver.lists.fetch import fetch_list
+    from resolver.ops.reload import fetch_missing
 
-    for source in config.policy.lists:
-        # A URL list never fetched before is fetched now, so the first policy already has it; on failure the
-        # resolver still starts (without that list) and keeps trying.
-        if source.url is not None and not source.cache_path(config.policy.list_cache_dir).exists():
-            try:
-                fetch_list(source, source.cache_path(config.policy.list_cache_dir))
-            except ConfigError as err:
-                log.error("list %s: first fetch failed, starting without it: %s", source.name, err)
+    # A URL list never fetched before (or pinned to new content) is fetched now, so the first policy already has
+    # it; on failure the resolver still starts (without that list) and keeps trying.
+    fetch_missing(config)
     loaded = load_policy(config)
 
     index, fd = (int(x) for x in worker.split(":")) if worker else (None, None)
@@ -177,9 +212,10 @@ def _check(config: Config, loaded: Loaded) -> None:
             "monitored" if p.id in default.monitor else "not blocked"
         out(f"  {p.id:<{width}}  {p.category:<10} {len(p.domains):>5} domains  {state}\n")
     out(f"lists: {len(loaded.lists)}\n")
-    for (name, _), parsed in zip(policy.lists.items(), loaded.lists, strict=True):
-        out(f"  {name}: {parsed.source}  {parsed.format}  {len(parsed.entries)} entries, "
-            f"{parsed.skipped_count} lines skipped\n")
+    for (name, _), parsed, source in zip(policy.lists.items(), loaded.lists, config.policy.lists, strict=True):
+        kind = "allow list, " if source.allowlist else ""
+        out(f"  {name}: {parsed.source}  {parsed.format}  {kind}{len(parsed.entries)} entries "
+            f"({parsed.blocking} blocking), {parsed.skipped_count} lines skipped\n")
         for skip in parsed.skipped[:20]:
             out(f"    line {skip.line}: {_printable(skip.reason)}: {_printable(skip.text)}\n")
         if parsed.skipped_count > 20:
@@ -194,6 +230,12 @@ def _check(config: Config, loaded: Loaded) -> None:
     states = [e.state(now) for e in policy.exemptions]
     out(f"exemptions: {len(states)} ({states.count('active')} active, {states.count('pending')} pending, "
         f"{states.count('expired')} expired)\n")
+    guard = config.policy.guard
+    out("required for the default group: " + (", ".join(guard.required) + " (all blocked)" if guard.required
+                                                else "nothing (policy.required)") + "\n")
+    out("approved changes: " + ("; ".join(f"{a.reference} ({_approved(a)}) by {a.approved_by}, until "
+                                           f"{_when(a.expires)}{' [expired]' if a.expires <= now else ''}"
+                                           for a in guard.approvals) or "none") + "\n")
     bypass = policy.spec.bypass
     out("bypass defences: " + ", ".join(f"{k} {'on' if getattr(bypass, k) else 'off'}" for k in
                                         ("firefox_canary", "private_relay", "ddr", "doh_servers", "cname_cloaking"))
@@ -204,6 +246,12 @@ def _check(config: Config, loaded: Loaded) -> None:
     out(f"listen: {' '.join(str(e) for e in config.listen)}; upstreams: "
         f"{' '.join(str(e) for e in config.upstreams) or 'from /etc/resolv.conf'}\n")
     out("ok\n")
+
+
+def _approved(approval: Approval) -> str:
+    kinds = (("platforms", approval.platforms), ("lists", approval.lists), ("domains", approval.domains),
+             ("bypass", approval.bypass))
+    return "; ".join(f"{kind} {', '.join(sorted(names))}" for kind, names in kinds if names)
 
 
 def _printable(text: str) -> str:

@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resolver.config.changes import GUARD_KEYS, Guard, parse_guard
 from resolver.config.yamlfile import Section
 from resolver.core.client import canonical_client
 from resolver.core.policy import DEFAULT_GROUP, Bypass, Exemption, GroupSpec, IPNetwork, PolicySpec
 from resolver.errors import ConfigError
 
 LIST_FORMATS = ("auto", "hosts", "domains", "adblock", "rpz", "wildcard")
+_SHA256 = re.compile(r"^[0-9A-Fa-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # spelt like a platform id
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 DEFAULT_LIST_CACHE = Path.home() / ".cache" / "resolver" / "lists"
@@ -28,13 +31,22 @@ DEFAULT_LIST_CACHE = Path.home() / ".cache" / "resolver" / "lists"
 
 @dataclass(frozen=True, slots=True)
 class ListSource:
-    """A list file, or a URL fetched every ``refresh`` seconds into ``cache_path`` (the last good copy)."""
+    """A list file, or a URL fetched every ``refresh`` seconds into ``cache_path`` (the last good copy).
+
+    ``allowlist``: the list names what to let through (every entry allows); any other list only blocks, and its
+    allow rules are skipped. ``insecure``: a URL list may come over plain http. ``sha256``: the content's pinned
+    hash (lowercase hex), checked on every download and every load.
+    """
 
     name: str
     path: Path | None = None
     url: str | None = None
     format: str = "auto"
     refresh: float = 86400.0
+    allowlist: bool = False
+    insecure: bool = False
+    sha256: str | None = None
+    where: str = ""  # the config entry, for messages: "resolver.yaml: policy.lists[0]"
 
     def cache_path(self, directory: Path) -> Path:
         digest = hashlib.sha256((self.url or "").encode()).hexdigest()[:16]
@@ -44,10 +56,12 @@ class ListSource:
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     blocklists_dir: Path | None = None  # None: the bundled blocklists/
+    categories: tuple[str, ...] = ()  # allowed in platform files beside the bundled ones (resolver.lists.platforms)
     lists: tuple[ListSource, ...] = ()
     list_cache_dir: Path = DEFAULT_LIST_CACHE
     max_exemption_days: int = 90
     spec: PolicySpec = field(default_factory=PolicySpec)
+    guard: Guard = field(default_factory=Guard)  # required platforms, approved reductions, shrink limits
 
 
 def parse_duration(value: Any, where: str) -> float:
@@ -102,7 +116,7 @@ def _addresses(items: tuple[str, ...], where: str) -> frozenset[str]:
 def parse_policy(s: Section, base: Path) -> PolicyConfig:
     """Read ``policy:`` (``s``); relative paths are relative to ``base``, the config file's directory."""
     s.check_keys(("blocklists_dir", "block", "allow", "monitor", "always_allow", "allow_domains", "lists", "groups",
-                  "exemptions", "max_exemption_days", "bypass", "list_cache_dir"))
+                  "exemptions", "max_exemption_days", "bypass", "list_cache_dir", "categories", *GUARD_KEYS))
     directory = s.raw.get("blocklists_dir")
     lists = _lists(s, base)
     max_days = s.number("max_exemption_days", 90, 1, 3650, integer=True)
@@ -137,12 +151,22 @@ def parse_policy(s: Section, base: Path) -> PolicyConfig:
     )
     config = PolicyConfig(
         blocklists_dir=None if directory is None else base / str(directory),
+        categories=_categories(s),
         lists=lists,
         list_cache_dir=DEFAULT_LIST_CACHE if cache_dir is None else base / str(cache_dir),
         max_exemption_days=max_days,
         spec=spec,
+        guard=parse_guard(s, parse_time),
     )
     return config
+
+
+def _categories(s: Section) -> tuple[str, ...]:
+    names = s.strings("categories", ())
+    for i, name in enumerate(names):
+        if not _CATEGORY.match(name):
+            raise ConfigError(f"{s.where('categories')}[{i}]", f"{name!r}: lowercase letters, digits, - and _ only")
+    return names
 
 
 def _groups(s: Section) -> list[GroupSpec]:
@@ -221,28 +245,57 @@ def _lists(s: Section, base: Path) -> tuple[ListSource, ...]:
     raw_lists = s.raw.get("lists") or []
     if not isinstance(raw_lists, list):
         raise ConfigError(s.where("lists"), "must be a list of {name, path or url, format, refresh}")
-    out = []
-    for i, item in enumerate(raw_lists):
-        if isinstance(item, str):
-            item = {"path": item}
-        entry = Section(item, s.file, f"{s.path}.lists[{i}]")
-        entry.check_keys(("name", "path", "url", "format", "refresh"))
-        path, url = entry.raw.get("path"), entry.raw.get("url")
-        if (path is None) == (url is None):
-            raise ConfigError(entry.where("path"), "give exactly one of path (a file) or url (http/https)")
-        if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
-            raise ConfigError(entry.where("url"), f"must be an http:// or https:// URL, got {url!r}")
-        if path is not None and not isinstance(path, str):
-            raise ConfigError(entry.where("path"), "must be a file path")
-        fmt = str(entry.raw.get("format", "auto"))
-        if fmt not in LIST_FORMATS:
-            raise ConfigError(entry.where("format"), f"must be one of {', '.join(LIST_FORMATS)}, got {fmt!r}")
-        default_name = Path(path).stem if path is not None else str(url).rstrip("/").rsplit("/", 1)[-1].split(".")[0]
-        name = str(entry.raw.get("name", default_name or f"list{i}"))
-        if not _NAME.match(name):
-            raise ConfigError(entry.where("name"), f"{name!r}: letters, digits, '.', '-' and '_' only")
-        refresh = parse_duration(entry.raw.get("refresh", "24h"), entry.where("refresh"))
-        if refresh < 60:
-            raise ConfigError(entry.where("refresh"), "at least 60 seconds: list servers are somebody else's")
-        out.append(ListSource(name, None if path is None else base / path, url, fmt, refresh))
-    return tuple(out)
+    return tuple(_list(Section({"path": item} if isinstance(item, str) else item, s.file, f"{s.path}.lists[{i}]"),
+                       base, i) for i, item in enumerate(raw_lists))
+
+
+def _list(entry: Section, base: Path, i: int) -> ListSource:
+    entry.check_keys(("name", "path", "url", "format", "refresh", "allowlist", "insecure", "sha256"))
+    path, url = entry.raw.get("path"), entry.raw.get("url")
+    if (path is None) == (url is None):
+        raise ConfigError(entry.where("path"), "give exactly one of path (a file) or url (https)")
+    allowlist, insecure = _flag(entry, "allowlist"), _flag(entry, "insecure")
+    if url is not None:
+        _check_url(entry, url, insecure)
+    elif insecure:
+        raise ConfigError(entry.where("insecure"), "only a url list is fetched, so only a url list can be insecure")
+    if path is not None and not isinstance(path, str):
+        raise ConfigError(entry.where("path"), "must be a file path")
+    fmt = str(entry.raw.get("format", "auto"))
+    if fmt not in LIST_FORMATS:
+        raise ConfigError(entry.where("format"), f"must be one of {', '.join(LIST_FORMATS)}, got {fmt!r}")
+    default_name = Path(path).stem if path is not None else str(url).rstrip("/").rsplit("/", 1)[-1].split(".")[0]
+    name = str(entry.raw.get("name", default_name or f"list{i}"))
+    if not _NAME.match(name):
+        raise ConfigError(entry.where("name"), f"{name!r}: letters, digits, '.', '-' and '_' only")
+    refresh = parse_duration(entry.raw.get("refresh", "24h"), entry.where("refresh"))
+    if refresh < 60:
+        raise ConfigError(entry.where("refresh"), "at least 60 seconds: list servers are somebody else's")
+    return ListSource(name, None if path is None else base / path, url, fmt, refresh, allowlist, insecure,
+                      _sha256(entry), f"{entry.file}: {entry.path}")
+
+
+def _flag(entry: Section, key: str) -> bool:
+    value = entry.raw.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(entry.where(key), f"must be true or false, got {value!r}")
+    return value
+
+
+def _check_url(entry: Section, url: Any, insecure: bool) -> None:
+    """https only: a list fetched in the clear can be rewritten on the way, and a rewritten blocklist lifts a ban
+    as surely as an edited config. Plain http is the operator's explicit choice (``insecure: true``)."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError(entry.where("url"), f"must be an https:// URL, got {url!r}")
+    if url.startswith("http://") and not insecure:
+        raise ConfigError(entry.where("url"), f"{url!r} is plain http: a list must come over https (or set "
+                                              "insecure: true to take it unprotected)")
+
+
+def _sha256(entry: Section) -> str | None:
+    value = entry.raw.get("sha256")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise ConfigError(entry.where("sha256"), f"must be 64 hex digits (a quoted string), got {value!r}")
+    return value.lower()

@@ -134,7 +134,7 @@ STEPS: tuple[Step, ...] = (
     Step("exemptions", "an approved, unexpired exemption for a platform that claims the name lifts any block of "
          "that name for the clients it covers, whichever step below would block it", _exemptions,
          _describe_exemptions),
-    Step("allow entries", "allow_domains and @@ rules of trusted lists are the operator's explicit word on a name; "
+    Step("allow entries", "allow_domains and the entries of allow lists are the operator's explicit word on a name; "
          "they shield it and everything below it", _allow_entries, _describe_allow_entries),
     Step("allowed platforms", "a platform the group allows (or an always-allowed category: maps, news, transport) "
          "beats the category block that would otherwise cover it", _platform_allowed,

@@ -10,7 +10,20 @@ from collections.abc import Iterable
 from itertools import groupby, repeat
 from operator import attrgetter, itemgetter
 
-from resolver.lists.entries import MAX_SKIPPED, TEXT_CUT, Action, ListEntry, Match, SkippedLine, normalise_name
+from resolver.lists.entries import (
+    MAX_ALLOW_NAMES,
+    MAX_SKIPPED,
+    TEXT_CUT,
+    Action,
+    ListEntry,
+    Match,
+    SkippedLine,
+    normalise_name,
+)
+from resolver.lists.suffixes import REASON as PUBLIC_SUFFIX
+from resolver.lists.suffixes import is_public_suffix
+
+OUTSIDE_ALLOWLIST = "allow rule outside an allow list"
 
 
 class Collector:
@@ -18,12 +31,23 @@ class Collector:
 
     Entries are kept as columns per (match, action) and built in bulk by ``entries``, or taken chunk by chunk
     as runs of names by ``take``; then (``lines`` false) the fast path does not keep their line numbers.
+
+    Which list it is decides what an entry may do. In an allow list (``allowlist``) every entry allows, whatever
+    its rule says: the list names what to let through. In any other list an allow rule (``@@||x^``,
+    ``rpz-passthru.``) is skipped: a list fetched to block must not be able to lift a ban. ``allow_names`` keeps
+    the names allowed (the first MAX_ALLOW_NAMES) and ``blocking`` counts the rest, in line order on both paths.
     """
 
-    __slots__ = ("columns", "lines", "origin", "owner", "pending", "skipped", "unkept")
+    __slots__ = ("allow_names", "allowlist", "blocking", "columns", "first_suffix", "lines", "origin", "owner",
+                 "pending", "skipped", "suffixes", "unkept")
 
-    def __init__(self, lines: bool = True) -> None:
+    def __init__(self, lines: bool = True, allowlist: bool = False) -> None:
         self.lines = lines
+        self.allowlist = allowlist
+        self.allow_names: list[str] = []
+        self.blocking = 0  # entries whose action is not "allow"
+        self.suffixes = 0  # entries skipped as public suffixes, and the first, kept even past MAX_SKIPPED
+        self.first_suffix: SkippedLine | None = None
         self.columns: dict[tuple[Match, Action], tuple[list[str], list[int]]] = {}
         self.skipped: list[SkippedLine] = []
         self.unkept = 0
@@ -43,7 +67,18 @@ class Collector:
             col = self.columns[match, action] = ([], [])
         return col
 
+    def counted(self, action: Action, names: list[str]) -> Action:
+        """Count a run of accepted names, in line order, and return the action they take in this list."""
+        if self.allowlist or action == "allow":
+            room = MAX_ALLOW_NAMES - len(self.allow_names)
+            if room > 0:
+                self.allow_names += names[:room] if len(names) > room else names
+            return "allow"
+        self.blocking += len(names)
+        return action
+
     def extend(self, match: Match, action: Action, names: Iterable[str], nums: Iterable[int]) -> None:
+        """Keep names already counted (``counted``) and checked: the fast path's."""
         col = self.column(match, action)
         col[0].extend(names)
         if self.lines:
@@ -51,6 +86,11 @@ class Collector:
 
     def add(self, name: str, match: Match, action: Action, line: int, text: str) -> None:
         """Validate one name the slow way and keep it, or record why not."""
+        if self.allowlist:
+            action = "allow"
+        elif action == "allow":
+            self.skip(line, OUTSIDE_ALLOWLIST, text)
+            return
         try:
             domain = normalise_name(name)
         except ValueError as e:
@@ -59,6 +99,13 @@ class Collector:
         if "." not in domain:  # one stray `com` line must not black-hole (or open) a whole TLD
             self.skip(line, f"refusing to {'allow' if action == 'allow' else 'block'} a top-level domain", text)
             return
+        if is_public_suffix(domain):
+            self.skip(line, PUBLIC_SUFFIX, text)
+            self.suffixes += 1
+            if self.first_suffix is None:
+                self.first_suffix = SkippedLine(line, PUBLIC_SUFFIX, text.strip()[:TEXT_CUT])
+            return
+        self.counted(action, [domain])
         names, nums = self.column(match, action)
         names.append(domain)
         nums.append(line)

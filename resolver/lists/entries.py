@@ -20,6 +20,7 @@ Format = Literal["hosts", "domains", "adblock", "rpz", "wildcard"]
 MAX_SKIPPED = 1000  # skipped lines kept with their text; the rest are counted, so a file of junk stays cheap
 MAX_LINE = 4096  # longer lines are skipped: no real rule is that long, and it bounds one hostile line's cost
 TEXT_CUT = 200
+MAX_ALLOW_NAMES = 100_000  # allow names kept per list for the reduction check (all are in the entry count)
 
 _COMMON_IPS = frozenset({"0.0.0.0", "127.0.0.1", "::", "::1", "::0"})
 NAME_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-_."
@@ -47,6 +48,8 @@ class ParsedList:
     entries: Collection[ListEntry]  # a tuple; for a streamed list, its count, and the file read again if iterated
     skipped: tuple[SkippedLine, ...]  # the first MAX_SKIPPED skipped lines
     unkept: int = 0  # skipped lines past those, only counted
+    allow_names: tuple[str, ...] = ()  # the names of its allow entries, in line order (the first MAX_ALLOW_NAMES)
+    blocking: int = 0  # entries whose action is not "allow" (block, nxdomain, nodata)
 
     @property
     def skipped_count(self) -> int:

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from resolver.lists.collect import Collector
 from resolver.lists.entries import MAX_LINE, Action, Match
 from resolver.lists.parsers import LineParser
+from resolver.lists.suffixes import covers_any
 
 CHUNK_CHARS = 16384  # a few hundred lines per try at the fast path; see chunks
 SMALL_CHUNK_CHARS = 1024
@@ -47,8 +48,9 @@ def fast(out: Collector, chunk: str, first: int, shapes: tuple[Shape, ...]) -> i
     """Take a chunk in which every line is ``prefix + plain name + suffix`` and return its line count, or 0 to
     send it to the line parser. A few C-level passes over the chunk replace a Python loop per line.
 
-    Only names the line parser would take unchanged (but for case) pass ``_plain``, so both paths give the same
-    entries, which the tests check.
+    Only names the line parser would take unchanged (but for case) pass ``_plain``, and no public suffix, so both
+    paths give the same entries, which the tests check. What the line parser would skip or change because of the
+    list (an allow rule outside an allow list) is left to it too.
     """
     if len(chunk) > CHUNK_CHARS + MAX_LINE or any(c in chunk for c in "#!$/\t"):
         return 0  # a line too long to be a rule, or comments, modifiers, regexes, tabs: fail before any work
@@ -56,6 +58,8 @@ def fast(out: Collector, chunk: str, first: int, shapes: tuple[Shape, ...]) -> i
     shape = next((s for s in shapes if low.startswith(s.prefix)), None)
     if shape is None or not low.endswith(shape.suffix) or (shape.suffix and "rpz-" in low):
         return 0  # (RPZ-IP and NSDNAME triggers look like names: the line parser skips them)
+    if shape.action == "allow" and not out.allowlist:
+        return 0  # the line parser skips each allow rule with its line
     sep = f"{shape.suffix}\n{shape.prefix}"
     body = low[len(shape.prefix) : len(low) - len(shape.suffix)]
     names = body.split(sep)
@@ -66,15 +70,16 @@ def fast(out: Collector, chunk: str, first: int, shapes: tuple[Shape, ...]) -> i
         star = list(map(str.startswith, joined.split("\n"), repeat("*.")))
         joined = ("\n" + joined).replace("\n*.", "\n")[1:]
         names = joined.split("\n")
-    if not _plain(joined, count):
-        return 0
+    if not _plain(joined, count) or covers_any(names):
+        return 0  # (a public suffix: the line parser skips that line and keeps the rest)
+    action = out.counted(shape.action, names)
     nums = range(first, first + count)
     if star is None:
-        out.extend(shape.match, shape.action, names, nums)
+        out.extend(shape.match, action, names, nums)
     else:
-        out.extend("below", shape.action, compress(names, star), compress(nums, star))
+        out.extend("below", action, compress(names, star), compress(nums, star))
         unstar = list(map(not_, star))
-        out.extend(shape.match, shape.action, compress(names, unstar), compress(nums, unstar))
+        out.extend(shape.match, action, compress(names, unstar), compress(nums, unstar))
     out.owner = chunk[chunk.rfind("\n") + 1 :].partition(" ")[0]  # for a next record with no owner
     return count
 

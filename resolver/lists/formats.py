@@ -42,8 +42,11 @@ __all__ = [
 _build_lock = threading.Lock()
 
 
-def parse_text(text: str, source: str, fmt: Format | Literal["auto"] = "auto") -> ParsedList:
+def parse_text(
+    text: str, source: str, fmt: Format | Literal["auto"] = "auto", *, allowlist: bool = False
+) -> ParsedList:
     """Parse a whole list; ``source`` only labels the result. Line numbers count ``\\n`` as an editor does.
+    ``allowlist``: the list names what to let through (see ``Collector``).
 
     The cyclic GC is paused meanwhile: a million new entries would set off repeated full collections, though
     nothing built here forms a cycle. The lock keeps two parses from fighting over the GC switch; parsing holds
@@ -55,23 +58,25 @@ def parse_text(text: str, source: str, fmt: Format | Literal["auto"] = "auto") -
         fmt = detect_format(text[:DETECT_CHARS].split("\n"))
     elif fmt not in get_args(Format):
         raise ConfigError(source, f"unknown list format {fmt!r}")
-    parse, shapes, out = PARSERS[fmt], SHAPES[fmt], Collector()
+    parse, shapes, out = PARSERS[fmt], SHAPES[fmt], Collector(allowlist=allowlist)
     with _build_lock:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
             deque(chunks(text, parse, shapes, out), maxlen=0)
-            return ParsedList(source, fmt, out.entries(), tuple(out.skipped), out.unkept)
+            return ParsedList(source, fmt, out.entries(), tuple(out.skipped), out.unkept, tuple(out.allow_names),
+                              out.blocking)
         finally:
             if gc_was_enabled:
                 gc.enable()
 
 
 def parse_file(
-    path: str | os.PathLike[str], fmt: Format | Literal["auto"] = "auto", max_bytes: int = MAX_LIST_BYTES
+    path: str | os.PathLike[str], fmt: Format | Literal["auto"] = "auto", max_bytes: int = MAX_LIST_BYTES,
+    *, allowlist: bool = False,
 ) -> ParsedList:
     """Read and parse a list file; raise ``ConfigError`` when it is unreadable or clearly not a text list.
 
     Reads at most ``max_bytes + 1`` bytes, so a wrong path (a disk image, /dev/zero) cannot exhaust memory.
     """
-    return parse_text(read_text(path, max_bytes), os.fspath(path), fmt)
+    return parse_text(read_text(path, max_bytes), os.fspath(path), fmt, allowlist=allowlist)

@@ -1,34 +1,45 @@
 """Read the platform files: one YAML file per platform (``blocklists/tiktok.yaml``), its id the file name.
 
+A platform's ``category`` is one of a closed set: the bundled categories below, plus any the config declares
+(``policy.categories``). Groups block by category, so an open set would let a typo (``socail``) quietly move a
+platform out of the category its group blocks; with a closed set the typo is an error instead.
+
 Errors name the file and, where the text shows it, the line; ``resolver check`` and a reload show them as they are.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from resolver.config.yamlfile import load_yaml, short
-from resolver.core.policy import Platform
+from resolver.core.policy import DEFAULT_ALWAYS_ALLOW, DOH_CATEGORY, Platform
 from resolver.errors import ConfigError
 from resolver.lists.entries import normalise_name
 
 PLATFORM_KEYS = ("name", "category", "owner", "domains", "notes", "sources")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_PLATFORM_BYTES = 16 * 1024 * 1024
+# The categories the bundled blocklists/ use, declared once: the default group blocks social and messaging, the
+# core always allows DEFAULT_ALWAYS_ALLOW and blocks DOH_CATEGORY for every group (policy.bypass.doh_servers).
+BUNDLED_CATEGORIES: Final = ("social", "messaging", *DEFAULT_ALWAYS_ALLOW, DOH_CATEGORY)
 
 
-def load_platforms(directory: Path) -> list[Platform]:
+def load_platforms(directory: Path, extra_categories: Iterable[str] = ()) -> list[Platform]:
+    """Every platform file in ``directory``; ``extra_categories`` are the config's ``policy.categories``, allowed
+    beside BUNDLED_CATEGORIES."""
     if not directory.is_dir():
         raise ConfigError(str(directory), "blocklists directory not found")
     files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     if not files:
         raise ConfigError(str(directory), "no platform files (*.yaml) in the blocklists directory")
-    return [load_platform(path) for path in files]
+    extra = tuple(extra_categories)
+    return [load_platform(path, extra) for path in files]
 
 
-def load_platform(path: Path) -> Platform:
+def load_platform(path: Path, extra_categories: Iterable[str] = ()) -> Platform:
     file = str(path)
     platform_id = path.stem
     if not _ID.match(platform_id):
@@ -43,8 +54,7 @@ def load_platform(path: Path) -> Platform:
     for key in ("name", "category", "owner"):
         if not isinstance(raw.get(key), str) or not raw[key].strip():
             raise ConfigError(f"{file}", f"{key}: required, a non-empty string")
-    if not _ID.match(raw["category"]):
-        raise ConfigError(f"{file}:{line_of(text, 'category:')}", "category: lowercase letters, digits, - and _ only")
+    _check_category(raw["category"], extra_categories, f"{file}:{line_of(text, 'category:')}")
     domains = _domains(raw.get("domains"), file, text)
     sources = raw.get("sources")
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
@@ -54,6 +64,15 @@ def load_platform(path: Path) -> Platform:
         raise ConfigError(file, "notes: must be text")
     return Platform(platform_id, raw["name"].strip(), raw["category"], raw["owner"].strip(),
                     tuple(dict.fromkeys(domains)), file, notes, tuple(sources))
+
+
+def _check_category(category: str, extra: Iterable[str], where: str) -> None:
+    if not _ID.match(category):
+        raise ConfigError(where, "category: lowercase letters, digits, - and _ only")
+    known = sorted({*BUNDLED_CATEGORIES, *extra})
+    if category not in known:
+        raise ConfigError(where, f"category: unknown category {category!r} (known: {', '.join(known)}; "
+                                 "declare a new one in the config's policy.categories)")
 
 
 def _domains(domains_raw: Any, file: str, text: str) -> list[str]:

@@ -125,14 +125,18 @@ def _policy(snap: Snapshot) -> Iterator[Metric]:
     for state, count in by_state.items():
         states.add_metric([state], count)
     yield from (states, expiry)
-    info = GaugeMetricFamily("resolver_policy_info", "The active policy version (a content hash).",
-                             labels=["version"])
-    info.add_metric([snap.policy_version], 1)
+    # One series per worker (worker="0" for a single process too, so a query never depends on --workers): a reload
+    # refused by one worker and taken by another shows as two versions on one instance.
+    info = GaugeMetricFamily("resolver_policy_info", "The policy version (a content hash) each worker serves.",
+                             labels=["version", "worker"])
+    for worker, version in sorted(snap.policy_versions.items()):
+        info.add_metric([version, str(worker)], 1)
     yield info
     yield _gauge("resolver_policy_loaded_timestamp_seconds", "When the active policy was loaded.", snap.loaded_at)
     reloads = CounterMetricFamily("resolver_reloads", "Policy reloads by result.", labels=["result"])
     reloads.add_metric(["success"], c.get("reloads_ok", 0))
     reloads.add_metric(["failure"], c.get("reloads_failed", 0))
+    reloads.add_metric(["refused"], c.get("reloads_refused", 0))
     yield reloads
     fetches = CounterMetricFamily("resolver_list_fetches", "Downloads of URL lists by result.",
                                   labels=["result"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,10 +26,12 @@ from resolver.config.model import BUNDLED_BLOCKLISTS, DEFAULT_SOURCE, Config
 from resolver.config.policy import ListSource
 from resolver.core.pipeline import Pipeline
 from resolver.errors import ConfigError
-from resolver.lists.fetch import fetch_list
+from resolver.lists.fetch import fetch_list, needs_fetch, restore_previous
 from resolver.lists.load import Loaded, load_policy, trim_memory
+from resolver.ops.review import Review, audit_event, review
 
 log = logging.getLogger("resolver.ops.reload")
+audit = logging.getLogger("resolver.audit")  # one JSON record per reload attempt: the audit trail
 
 WATCH_SECONDS = 2.0  # how often policy files are checked for changes
 FETCH_RETRY = 300.0  # after a failed fetch, try again this soon (or at the refresh interval if shorter)
@@ -119,6 +122,7 @@ class Summary:
 class ReloadStats:
     ok: int = 0
     failed: int = 0
+    refused: int = 0  # builds that loaded but would unblock something nobody approved
     loaded_at: float = field(default_factory=time.time)
     fetch_ok: int = 0
     fetch_failed: int = 0
@@ -134,10 +138,24 @@ def rebuild(config_factory: Callable[[], Config]) -> tuple[Config, Loaded]:
     gc.disable()
     try:
         config = config_factory()
+        fetch_missing(config)
         return config, load_policy(config)
     finally:
         if enabled:
             gc.enable()
+
+
+def fetch_missing(config: Config) -> None:
+    """Download the URL lists the config names but has no usable copy of (a new list, or a new ``sha256`` pin),
+    so the policy is built with them; a failed download is logged, and the build goes on without that list (a
+    pinned list with a stale copy then fails the build, and the old policy keeps serving)."""
+    cache = config.policy.list_cache_dir
+    for source in config.policy.lists:
+        if needs_fetch(source, cache):
+            try:
+                fetch_list(source, source.cache_path(cache))
+            except ConfigError as err:
+                log.error("list %s: fetch failed, building without a new copy: %s", source.name, err)
 
 
 def _settle() -> None:
@@ -162,6 +180,7 @@ class Reloader:
         self.config = config
         self.pipeline = pipeline
         self.summary = Summary.of(loaded)
+        self.side = loaded.side()  # what the next build is compared with
         self._build, self._fetch, self._clock = build, fetch, clock
         self.stats = ReloadStats(loaded_at=clock())
         self._lock = asyncio.Lock()
@@ -178,17 +197,35 @@ class Reloader:
                 config, loaded = await loop.run_in_executor(None, self._build, self.config_factory)
             except ConfigError as err:
                 return self.refused(why, err)
-            return self.swapped(why, config, loaded)
+            # Compared off the loop too: it looks up every platform domain and allow entry in both policies.
+            outcome = await loop.run_in_executor(None, self.review, config, loaded)
+            if outcome.refused:
+                return self.reduction_refused(why, loaded, outcome)
+            return self.swapped(why, config, loaded, outcome)
+
+    def review(self, config: Config, loaded: Loaded) -> Review:
+        """The new build against the serving one, with the new config's approvals."""
+        return review(self.side, loaded.side(), config.policy.guard, self._clock(), self.config.policy.guard)
 
     def refused(self, why: str, err: ConfigError) -> bool:
         """A build failed: the old policy and config stay; the failure is logged once and counted."""
         self.stats.failed += 1
         log.error("reload refused (%s), the old policy keeps serving: %s", why, err)
+        self._audit(audit_event("failed", why, self.summary.version, None, None, str(err)))
         return False
 
-    def swapped(self, why: str, config: Config, loaded: Loaded) -> bool:
+    def reduction_refused(self, why: str, loaded: Loaded, outcome: Review) -> bool:
+        """A build would unblock something no approval covers: the old policy stays, and the log says what."""
+        self.stats.refused += 1
+        log.error("reload refused (%s), the old policy keeps serving: %s", why, outcome.refusal())
+        self._audit(audit_event("refused", why, self.summary.version, loaded.policy.version, outcome))
+        return False
+
+    def swapped(self, why: str, config: Config, loaded: Loaded, outcome: Review | None = None) -> bool:
         """A build succeeded: serve its policy from the next query on, and log what changed."""
         new = Summary.of(loaded)
+        self._audit(audit_event("accepted", why, self.summary.version, new.version, outcome))
+        self.side = loaded.side()
         self.pipeline.swap(loaded.policy)  # only the policy is kept: the list summaries go with ``loaded``
         _settle()
         self.config = config
@@ -198,6 +235,12 @@ class Reloader:
                  self.summary.changes(new))
         self.summary = new
         return True
+
+    @staticmethod
+    def _audit(event: dict[str, object]) -> None:
+        # WARNING for anything but an accepted reload, so a log filter at that level still keeps refusals.
+        level = logging.INFO if event["result"] == "accepted" else logging.WARNING
+        audit.log(level, "%s", json.dumps(event, sort_keys=True, ensure_ascii=False))
 
     def watched(self) -> dict[Path, FileState]:
         """(mtime, size) of every file the policy is read from, and of the blocklists directory itself."""
@@ -234,10 +277,17 @@ class Reloader:
     async def refresh(self, source: ListSource) -> None:
         """Fetch a URL list every ``refresh`` seconds; reload when its content changed."""
         while True:
-            ok, changed = await self.fetch(source)
-            if changed:
-                await self.reload(f"list {source.name} refreshed")
-            await asyncio.sleep(next_fetch_delay(source.refresh, ok))
+            await asyncio.sleep(await self.refresh_once(source))
+
+    async def refresh_once(self, source: ListSource) -> float:
+        """One fetch, and a reload if the content changed; the seconds until the next fetch."""
+        ok, changed = await self.fetch(source)
+        refused = changed and not await self.reload(f"list {source.name} refreshed")
+        # A refused copy goes back to the previous one, or a restart would serve what was refused.
+        if refused and restore_previous(source.cache_path(self.config.policy.list_cache_dir)):
+            log.warning("list %s: the refused download is set aside; the last accepted copy stays on disk",
+                        source.name)
+        return next_fetch_delay(source.refresh, ok)
 
     async def fetch(self, source: ListSource) -> tuple[bool, bool]:
         """Fetch one URL list off the loop; (fetched, content changed)."""

@@ -44,7 +44,7 @@ class Snapshot:
     counters: dict[str, int]  # malformed, upstream_mismatch, shed, acl_dropped, rate_limited, cache_*, …
     cache_entries: int
     upstreams: dict[str, UpstreamSnap]
-    policy_version: str
+    policy_version: str  # the newest of the living workers' (the status page shows one)
     platforms: list[tuple[str, str, bool, int]]  # id, category, blocked for default, domains
     exemptions: list[tuple[str, str, float, float]]  # reference, platforms, starts, expires
     loaded_at: float
@@ -53,13 +53,17 @@ class Snapshot:
     querylog: tuple[int, int] | None = None  # written, dropped
     workers: int = 1
     taken: float = field(default_factory=time.time)
+    # worker index -> the version it serves, each living worker's own: after a reload one worker may have refused
+    # what another took, and only a version per worker makes that visible.
+    policy_versions: dict[int, str] = field(default_factory=dict)
 
 
 def take(*, stats: Stats, cache: Cache, policy: Policy, reloads: ReloadStats, upstreams: Mapping[str, UpstreamStats],
          loop_now: float, tcp_rejected: int, querylog: tuple[int, int] | None, ready: bool,
-         started: float) -> Snapshot:
+         started: float, worker: int = 0) -> Snapshot:
     """Copy the numbers out now. ``loop_now`` is the event loop's clock, the one upstream health is kept on;
-    ``querylog`` is (written, dropped), None without a query log; ``started`` is Unix time."""
+    ``querylog`` is (written, dropped), None without a query log; ``started`` is Unix time; ``worker`` is this
+    process's index under ``--workers N`` (0 for a single process)."""
     default = policy.groups[0]
     # Every (platform, group) the policy blocks or monitors is exported from 0, so rate() sees the first one.
     blocked = {(pid, g.name): 0 for g in policy.groups for pid in g.block}
@@ -77,8 +81,8 @@ def take(*, stats: Stats, cache: Cache, policy: Policy, reloads: ReloadStats, up
             "malformed": stats.malformed, "upstream_mismatch": stats.upstream_mismatch, "shed": stats.shed,
             "acl_dropped": stats.acl_dropped, "rate_limited": stats.rate_limited, "send_dropped": stats.send_dropped,
             "cache_hits": cache.hits, "cache_misses": cache.misses, "cache_evictions": cache.evictions,
-            "reloads_ok": reloads.ok, "reloads_failed": reloads.failed, "fetch_ok": reloads.fetch_ok,
-            "fetch_failed": reloads.fetch_failed, "tcp_rejected": tcp_rejected,
+            "reloads_ok": reloads.ok, "reloads_failed": reloads.failed, "reloads_refused": reloads.refused,
+            "fetch_ok": reloads.fetch_ok, "fetch_failed": reloads.fetch_failed, "tcp_rejected": tcp_rejected,
         },
         cache_entries=len(cache),
         upstreams={
@@ -93,6 +97,7 @@ def take(*, stats: Stats, cache: Cache, policy: Policy, reloads: ReloadStats, up
         ready=ready,
         started=started,
         querylog=querylog,
+        policy_versions={worker: policy.version},
     )
 
 
@@ -108,7 +113,8 @@ def _add_dicts(a: dict[tuple[str, str], int], b: dict[tuple[str, str], int]) -> 
 
 
 def merge(parts: list[Snapshot], retired: Snapshot | None = None) -> Snapshot:
-    """Counters add up; the cache sizes add up (each worker has its own); policy facts come from the newest."""
+    """Counters add up; the cache sizes add up (each worker has its own); policy facts come from the newest, except
+    the version per worker, which only the living report (a dead worker serves nothing)."""
     every = ([retired] if retired is not None else []) + parts
     live = parts or every
     newest = max(live, key=lambda s: s.loaded_at)
@@ -117,6 +123,7 @@ def merge(parts: list[Snapshot], retired: Snapshot | None = None) -> Snapshot:
         upstreams={}, policy_version=newest.policy_version, platforms=newest.platforms,
         exemptions=newest.exemptions, loaded_at=newest.loaded_at, ready=bool(parts) and all(s.ready for s in parts),
         started=min(s.started for s in every), workers=len(parts),
+        policy_versions={index: version for snap in parts for index, version in snap.policy_versions.items()},
     )
     for snap in every:
         out.queries = _add_lists(out.queries, snap.queries)

@@ -141,6 +141,25 @@ def test_check_platform_file_with_invalid_domain(tmp_path: Path) -> None:
     )
 
 
+def test_check_refuses_a_category_typo_in_one_line_naming_file_line_and_the_known_categories(tmp_path: Path) -> None:
+    """A typo would move the platform out of the category the group blocks: `check` fails instead."""
+    cfg = _platform_dir(tmp_path, GOOD_PLATFORM.replace("category: social", "category: socail"))
+    stderr = _check_fails(cfg)
+    assert stderr.splitlines() == [
+        f"error: {tmp_path / 'lists' / 'badplatform.yaml'}:2: category: unknown category 'socail' (known: "
+        "doh-bypass, maps, messaging, news, social, transport; declare a new one in the config's policy.categories)"
+    ], stderr
+
+
+def test_check_accepts_a_category_the_config_declares(tmp_path: Path) -> None:
+    _platform_dir(tmp_path, GOOD_PLATFORM.replace("category: social", "category: video"))
+    cfg = write_config(tmp_path / "cfg.yaml", {"policy": {"blocklists_dir": "lists", "categories": ["video"],
+                                                          "block": ["social", "video"]}})
+    result = run_cli("check", "-c", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\s*badplatform\s+video\s+2 domains\s+blocked", result.stdout, re.MULTILINE), result.stdout
+
+
 def test_check_platform_dir_relative_to_config_is_valid(tmp_path: Path) -> None:
     lists = tmp_path / "lists"
     lists.mkdir()

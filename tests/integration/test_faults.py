@@ -30,6 +30,7 @@ import dns.message
 import dns.rcode
 import pytest
 
+from tests.support.approvals import approval
 from tests.support.authserver import POISON_V4, AuthServer
 from tests.support.prom import by_labels, parse_samples
 from tests.support.resolverproc import (
@@ -564,7 +565,8 @@ def test_broken_reload_under_load_keeps_the_old_policy(resolver_factory: Resolve
         mark = load.count()
         assert load.wait_count(mark + 100), "no load after the broken reloads"
         fix_at = load.mark("fix written")
-        write_config(config_path, {"policy": {"block": ["facebook"]}})
+        write_config(config_path, {"policy": {"block": ["facebook"],  # unblocking TikTok, signed off
+                                              "approved_changes": [approval(platforms=["tiktok"])]}})
         server.proc.send_signal(signal.SIGHUP)
         fixed = server.wait_stderr("policy reloaded (SIGHUP)", timeout=10)
         new_from = load.mark("new policy logged")

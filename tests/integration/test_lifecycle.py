@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.approvals import approval
 from tests.support.authserver import AuthServer
 from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, query, run_cli, write_config
 from tests.support.zone import WWW, WWW_V4
@@ -46,7 +47,9 @@ def test_sighup_reloads_policy_and_a_broken_config_keeps_the_old_one(resolver_fa
     assert addresses(server.query("www.tiktok.com", "A"), "A") == ["0.0.0.0"]
     assert addresses(server.query("www.facebook.com", "A"), "A") != ["0.0.0.0"]
 
-    write_config(server.config_path, {"policy": {"block": ["facebook"]}})
+    # Unblocking TikTok is a reduction: the new config signs it off.
+    write_config(server.config_path, {"policy": {"block": ["facebook"],
+                                                 "approved_changes": [approval(platforms=["tiktok"])]}})
     server.proc.send_signal(signal.SIGHUP)
     assert server.wait_stderr("policy reloaded", timeout=10), server.stderr_text()
     assert addresses(server.query("www.facebook.com", "A"), "A") == ["0.0.0.0"]

@@ -271,7 +271,8 @@ def test_alert_rules_cover_what_ops_asked_for() -> None:
     rules = {r["alert"]: r for g in yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"]
              for r in g["rules"]}
     assert set(rules) >= {"ResolverDown", "ResolverNoTraffic", "ResolverErrorRatioHigh", "ResolverUpstreamFailing",
-                          "ResolverLatencyHigh", "ResolverReloadFailed", "ResolverExemptionExpiring"}
+                          "ResolverLatencyHigh", "ResolverReloadFailed", "ResolverExemptionExpiring",
+                          "ResolverReloadRefused", "ResolverPolicyDivergence"}
     for name, rule in rules.items():
         assert "for" in rule, name
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), name

@@ -33,6 +33,7 @@ import dns.rdatatype
 import pytest
 import yaml
 
+from tests.support.approvals import approval
 from tests.support.authserver import AuthServer
 from tests.support.blocklists import BLOCKLISTS_DIR, load_platforms
 from tests.support.prom import by_labels, delta, parse_samples
@@ -743,6 +744,13 @@ def replace_config(path: Path, config: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
+def replace_text(path: Path, text: str) -> None:
+    """Write a watched file so that a reload never reads half of it."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 class Load:
     """Clients asking a blocked and a forwarded name without pause, recording every wrong or missing answer."""
 
@@ -782,7 +790,8 @@ class Load:
 
 
 def test_twenty_reloads_under_load_lose_no_query_and_give_no_wrong_answer(servers: ResolverFactory) -> None:
-    configs = [{"policy": {"block": ["social", "messaging"]}}, {"policy": {"block": ["social"]}}]
+    configs = [{"policy": {"block": ["social", "messaging"]}},
+               {"policy": {"block": ["social"], "approved_changes": [approval(platforms=["messaging"])]}}]
     server = servers(configs[0])
     assert server.config_path is not None and server.proc is not None
     expect_a(server, WWW, WWW_V4)
@@ -844,6 +853,38 @@ def test_broken_config_is_refused_logged_counted_and_the_old_policy_keeps_servin
     server.stop()
 
 
+def test_a_platform_moved_to_an_undeclared_category_is_refused_and_the_ban_stays(
+    servers: ResolverFactory, tmp_path: Path
+) -> None:
+    """A typo in a running server's platform file (``socail``) would take TikTok out of ``social``, which the default
+    group blocks: the reload is refused at the file's line and TikTok stays blocked. A category the config declares
+    is taken: a platform leaves a blocked category on purpose only."""
+    directory = tmp_path / "blocklists"
+    shutil.copytree(BLOCKLISTS_DIR, directory)
+    server = servers({"policy": {"blocklists_dir": str(directory)}}, metrics=True)
+    assert server.config_path is not None
+    blocked(server, TIKTOK)
+    tiktok = directory / "tiktok.yaml"
+    text = tiktok.read_text()
+    line = text.splitlines().index("category: social") + 1
+    replace_text(tiktok, text.replace("\ncategory: social\n", "\ncategory: socail\n", 1))
+    assert server.wait_stderr("reload refused", timeout=10), server.stderr_text()  # the watcher saw it
+    refusal = server.stderr_lines("reload refused")[0]
+    assert f"{tiktok}:{line}: category: unknown category 'socail' (known: doh-bypass, maps, messaging, news, " \
+           "social, transport; declare a new one in the config's policy.categories)" in refusal, refusal
+    assert wait_for(lambda: by_labels(parse_samples(server.metrics_text()), "resolver_reloads_total", "result")
+                    .get(("failure",), 0) >= 1, timeout=5), server.metrics_text()
+    blocked(server, TIKTOK)
+
+    # Leaving the blocked category unblocks TikTok: a reduction, so the config also signs it off.
+    replace_config(server.config_path, {"policy": {"blocklists_dir": str(directory), "categories": ["video"],
+                                                   "approved_changes": [approval(platforms=["tiktok"])]}})
+    replace_text(tiktok, text.replace("\ncategory: social\n", "\ncategory: video\n", 1))
+    assert server.wait_stderr("policy reloaded", timeout=10), server.stderr_text()
+    expect_a(server, TIKTOK, TIKTOK_V4)  # the default group blocks social and messaging, not video
+    server.stop()
+
+
 # ================================================================== 10. list formats and URL lists
 
 LISTS = {
@@ -865,6 +906,12 @@ LISTS = {
         "passthru.domains-listed.lists.test CNAME rpz-passthru.\n",
     ),
 }
+# The allow rules above (`@@`, rpz-passthru.) are skipped in those lists, which only block; these allow lists let
+# the same names through.
+ALLOW_LISTS = {
+    "ok.txt": ("adblock", "! names the lists above block, let through\n@@||ok.adblock-listed.lists.test^\n"),
+    "pass.rpz": ("rpz", "passthru.domains-listed.lists.test CNAME rpz-passthru.\n"),
+}
 JUNK_LIST = (
     "! a list that went wrong\n"
     "||junk-good.lists.test^\n"
@@ -883,6 +930,9 @@ def lists_server(servers: ResolverFactory, tmp_path_factory: pytest.TempPathFact
     for filename, (fmt, text) in LISTS.items():
         (d / filename).write_text(text)
         entries.append({"name": f"{fmt}-list", "path": str(d / filename), "format": fmt})
+    for filename, (fmt, text) in ALLOW_LISTS.items():
+        (d / filename).write_text(text)
+        entries.append({"name": f"{fmt}-allow", "path": str(d / filename), "format": fmt, "allowlist": True})
     (d / "junk.txt").write_bytes(JUNK_LIST.encode("utf-8"))
     entries.append({"name": "junk", "path": str(d / "junk.txt"), "format": "adblock"})
     return servers.shared({"policy": {"lists": entries}})
@@ -896,10 +946,10 @@ BLOCKED_BY_LISTS = [
     "junk-good.lists.test", "junk-good-too.lists.test",
 ]
 FORWARDED_PAST_LISTS = [
-    "ok.adblock-listed.lists.test",  # @@ allows
+    "ok.adblock-listed.lists.test",  # @@ allows (from an allow list)
     "sub.exact-only.lists.test",  # |name^ is that name only
     "wildcard.lists.test",  # *.name is below the name only
-    "passthru.domains-listed.lists.test",  # rpz-passthru.
+    "passthru.domains-listed.lists.test",  # rpz-passthru. (from an allow list)
     "wild.rpz.lists.test",
     "a.nx.rpz.lists.test",  # an RPZ QNAME trigger is that name only
 ]
@@ -984,7 +1034,10 @@ def test_url_list_blocks_and_its_last_good_copy_survives_a_failing_server_and_a_
 ) -> None:
     handler, port = list_site
     cache = tmp_path / "list-cache"
-    config = {"policy": {"lists": [{"url": f"http://127.0.0.1:{port}/list.txt", "refresh": 60, "name": "web"}],
+    # Plain http (insecure: true) keeps this about the last good copy; tests/integration/test_listhygiene.py
+    # fetches over https.
+    config = {"policy": {"lists": [{"url": f"http://127.0.0.1:{port}/list.txt", "refresh": 60, "name": "web",
+                                    "insecure": True}],
                          "list_cache_dir": str(cache)}}
     first = servers(config)
     assert handler.requests == 1, f"the list should be fetched once at start-up\n{first.stderr_text()}"

@@ -4,11 +4,15 @@ supervisor's metrics add the workers up."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.integration.test_metrics import by_label, parse_samples, total
-from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, wait_for, write_config
+from tests.support.approvals import approval
+from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, run_cli, wait_for, write_config
 
 
 def _workers(server: ResolverProcess) -> list[int]:
@@ -76,7 +80,8 @@ def test_a_killed_worker_is_restarted_and_nothing_is_lost(resolver_factory: Reso
 def test_sighup_reloads_every_worker_and_sigterm_stops_them(resolver_factory: ResolverFactory) -> None:
     server = resolver_factory({"policy": {"block": ["tiktok"]}}, ["--workers", "2"])
     assert server.config_path is not None and server.proc is not None
-    write_config(server.config_path, {"policy": {"block": ["facebook"]}})
+    write_config(server.config_path, {"policy": {"block": ["facebook"],  # unblocking TikTok, signed off
+                                                 "approved_changes": [approval(platforms=["tiktok"])]}})
     server.proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: server.stderr_text().count("policy reloaded") >= 2, timeout=15), server.stderr_text()
     _answered_all(server, [f"f{i}.facebook.com" for i in range(30)], "0.0.0.0")
@@ -84,3 +89,37 @@ def test_sighup_reloads_every_worker_and_sigterm_stops_them(resolver_factory: Re
     assert server.stop() == 0
     assert not any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
                    for pid in workers)
+
+
+def _checked_version(config: Path) -> str:
+    """The version ``resolver check`` gives the config as it is on disk now."""
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"^policy version: (\w+)$", result.stdout, re.MULTILINE)
+    assert found, result.stdout
+    return found[1]
+
+
+def _versions(server: ResolverProcess) -> list[tuple[str, str]]:
+    """(worker, version) of every resolver_policy_info series in a scrape."""
+    return sorted((labels["worker"], labels["version"]) for name, labels, value in
+                  parse_samples(server.metrics_text()) if name == "resolver_policy_info" and value == 1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_worker_exports_the_policy_version_it_serves(resolver_factory: ResolverFactory, workers: int) -> None:
+    """One resolver_policy_info series per worker (worker="0" for a single process), so workers serving different
+    policies show as different versions on one instance (the ResolverPolicyDivergence alert)."""
+    server = resolver_factory({"policy": {"block": ["tiktok"]}}, metrics=True, workers=workers)
+    assert server.config_path is not None and server.proc is not None
+    first = _checked_version(server.config_path)
+    every = [(str(i), first) for i in range(workers)]
+    assert wait_for(lambda: _versions(server) == every, timeout=10), server.metrics_text()
+    write_config(server.config_path, {"policy": {"block": ["facebook"],  # unblocking TikTok, signed off
+                                                 "approved_changes": [approval(platforms=["tiktok"])]}})
+    second = _checked_version(server.config_path)
+    assert second != first
+    server.proc.send_signal(signal.SIGHUP)
+    every = [(str(i), second) for i in range(workers)]
+    assert wait_for(lambda: _versions(server) == every, timeout=15), server.metrics_text()
+    _answered_all(server, [f"v{i}.facebook.com" for i in range(10)], "0.0.0.0")

@@ -6,16 +6,17 @@ Messages are compared whole: an operator reads them, and the two kinds of file m
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
 
 import resolver.config
 from resolver.config.loader import MAX_CONFIG_BYTES, load_config, parse_upstream, with_overrides
-from resolver.config.model import Config, Endpoint, QueryLogConfig
+from resolver.config.model import BUNDLED_BLOCKLISTS, Config, Endpoint, QueryLogConfig
 from resolver.config.yamlfile import MAX_DEPTH, load_yaml
 from resolver.errors import ConfigError
-from resolver.lists.platforms import MAX_PLATFORM_BYTES, load_platform
+from resolver.lists.platforms import BUNDLED_CATEGORIES, MAX_PLATFORM_BYTES, load_platform, load_platforms
 
 PLATFORM = "name: Example\ncategory: social\nowner: Example Inc.\ndomains: [example.com]\nsources: [docs]\n"
 
@@ -69,6 +70,39 @@ def test_load_yaml_returns_the_text_for_line_lookups(tmp_path: Path) -> None:
     path.write_text(PLATFORM + "colour: red\n")
     assert refusal(load_platform, path) == (f"{path}:6", "colour: unknown key "
                                             "(known: name, category, owner, domains, notes, sources)")
+
+
+KNOWN = "doh-bypass, maps, messaging, news, social, transport"
+
+
+def test_a_category_outside_the_closed_set_is_refused_at_its_line(tmp_path: Path) -> None:
+    """A typo must not move a platform out of the category its group blocks: it is an error, naming the line."""
+    path = tmp_path / "example.yaml"
+    path.write_text(PLATFORM.replace("category: social", "category: socail"))
+    assert refusal(load_platform, path) == (f"{path}:2", f"category: unknown category 'socail' (known: {KNOWN}; "
+                                            "declare a new one in the config's policy.categories)")
+    declared = functools.partial(load_platform, extra_categories=("video",))
+    assert refusal(declared, path)[1].startswith(f"category: unknown category 'socail' (known: {KNOWN}, video;")
+    path.write_text(PLATFORM.replace("category: social", "category: video"))
+    assert declared(path).category == "video"
+    assert refusal(load_platform, path)[0] == f"{path}:2"  # the declaration is the config's, not the file's
+
+
+def test_the_bundled_categories_are_those_the_bundled_platforms_use() -> None:
+    """Declared once, and true: no bundled platform outside the set, and no bundled category nobody uses."""
+    assert sorted(BUNDLED_CATEGORIES) == KNOWN.split(", ")
+    assert {p.category for p in load_platforms(BUNDLED_BLOCKLISTS)} == set(BUNDLED_CATEGORIES)
+
+
+def test_the_config_declares_more_categories_spelt_like_platform_ids(tmp_path: Path) -> None:
+    config = tmp_path / "resolver.yaml"
+    config.write_text("policy:\n  categories: [video, radio-2]\n")
+    assert load_config(config).policy.categories == ("video", "radio-2")
+    config.write_text("policy:\n  categories: [video, Radio 2]\n")
+    assert refusal(load_config, config) == (f"{config}: policy.categories[1]",
+                                            "'Radio 2': lowercase letters, digits, - and _ only")
+    config.write_text("policy: {}\n")
+    assert load_config(config).policy.categories == ()
 
 
 def test_the_model_reads_no_files() -> None:

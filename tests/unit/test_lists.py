@@ -39,16 +39,16 @@ def skips(result: ParsedList) -> list[Skip]:
     return [(s.line, s.reason) for s in result.skipped]
 
 
-def parse(text: str, fmt: lists.Format | str = "auto") -> tuple[list[Entry], list[Skip]]:
-    result = parse_text(text, "test", fmt)  # type: ignore[arg-type]
+def parse(text: str, fmt: lists.Format | str = "auto", allowlist: bool = False) -> tuple[list[Entry], list[Skip]]:
+    result = parse_text(text, "test", fmt, allowlist=allowlist)  # type: ignore[arg-type]
     return entries(result), skips(result)
 
 
-def parse_slow(text: str, fmt: lists.Format, monkeypatch: pytest.MonkeyPatch) -> ParsedList:
+def parse_slow(text: str, fmt: lists.Format, monkeypatch: pytest.MonkeyPatch, allowlist: bool = False) -> ParsedList:
     """Parse with the chunk fast path switched off, so every line goes through the line parsers."""
     with monkeypatch.context() as m:
         m.setattr(fastpath, "fast", lambda *args: 0)
-        return parse_text(text, "test", fmt)
+        return parse_text(text, "test", fmt, allowlist=allowlist)
 
 
 # --- names -------------------------------------------------------------------------------------------------
@@ -209,7 +209,11 @@ def test_domains_and_wildcard(fmt: lists.Format) -> None:
     ],
 )
 def test_adblock_rules(rule: str, expected: tuple[str, str, str]) -> None:
-    assert parse(f"[Adblock Plus]\n{rule}\n", "adblock") == ([(*expected, 2)], [])
+    """Each form's name and match; an allow rule (`@@`) allows only in an allow list, and is skipped elsewhere."""
+    allowlist = expected[2] == "allow"
+    assert parse(f"[Adblock Plus]\n{rule}\n", "adblock", allowlist) == ([(*expected, 2)], [])
+    if allowlist:
+        assert parse(f"[Adblock Plus]\n{rule}\n", "adblock") == ([], [(2, "allow rule outside an allow list")])
 
 
 @pytest.mark.parametrize(
@@ -239,7 +243,9 @@ def test_adblock_rules(rule: str, expected: tuple[str, str, str]) -> None:
     ],
 )
 def test_adblock_skips(rule: str, reason: str) -> None:
-    assert parse(f"||ok.example^\n{rule}\n", "adblock") == ([("ok.example", "subtree", "block", 1)], [(2, reason)])
+    allowlist = rule.startswith("@@")  # (an allow rule is read for its name only in an allow list)
+    ok = ("ok.example", "subtree", "allow" if allowlist else "block", 1)
+    assert parse(f"||ok.example^\n{rule}\n", "adblock", allowlist) == ([ok], [(2, reason)])
 
 
 def test_adblock_comments_and_headers_are_not_skips() -> None:
@@ -284,13 +290,13 @@ def test_rpz_zone() -> None:
             ("ads.example", "exact", "nxdomain", 8),
             ("ads.example", "below", "nxdomain", 9),
             ("nodata.example", "exact", "nodata", 10),
-            ("pass.example", "exact", "allow", 11),
             ("abs.example", "exact", "nxdomain", 12),
             ("abs.example", "below", "nxdomain", 13),
             ("upper.example", "exact", "nxdomain", 22),
             ("upper.example", "exact", "nxdomain", 23),  # blank owner: the previous record's
         ],
         [
+            (11, "allow rule outside an allow list"),  # rpz-passthru. in a list that blocks
             (14, "local-data answers are not supported"),
             (15, "local-data answers are not supported"),
             (16, "local-data answers are not supported"),
@@ -542,7 +548,8 @@ _ODD = [
     "ex ample.example", "*.wild.example", "*.*.x.example", "a*b.example", "dot.example.", ".lead.example",
     "tab\tsep.example", "ends.with1", "_srv.example", "ip6-localhost", "0.0.0.0", "x.rpz-ip", "@", "x" * 4100,
     ".".join(["a" * 63] * 4), ".".join(["a" * 63] * 3) + "." + "b" * 61, "a" * 63 + ".example", "x!.example",
-]  # fmt: skip
+    "co.uk", "Github.IO", "s3.amazonaws.com", "x.ck", "www.ck", "a.www.ck", "kobe.jp", "city.kobe.jp", "x.kobe.jp",
+]  # fmt: skip  (the last: public suffixes, and names beside them that are not)
 _SHAPED = {
     "hosts": ("0.0.0.0 {}", "127.0.0.1 {}", "{}", ":: {}", "0.0.0.0 {} # c", "0.0.0.0 {} x.example"),
     "domains": ("{}", "*.{}", "{} # c", " {}"),
@@ -564,27 +571,34 @@ def _random_list(rng: random.Random, fmt: str, lines: int) -> str:
     return "\n".join(out) + rng.choice(["", "\n", "\n\n"])
 
 
+@pytest.mark.parametrize("allowlist", [False, True], ids=["blocklist", "allowlist"])
 @pytest.mark.parametrize("fmt", ["hosts", "domains", "wildcard", "adblock", "rpz"])
 @pytest.mark.parametrize("seed", range(4))
-def test_fast_path_agrees_with_line_parsers(fmt: lists.Format, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fast_path_agrees_with_line_parsers(fmt: lists.Format, seed: int, allowlist: bool,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     text = _random_list(random.Random(seed), fmt, 6000)  # several chunks, odd lines in most of them
-    assert parse_text(text, "test", fmt) == parse_slow(text, fmt, monkeypatch)
+    assert parse_text(text, "test", fmt, allowlist=allowlist) == parse_slow(text, fmt, monkeypatch, allowlist)
 
 
+@pytest.mark.parametrize("allowlist", [False, True], ids=["blocklist", "allowlist"])
 @pytest.mark.parametrize("fmt", ["hosts", "domains", "wildcard", "adblock", "rpz"])
-def test_fast_path_agrees_on_odd_lines_alone(fmt: lists.Format, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fast_path_agrees_on_odd_lines_alone(fmt: lists.Format, allowlist: bool,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     text = "\n".join(template.format(odd) for odd in _ODD for template in _SHAPED[fmt])
-    assert parse_text(text, "test", fmt) == parse_slow(text, fmt, monkeypatch)
+    assert parse_text(text, "test", fmt, allowlist=allowlist) == parse_slow(text, fmt, monkeypatch, allowlist)
 
 
+@pytest.mark.parametrize("allowlist", [False, True], ids=["blocklist", "allowlist"])
 @pytest.mark.parametrize("fmt", ["hosts", "domains", "wildcard", "adblock", "rpz"])
-def test_fast_path_refuses_each_odd_line_in_a_clean_chunk(fmt: lists.Format, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fast_path_refuses_each_odd_line_in_a_clean_chunk(fmt: lists.Format, allowlist: bool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     clean = "\n".join(_SHAPED[fmt][0].format(f"host{i}.example") for i in range(50))
     for odd in _ODD:
         for template in _SHAPED[fmt]:
             line = template.format(odd)
             for text in (f"{line}\n{clean}", f"{clean}\n{line}\n{clean}", f"{clean}\n{line}"):
-                assert parse_text(text, "test", fmt) == parse_slow(text, fmt, monkeypatch), line
+                fast = parse_text(text, "test", fmt, allowlist=allowlist)
+                assert fast == parse_slow(text, fmt, monkeypatch, allowlist), line
 
 
 def test_fast_path_takes_clean_chunks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,17 +39,20 @@ def stream(path: Path, fmt: str = "auto", **kwargs: object) -> tuple[ListStream,
     return s, items
 
 
-def expected(path: Path, fmt: str = "auto") -> tuple[lists.ParsedList, list[Item]]:
-    parsed = parse_file(path, fmt)  # type: ignore[arg-type]
+def expected(path: Path, fmt: str = "auto", allowlist: bool = False) -> tuple[lists.ParsedList, list[Item]]:
+    parsed = parse_file(path, fmt, allowlist=allowlist)  # type: ignore[arg-type]
     return parsed, [(e.domain, e.match, e.action) for e in parsed.entries]
 
 
-def same_as_parse_file(path: Path, fmt: str = "auto") -> ListStream:
-    s, items = stream(path, fmt)
-    parsed, entries = expected(path, fmt)
+def same_as_parse_file(path: Path, fmt: str = "auto", allowlist: bool = False) -> ListStream:
+    s, items = stream(path, fmt, allowlist=allowlist)
+    parsed, entries = expected(path, fmt, allowlist)
     assert Counter(items) == Counter(entries)
     assert (s.count, s.format, tuple(s.skipped)) == (len(entries), parsed.format, parsed.skipped)
     assert claim_order(items) == claim_order(entries)
+    streamed = s.parsed()  # what the reduction check reads: the same from both paths
+    assert (streamed.allow_names, streamed.blocking) == (parsed.allow_names, parsed.blocking)
+    assert parsed.blocking + len(parsed.allow_names) == len(entries)  # (under MAX_ALLOW_NAMES allow entries)
     return s
 
 
@@ -67,22 +70,25 @@ def block(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> in
     return request.param  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("allowlist", [False, True], ids=["blocklist", "allowlist"])
 @pytest.mark.parametrize("fmt", ["hosts", "domains", "wildcard", "adblock", "rpz"])
 @pytest.mark.parametrize("seed", range(3))
-def test_stream_agrees_with_parse_file(tmp_path: Path, block: int, fmt: lists.Format, seed: int) -> None:
+def test_stream_agrees_with_parse_file(tmp_path: Path, block: int, fmt: lists.Format, seed: int,
+                                       allowlist: bool) -> None:
     rng = random.Random(seed)
     text = _random_list(rng, fmt, 3000)
     if seed == 1:
         text = "\ufeff" + text.replace("\n", "\r\n")  # a BOM, and CRLF pairs split across blocks
     path = tmp_path / "list.txt"
     path.write_bytes(text.encode())
-    same_as_parse_file(path, fmt)
-    same_as_parse_file(path)  # format detected from the first block
+    same_as_parse_file(path, fmt, allowlist)
+    same_as_parse_file(path, allowlist=allowlist)  # format detected from the first block
 
 
 def test_real_samples(block: int) -> None:
     for path in sorted((Path(__file__).parent.parent / "data" / "lists").glob("*.txt")):
         same_as_parse_file(path)
+        same_as_parse_file(path, allowlist=True)
 
 
 def test_an_rpz_name_with_two_actions_keeps_their_order(tmp_path: Path, block: int) -> None:
@@ -151,8 +157,10 @@ def test_a_url_list_never_fetched_and_a_download_in_memory() -> None:
                                                                     (lists.SkippedLine(0, "not fetched yet", ""),))
     body = b"\xef\xbb\xbf||a.example^\r\n@@||b.example^\r\n/regex/\r\n"
     s = ListStream(None, "auto", "https://lists.example/b.txt", data=body)
-    assert [(m, a, list(n)) for m, a, n in s.runs()] == [("subtree", "block", ["a.example"]),
-                                                          ("subtree", "allow", ["b.example"])]
+    assert [(m, a, list(n)) for m, a, n in s.runs()] == [("subtree", "block", ["a.example"])]
+    assert (s.count, s.format, [k.line for k in s.skipped]) == (1, "adblock", [2, 3])  # @@ only in an allow list
+    s = ListStream(None, "auto", "https://lists.example/b.txt", data=body, allowlist=True)
+    assert [(m, a, list(n)) for m, a, n in s.runs()] == [("subtree", "allow", ["a.example", "b.example"])]
     assert (s.count, s.format, [k.line for k in s.skipped]) == (2, "adblock", [3])
 
 
@@ -183,23 +191,28 @@ def test_projection_from_the_first_block(tmp_path: Path, monkeypatch: pytest.Mon
 def test_load_policy_streams_lists_and_check_still_sees_them(tmp_path: Path) -> None:
     listed = tmp_path / "ads.txt"
     listed.write_text("||ads.example^\n||x.ads.example^\n/re/\n@@||ok.ads.example^\n")
+    allowed = tmp_path / "ok.txt"
+    allowed.write_text("! what ads.txt may not lift itself\n@@||ok.ads.example^\n")
     config_file = tmp_path / "resolver.yaml"
-    config_file.write_text("policy:\n  block: []\n")
+    config_file.write_text(f"policy:\n  block: []\n  lists:\n    - {{path: {allowed}, allowlist: true}}\n")
     loaded = load_policy(with_overrides(load_config(config_file), blocklists=[str(listed)]))
-    [parsed] = loaded.lists
-    assert (len(parsed.entries), [k.line for k in parsed.skipped]) == (3, [3])
-    assert [e.line for e in parsed.entries if e.domain == "ok.ads.example"] == [4]  # explain's "line N"
+    ok, parsed = loaded.lists
+    assert (len(parsed.entries), [(k.line, k.reason) for k in parsed.skipped]) == (
+        2, [(3, "regex rules are not supported"), (4, "allow rule outside an allow list")])
+    assert (parsed.blocking, parsed.allow_names, ok.blocking, ok.allow_names) == (2, (), 0, ("ok.ads.example",))
+    assert [e.line for e in ok.entries if e.domain == "ok.ads.example"] == [2]  # explain's "line N"
     verdict = loaded.policy.lookup(b"a.x.ads.example".split(b"."))
     assert verdict is not None and verdict.label == "list:ads"
     assert loaded.policy.lookup(b"ok.ads.example".split(b".")).reason.startswith("allowed by")  # type: ignore[union-attr]
-    assert Summary.of(loaded).lists == {"ads": 3}
+    assert Summary.of(loaded).lists == {"ok": 1, "ads": 2}
     assert parse_text(listed.read_text(), "x").entries == tuple(parsed.entries)
+    assert parse_text(allowed.read_text(), "x", allowlist=True).entries == tuple(ok.entries)
 
 
 @SLOWER
-@given(LIST_TEXT, FORMATS, st.sampled_from([7, 64, 1 << 20]))
+@given(LIST_TEXT, FORMATS, st.sampled_from([7, 64, 1 << 20]), st.booleans())
 def test_stream_agrees_with_parse_text_on_hostile_text(
-        tmp_path_factory: pytest.TempPathFactory, text: str, fmt: str, size: int) -> None:
+        tmp_path_factory: pytest.TempPathFactory, text: str, fmt: str, size: int, allowlist: bool) -> None:
     """Any text: the stream refuses it (ConfigError) or yields what parse_text does; never anything else."""
     path = tmp_path_factory.mktemp("hostile") / "list.txt"
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
@@ -207,17 +220,18 @@ def test_stream_agrees_with_parse_text_on_hostile_text(
     try:
         with no_hang():
             try:
-                s, items = stream(path, fmt)
+                s, items = stream(path, fmt, allowlist=allowlist)
             except ConfigError:
                 with pytest.raises(ConfigError):
-                    parse_file(path, fmt)  # type: ignore[arg-type]
+                    parse_file(path, fmt, allowlist=allowlist)  # type: ignore[arg-type]
                 return
     finally:
         liststream.BLOCK_BYTES = before
-    parsed = parse_file(path, fmt)  # type: ignore[arg-type]
+    parsed = parse_file(path, fmt, allowlist=allowlist)  # type: ignore[arg-type]
     entries = [(e.domain, e.match, e.action) for e in parsed.entries]
     assert Counter(items) == Counter(entries) and claim_order(items) == claim_order(entries)
     assert (s.count, s.format, tuple(s.skipped)) == (len(entries), parsed.format, parsed.skipped)
+    assert (s.parsed().allow_names, s.parsed().blocking) == (parsed.allow_names, parsed.blocking)
 
 
 def test_a_file_of_junk_keeps_only_the_first_skipped_lines(tmp_path: Path) -> None:

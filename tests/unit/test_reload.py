@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from resolver.config.loader import with_overrides
+from resolver.config.loader import config_from_dict, with_overrides
 from resolver.config.model import Config
 from resolver.config.policy import ListSource
 from resolver.core.policy import Policy
@@ -35,6 +35,7 @@ from resolver.ops.reload import (
     next_fetch_delay,
     watch_reason,
 )
+from tests.support.listsite import ListSite
 
 A, B, C = Path("/etc/resolver/a.yaml"), Path("/etc/resolver/b.yaml"), Path("/etc/resolver/c.yaml")
 
@@ -293,3 +294,31 @@ def test_the_default_build_reads_the_config_with_the_collector_off(before: tuple
     built, loaded = reload.rebuild(factory)
     assert built is config and seen == [False] and gc.isenabled()
     assert loaded.policy.version == before[1].policy.version
+
+
+def test_a_refused_list_download_is_set_aside_so_a_restart_serves_the_last_accepted_copy(tmp_path: Path) -> None:
+    """A real https list server on loopback; the refreshed list lost two of its three entries (more than the
+    default 50%): the reload is refused and the cache file holds the accepted copy again."""
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    accepted = b"||a.refresh.test^\n||b.refresh.test^\n||c.refresh.test^\n"
+    with ListSite(accepted, tls) as site:
+        assert site.ca is not None
+        os.environ["SSL_CERT_FILE"] = str(site.ca)
+        try:
+            config = config_from_dict({"policy": {"list_cache_dir": "cache", "lists": [
+                {"url": site.url(), "name": "web", "refresh": "1h"}]}}, "test.yaml", tmp_path)
+            source = config.policy.lists[0]
+            target = source.cache_path(config.policy.list_cache_dir)
+            reload.fetch_missing(config)
+            loaded = load_policy(config)
+            assert loaded.lists[0].blocking == 3
+            pipeline = FakePipeline()
+            reloader = Reloader(lambda: config, config, pipeline, loaded)  # type: ignore[arg-type]
+            site.body = b"||a.refresh.test^\n"
+            assert asyncio.run(reloader.refresh_once(source)) == 3600
+        finally:
+            del os.environ["SSL_CERT_FILE"]
+    assert pipeline.swapped == [] and reloader.stats.refused == 1
+    assert target.read_bytes() == accepted
+    assert load_policy(config).lists[0].blocking == 3, "a restart builds from the accepted copy"

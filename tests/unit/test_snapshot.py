@@ -11,8 +11,10 @@ from resolver.core.cache import Cache, CacheLimits
 from resolver.core.policy import Bypass, GroupSpec, Platform, Policy, PolicySpec
 from resolver.core.stats import BLOCKED, UDP, Stats
 from resolver.net.upstream import UpstreamStats
+from resolver.ops.exporter import generate_latest, make_registry
 from resolver.ops.reload import ReloadStats
 from resolver.ops.snapshot import Snapshot, UpstreamSnap, merge, take
+from tests.support.prom import parse_samples
 
 
 def _policy() -> Policy:
@@ -22,11 +24,12 @@ def _policy() -> Policy:
     return build_policy(platforms, [], spec)
 
 
-def _take(stats: Stats, *, loop_now: float = 100.0, down_until: float = 0.0, ready: bool = True) -> Snapshot:
+def _take(stats: Stats, *, loop_now: float = 100.0, down_until: float = 0.0, ready: bool = True,
+          worker: int = 0) -> Snapshot:
     upstream = UpstreamStats(requests=5, errors=1, timeouts=2, down_until=down_until)
-    return take(stats=stats, cache=Cache(CacheLimits()), policy=_policy(), reloads=ReloadStats(ok=3, loaded_at=50.0),
-                upstreams={"192.0.2.1:53": upstream}, loop_now=loop_now, tcp_rejected=4, querylog=(7, 1),
-                ready=ready, started=10.0)
+    return take(stats=stats, cache=Cache(CacheLimits()), policy=_policy(),
+                reloads=ReloadStats(ok=3, failed=2, refused=1, loaded_at=50.0), upstreams={"192.0.2.1:53": upstream},
+                loop_now=loop_now, tcp_rejected=4, querylog=(7, 1), ready=ready, started=10.0, worker=worker)
 
 
 def _snap(queries: int, *, loaded_at: float = 50.0, started: float = 10.0, ready: bool = True,
@@ -46,6 +49,7 @@ def test_take_copies_the_numbers_and_exports_every_blocked_platform_from_zero() 
     assert sum(snap.queries) == 1
     assert snap.blocked == {("tiktok", "default"): 1, ("facebook", "default"): 0}
     assert snap.counters["reloads_ok"] == 3 and snap.counters["tcp_rejected"] == 4
+    assert snap.counters["reloads_failed"] == 2 and snap.counters["reloads_refused"] == 1
     assert snap.querylog == (7, 1) and snap.loaded_at == 50.0 and snap.started == 10.0 and snap.ready
     assert {p[0]: p[2] for p in snap.platforms} == {"tiktok": True, "facebook": True, "travel": False}
     assert snap.upstreams["192.0.2.1:53"] == UpstreamSnap(5, 1, 2, [0] * len(snap.buckets[0]), 0.0, True)
@@ -86,3 +90,30 @@ def test_merge_takes_the_policy_facts_from_the_newest_load() -> None:
     old, new = _snap(1, loaded_at=50.0, version="old"), _snap(1, loaded_at=60.0, version="new")
     assert merge([new, old]).policy_version == "new"
     assert merge([old], replace(new, loaded_at=70.0)).policy_version == "old"  # a dead worker's policy is no fact
+
+
+def test_each_worker_reports_the_version_it_serves_and_only_the_living_count() -> None:
+    version = _policy().version
+    assert _take(Stats()).policy_versions == {0: version}  # a single process is worker 0
+    assert _take(Stats(), worker=1).policy_versions == {1: version}
+    a, b = replace(_snap(1), policy_versions={0: "a"}), replace(_snap(1), policy_versions={1: "b"})
+    retired = merge([], merge([replace(_snap(1), policy_versions={2: "gone"})]))
+    assert retired.policy_versions == {}  # a dead worker serves nothing
+    assert merge([a, b], retired).policy_versions == {0: "a", 1: "b"}
+
+
+def _scrape(snap: Snapshot) -> list[tuple[str, dict[str, str], float]]:
+    return parse_samples(generate_latest(make_registry(lambda: snap)).decode())
+
+
+def test_a_scrape_shows_one_policy_version_per_worker_and_refused_reloads() -> None:
+    workers = [_take(Stats(), worker=i) for i in (0, 1)]
+    workers[1] = replace(workers[1], policy_versions={1: "other"})  # worker 1 took a reload worker 0 refused
+    samples = _scrape(merge(workers))
+    info = sorted((labels["worker"], labels["version"], value) for name, labels, value in samples
+                  if name == "resolver_policy_info")
+    assert info == [("0", _policy().version, 1.0), ("1", "other", 1.0)]
+    reloads = {labels["result"]: value for name, labels, value in samples if name == "resolver_reloads_total"}
+    assert reloads == {"success": 6.0, "failure": 4.0, "refused": 2.0}
+    single = [(name, labels) for name, labels, _ in _scrape(_take(Stats())) if name == "resolver_policy_info"]
+    assert single == [("resolver_policy_info", {"version": _policy().version, "worker": "0"})]
