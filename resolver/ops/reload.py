@@ -184,6 +184,9 @@ class Reloader:
         self._build, self._fetch, self._clock = build, fetch, clock
         self.stats = ReloadStats(loaded_at=clock())
         self._lock = asyncio.Lock()
+        # The files as they were when this policy was loaded: taken here, before the server says it is ready, so a
+        # change made right after that is a change even if the watch loop has not run yet.
+        self._seen = self.watched()
 
     async def reload(self, why: str) -> bool:
         """Re-read config and lists off the loop; swap the policy in, or keep the old one on any error.
@@ -265,7 +268,7 @@ class Reloader:
 
     async def watch(self) -> None:
         """Poll the policy files: no inotify dependency, and a few dozen stat calls per look cost nothing."""
-        seen = self.watched()
+        seen = self._seen
         while True:
             await asyncio.sleep(WATCH_SECONDS)
             now = self.watched()
