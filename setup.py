@@ -33,8 +33,10 @@ COMPILED = [
     "resolver/lists/stream.py",
     "resolver/net/attempt.py",
     "resolver/net/framing.py",
+    "resolver/net/health.py",
     "resolver/net/streamconn.py",
     "resolver/net/listeners.py",
+    "resolver/net/resolution.py",
     "resolver/net/udp.py",
     "resolver/net/upstream.py",
 ]

@@ -72,7 +72,8 @@ class Server:
             # resolv.conf pointing at ourselves is the classic way to build a query loop that melts the box.
             raise ConfigError(config.source, f"upstream {looped.pop()} is one of our own listen addresses")
         self.upstreams = UpstreamPool(upstreams, config.upstream_timeout, config.query_timeout, self.stats,
-                                      config.upstream_strategy, config.upstream_ca)
+                                      config.upstream_strategy, config.upstream_ca,
+                                      avoid_ports=frozenset(e.port for e in config.listen))
         self.forwarder = Forwarder(self.pipeline, self.upstreams)
         self.tcp = TcpListener(self.pipeline, self.forwarder, config.tcp.idle_timeout, config.tcp.max_connections,
                                config.tcp.max_per_client)

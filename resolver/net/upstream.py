@@ -1,54 +1,35 @@
-"""Asking the upstream resolvers: the pool, each upstream's health, and the failover walk of one question.
+"""Asking the upstream resolvers: the pool that owns the transports, each upstream's health, and its probes.
 
-The transports are elsewhere: ``udp`` (connected sockets, random IDs and ports), ``streamconn`` (TCP and DNS over
-TLS, and UDP's truncated replies); ``attempt`` holds what they share with the pool. The pool decides which upstream
-is asked, when, and for how long, on an injected clock; the transports only carry the questions.
+The transports are elsewhere: ``udp`` (connected sockets, random IDs, ports and name case), ``streamconn`` (TCP and
+DNS over TLS, and UDP's truncated replies); ``attempt`` holds what they share with the pool. ``health`` keeps each
+upstream's counters, penalty, round-trip time and 0x20 capability; ``resolution`` walks one question down the
+upstreams, retransmitting on the way. The pool decides on an injected clock; the transports only carry questions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from bisect import bisect_left
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Callable, Container
 from typing import Final
 
 from resolver.config.model import Endpoint
 from resolver.core import wire
-from resolver.core.stats import LATENCY_BOUNDS, Stats
+from resolver.core.stats import Stats
 from resolver.core.wire import Query
-from resolver.errors import UpstreamError, UpstreamTimeout
+from resolver.errors import UpstreamError
 from resolver.net.attempt import Attempt, Sweep, Transport
+from resolver.net.health import PENALTY_SECONDS as PENALTY_SECONDS
+from resolver.net.health import Health
+from resolver.net.health import UpstreamStats as UpstreamStats
+from resolver.net.resolution import Walker
 from resolver.net.streamconn import StreamTransport
 from resolver.net.udp import RandomIds, UdpTransport
 
 log = logging.getLogger("resolver.net.upstream")
 
-# An upstream that just failed is asked last for this long, so one dead server does not cost every query a timeout.
-PENALTY_SECONDS: Final = 5.0
-_RETRY_RCODES: Final = (wire.SERVFAIL, wire.REFUSED, wire.NOTIMP)
 Answered = Callable[[Query, bytes | None], None]
-
-
-@dataclass(slots=True)
-class UpstreamStats:
-    requests: int = 0
-    errors: int = 0
-    timeouts: int = 0
-    latency_sum: float = 0.0
-    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
-    answered: int = 0
-    down_until: float = 0.0  # clock time until which it is asked last
-    last_ok: float = -1e9  # clock time of its last good reply (a query or a probe)
-    ewma: float = 0.0  # smoothed answer time, for parallel_best
-
-    def answered_in(self, seconds: float) -> None:
-        self.answered += 1
-        self.latency_sum += seconds
-        self.latency_buckets[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+_PROBE: Final = wire.HEADER.pack(0, wire.RD, 1, 0, 0, 0) + b"\x00\x00\x02\x00\x01"  # ". NS": any server answers
 
 
 class UpstreamPool:
@@ -57,12 +38,14 @@ class UpstreamPool:
     ``sweep`` brings the clock: the event loop unless a test gives a fake one. ``udp`` carries questions to
     udp:// upstreams and ``stream`` to tcp:// and tls:// ones: by default sockets and connections on the running
     loop, in tests fakes that record what is sent. UDP attempts wait in tables the sweep walks, so their
-    timeouts follow the injected clock.
+    timeouts and retransmissions follow the injected clock. ``avoid_ports`` are ports no upstream socket may take
+    (our own listening ports).
     """
 
     def __init__(self, endpoints: tuple[Endpoint, ...], timeout: float, deadline: float, stats: Stats,
                  strategy: str = "strict", ca_file: str | None = None, *, sweep: Sweep | None = None,
-                 udp: Transport | None = None, stream: Transport | None = None) -> None:
+                 udp: Transport | None = None, stream: Transport | None = None,
+                 avoid_ports: Container[int] = ()) -> None:
         if not endpoints:
             raise UpstreamError("no upstream resolvers configured")
         self.endpoints = endpoints
@@ -70,86 +53,56 @@ class UpstreamPool:
         self.timeout = timeout
         self.deadline = deadline
         self.stats = stats
-        self._stats = {e: UpstreamStats() for e in endpoints}  # the per-query path: no str() per query
-        self.upstream_stats = {str(e): s for e, s in self._stats.items()}  # the same objects, for metrics
-        self._all_up_after = 0.0  # no upstream's penalty runs past this time
         self.ids = RandomIds()
         # The loop is kept, not looked up per question: asyncio.get_running_loop() costs a getpid() system call.
         self.sweep = sweep if sweep is not None else Sweep(asyncio.get_running_loop())
         self.clock = self.sweep.clock
+        self.health = Health(endpoints, strategy, self.clock, self.ids)
+        self.upstream_stats = self.health.by_name  # for metrics
         self.stream = stream if stream is not None else StreamTransport(endpoints, ca_file, self.ids.unused, stats)
         self.udp = udp if udp is not None else UdpTransport(asyncio.get_running_loop(), self.sweep, self.ids, stats,
-                                                            self.stream)
-
-    def _order(self, now: float) -> Sequence[Endpoint]:
-        """Healthy upstreams first (in config order, shuffled, or fastest first, by strategy), then the rest."""
-        if now >= self._all_up_after and self.strategy == "strict":
-            return self.endpoints  # the usual case, with nothing to sort
-        healthy = [e for e in self.endpoints if self._stats[e].down_until <= now]
-        if self.strategy == "random":
-            healthy = random.sample(healthy, len(healthy))
-        elif self.strategy == "parallel_best":
-            healthy.sort(key=lambda e: self._stats[e].ewma)
-        return healthy + [e for e in self.endpoints if e not in healthy]
+                                                            self.stream, avoid_ports)
+        self.walker = Walker(self.health, self.udp, self.stream, self.clock, timeout, deadline)
 
     def resolve(self, query: Query, done: Answered) -> None:
         """Find a reply matching ``query`` and hand both to ``done`` (None: no upstream gave one before the deadline).
 
         Callbacks, not a task per question: over UDP a cache miss costs a send, an entry in the socket's table of
-        questions, and two small objects. ``parallel_best`` asks the two fastest healthy upstreams at once and
-        takes the first good answer; every strategy then goes down the rest of the list one at a time. A SERVFAIL
-        or REFUSED reply is kept as the answer of last resort while other upstreams are tried.
+        questions, and two small objects. How the walk goes (strategy, failover, retransmission, near misses): see
+        ``resolver.net.resolution``.
         """
-        _Resolution(self, query, done)
-
-    def _penalise(self, stats: UpstreamStats, now: float) -> None:
-        stats.down_until = self._all_up_after = now + PENALTY_SECONDS
-
-    def _record(self, attempt: Attempt, reply: bytes | None, error: BaseException | None) -> bool:
-        """Count one finished attempt and keep the upstream's health; whether ``reply`` is a usable answer."""
-        stats = self._stats[attempt.endpoint]
-        now = self.clock.time()
-        if reply is None:
-            if isinstance(error, UpstreamTimeout):
-                stats.timeouts += 1
-            else:
-                stats.errors += 1
-            self._penalise(stats, now)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("upstream %s failed: %s", attempt.endpoint, error)
-            return False
-        elapsed = now - attempt.started
-        stats.answered_in(elapsed)
-        stats.ewma = elapsed if stats.ewma == 0.0 else 0.7 * stats.ewma + 0.3 * elapsed
-        if reply[3] & 0x0F in _RETRY_RCODES:
-            stats.errors += 1
-            return False
-        stats.down_until = 0.0
-        stats.last_ok = now
-        return True
+        self.walker.resolve(query, done)
 
     def healthy(self, within: float) -> bool:
         """Whether any upstream gave a good reply in the last ``within`` seconds (for /readyz)."""
-        now = self.clock.time()
-        return any(now - s.last_ok <= within for s in self.upstream_stats.values())
+        return self.health.healthy(within)
 
     async def probe(self) -> None:
-        """Ask every upstream for the root NS set: any matching reply (even REFUSED) shows it is alive and
-        puts it back in the rotation; silence takes it out. Runs whether or not clients are asking."""
+        """Ask every upstream at once for the root NS set: any matching reply (even REFUSED) shows it is alive and
+        puts it back in the rotation, and gives a round trip to time retransmissions by; silence takes it out.
+        Runs whether or not clients are asking. An upstream that stops answering is logged once at WARNING (at
+        start-up too, so a wrong address is seen at once), and once at INFO when it answers again."""
+        await asyncio.gather(*(self._probe(endpoint) for endpoint in self.endpoints))
+
+    async def _probe(self, endpoint: Endpoint) -> None:
         loop = asyncio.get_running_loop()
-        clock = self.clock
-        probe = wire.parse_query(wire.HEADER.pack(0, wire.RD, 1, 0, 0, 0) + b"\x00\x00\x02\x00\x01")
-        for endpoint in self.endpoints:
-            stats = self._stats[endpoint]
-            future: asyncio.Future[bytes | None] = loop.create_future()
-            now = clock.time()
-            attempt = Attempt(endpoint, probe, now, self.timeout, now + self.timeout, partial(_settle, future))
-            (self.udp if endpoint.transport == "udp" else self.stream).send(attempt)
-            if await future is None:
-                self._penalise(stats, clock.time())
-            else:
-                stats.down_until = 0.0
-                stats.last_ok = clock.time()
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        _Probe(self, endpoint, wire.parse_query(_PROBE), future).send(None)
+        reply = await future
+        stats = self.health.stats[endpoint]
+        now = self.clock.time()
+        if reply is None:
+            self.health.penalise(stats, now)
+            if not stats.probe_silent:
+                log.warning("upstream %s did not answer a health probe within %.1fs: asked last while it is silent",
+                            endpoint, self.timeout)
+            stats.probe_silent = True
+            return
+        if stats.probe_silent:
+            log.info("upstream %s answers health probes again", endpoint)
+        stats.probe_silent = False
+        stats.down_until = 0.0
+        stats.last_ok = now
 
     def close(self) -> None:
         """Close the transports' sockets and connections (at shutdown; anything still waiting was given its drain
@@ -159,65 +112,47 @@ class UpstreamPool:
         self.sweep.close()
 
 
-def _settle(future: asyncio.Future[bytes | None], _attempt: Attempt, reply: bytes | None,
-            _error: BaseException | None) -> None:
-    if not future.done():
-        future.set_result(reply)
+class _Probe:
+    """One health probe of one upstream (the ``Owner`` of its attempts): sent again on the upstream's
+    retransmission timeout like any question, so that one lost packet does not mark a live upstream down; the
+    first reply to any send settles it, silence for ``upstream_timeout`` too."""
 
+    __slots__ = ("endpoint", "future", "live", "pool", "query", "until")
 
-class _Resolution:
-    """One question walking down the upstream list by callbacks, until a usable reply or the deadline."""
-
-    __slots__ = ("deadline", "done", "fallback", "live", "next", "order", "pool", "query")
-
-    def __init__(self, pool: UpstreamPool, query: Query, done: Answered) -> None:
+    def __init__(self, pool: UpstreamPool, endpoint: Endpoint, query: Query,
+                 future: asyncio.Future[bytes | None]) -> None:
         self.pool = pool
+        self.endpoint = endpoint
         self.query = query
-        self.done: Answered | None = done
-        now = pool.clock.time()
-        self.deadline = now + pool.deadline
-        self.order = pool._order(now)
-        self.fallback: bytes | None = None
-        self.live = 0
-        self.next = 0
-        self._launch(2 if pool.strategy == "parallel_best" else 1, now)
+        self.future = future
+        self.live: list[Attempt] = []
+        self.until = pool.clock.time() + pool.timeout
 
-    def _launch(self, count: int, now: float) -> None:
+    def send(self, after: Attempt | None) -> None:
         pool = self.pool
-        order = self.order
-        while count and self.next < len(order):
-            endpoint = order[self.next]
-            self.next += 1
-            count -= 1
-            pool._stats[endpoint].requests += 1
-            self.live += 1
-            # Each upstream gets upstream_timeout before the next is asked; the last one left may use all the time
-            # the question has (query_timeout), since there is nobody else to ask.
-            left = max(0.01, self.deadline - now)
-            timeout = left if self.next == len(order) else min(pool.timeout, left)
-            attempt = Attempt(endpoint, self.query, now, timeout, self.deadline, self._finished)
-            (pool.udp if endpoint.transport == "udp" else pool.stream).send(attempt)
-        if not self.live:
-            self._finish(self.fallback)
+        now = pool.clock.time()
+        udp = self.endpoint.transport == "udp"
+        rto = pool.health.rto(self.endpoint) if after is None else after.rto * 2
+        attempt = Attempt(self.endpoint, self.query, now, self.until - now, self.until, self,
+                          rto if udp else 0.0, None, after)
+        self.live.append(attempt)
+        (pool.udp if udp else pool.stream).send(attempt)
 
-    def _finished(self, attempt: Attempt, reply: bytes | None, error: BaseException | None) -> None:
-        self.live -= 1
-        usable = self.pool._record(attempt, reply, error)
-        if self.done is None:  # already answered by the other of two parallel attempts
-            return
-        if usable:
-            self._finish(reply)
-            return
-        if reply is not None:
-            self.fallback = reply
-        if not self.live:
-            now = self.pool.clock.time()
-            if self.deadline - now > 0:
-                self._launch(1, now)
-            else:
-                self._finish(self.fallback)
+    def timed_out(self, attempt: Attempt) -> None:
+        if not self.future.done():
+            self.send(attempt)
 
-    def _finish(self, reply: bytes | None) -> None:
-        done, self.done = self.done, None
-        if done is not None:
-            done(self.query, reply)
+    def finished(self, attempt: Attempt, reply: bytes | None, error: BaseException | None) -> None:
+        if reply is not None and self.endpoint.transport == "udp" and not attempt.tcp:
+            self.pool.health.stats[self.endpoint].sampled(self.pool.clock.time() - attempt.started)
+        if attempt in self.live:
+            self.live.remove(attempt)
+        if self.future.done():
+            return
+        if reply is not None or not self.live:
+            for other in self.live:
+                other.close()
+            self.future.set_result(reply)
+
+    def near_miss(self, attempt: Attempt, case_only: bool) -> None:
+        """Counted by the transport; a probe has nothing to switch."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.support.authserver import AuthServer
+from tests.support.authserver import FLOOD, POISON_V4, AuthServer
 from tests.support.resolverproc import (
     addresses,
     ipv6_loopback_available,
@@ -145,3 +146,54 @@ def test_slow_answers_later_without_blocking_others(server: AuthServer) -> None:
         second = dns.message.from_wire(tcp_recv(sock) or b"")
     assert first.question[0].name.to_text() == "mx.example.test."
     assert addresses(second, "A") == [WWW_V4]
+
+
+def test_drop_leaves_the_first_queries_unanswered(server: AuthServer) -> None:
+    server.set_behaviour("example.test", "drop:2")
+    for _ in range(2):
+        with pytest.raises(dns.exception.Timeout):
+            ask(server, WWW, timeout=0.3)
+    assert addresses(ask(server, WWW), "A") == [WWW_V4]
+    with pytest.raises(dns.exception.Timeout):  # each name has its own count
+        ask(server, MAIL, "MX", timeout=0.3)
+    assert server.count(WWW) == 3
+    assert [q.sent_name for q in server.seen(WWW)] == [WWW] * 3
+
+
+def test_lowercase_echoes_the_question_in_lowercase(server: AuthServer) -> None:
+    server.set_behaviour("example.test", "lowercase")
+    q = make_query("WwW.Example.TEST", "A")
+    wire = udp_exchange(server.port, q.to_wire(), host=server.host)
+    assert wire is not None
+    reply = dns.message.from_wire(wire)
+    assert reply.question[0].name.to_text() == "www.example.test."
+    assert addresses(reply, "A") == [WWW_V4]
+    assert server.seen(WWW)[0].sent_name == "WwW.Example.TEST"
+
+
+def test_spoof_case_sends_a_poisoned_reply_in_the_other_case_then_the_answer(server: AuthServer) -> None:
+    server.set_behaviour("example.test", "spoof-case")
+    q = make_query("WwW.Example.TEST", "A")
+    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.sendto(q.to_wire(), (server.host, server.port))
+        fake, honest = (dns.message.from_wire(sock.recv(65535)) for _ in range(2))
+    assert fake.id == q.id and fake.question[0].name.to_text() == "wWw.eXAMPLE.test."
+    assert addresses(fake, "A") == [POISON_V4]
+    assert honest.question[0].name.to_text() == "WwW.Example.TEST." and addresses(honest, "A") == [WWW_V4]
+
+
+def test_wrong_id_flood_over_udp_and_the_answer_over_tcp(server: AuthServer) -> None:
+    server.set_behaviour("example.test", "wrong-id-flood")
+    q = make_query(WWW, "A")
+    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.sendto(q.to_wire(), (server.host, server.port))
+        replies = [dns.message.from_wire(sock.recv(65535)) for _ in range(FLOOD)]
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(65535)
+    assert all(r.id != q.id and addresses(r, "A") == [POISON_V4] for r in replies)
+    assert addresses(ask(server, WWW, tcp=True), "A") == [WWW_V4]

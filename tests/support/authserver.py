@@ -19,6 +19,11 @@ Behaviours (they apply to the name given and every name below it):
 ``wrong-question``  reply with the query's ID but for another name (``POISON_NAME``), poisoned answer.
 ``servfail``        reply SERVFAIL.  ``refused``  reply REFUSED.
 ``slow:SECONDS``    answer normally after SECONDS, without holding up other queries.
+``drop:N``          the first N queries for each name get no reply (a lossy link), later ones are answered.
+``lowercase``       answer normally, but echo the question name in lowercase (an upstream that breaks DNS 0x20).
+``spoof-case``      first a poisoned reply with the right ID and the question in the other case (a spoofer who
+                    does not know our 0x20 case), then the honest answer.
+``wrong-id-flood``  over UDP, ``FLOOD`` poisoned replies with wrong IDs and no honest one; over TCP, the answer.
 
 A bad reply always carries ``POISON_V4`` so a resolver that accepts it is caught by the answer it returns.
 """
@@ -41,7 +46,9 @@ from dnslib import EDNS0, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader, DNSLabel, DN
 POISON_V4 = "203.0.113.66"
 POISON_NAME = "poison.invalid"
 
-BEHAVIOURS = ("normal", "silent", "truncate", "garbage", "wrong-id", "wrong-question", "servfail", "refused")
+BEHAVIOURS = ("normal", "silent", "truncate", "garbage", "wrong-id", "wrong-question", "servfail", "refused",
+              "lowercase", "spoof-case", "wrong-id-flood")
+FLOOD = 5
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class Seen:
     had_edns: bool
     rd: bool
     port: int = 0  # the asker's source port
+    sent_name: str = ""  # the question name as it arrived, case and all (DNS 0x20)
 
 
 def _norm(name: str) -> str:
@@ -81,6 +89,7 @@ class AuthServer:
         self.queries: list[Seen] = []
         self._records: dict[str, list[RR]] = {}
         self._behaviours: dict[str, str] = {}
+        self._dropped: dict[str, int] = {}  # drop:N: queries dropped so far, per name
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -105,10 +114,12 @@ class AuthServer:
 
     def set_behaviour(self, name: str, behaviour: str) -> None:
         """Make the server misbehave for ``name`` and every name below it (``normal`` restores it)."""
-        if behaviour not in BEHAVIOURS and not behaviour.startswith("slow:"):
+        if behaviour not in BEHAVIOURS and not behaviour.startswith(("slow:", "drop:")):
             raise ValueError(f"unknown behaviour {behaviour!r}")
         if behaviour.startswith("slow:"):
             float(behaviour.split(":", 1)[1])
+        if behaviour.startswith("drop:"):
+            int(behaviour.split(":", 1)[1])
         with self._cond:
             self._behaviours[_norm(name)] = behaviour
 
@@ -306,11 +317,34 @@ class AuthServer:
                     had_edns=had_edns,
                     rd=bool(query.header.rd),
                     port=port,
+                    sent_name=str(question.qname).rstrip("."),
                 )
             )
             self._cond.notify_all()
         behaviour = self.behaviour_for(name)
         if behaviour == "silent":
+            return
+        if behaviour.startswith("drop:"):
+            with self._cond:
+                dropped = self._dropped.get(name, 0)
+                if dropped < int(behaviour.split(":", 1)[1]):
+                    self._dropped[name] = dropped + 1
+                    return
+        if behaviour == "lowercase":
+            send(_recased(self._answer(query, transport), data, bytes.lower))
+            return
+        if behaviour == "spoof-case":
+            fake = self._reply_header(query)
+            fake.add_answer(RR(question.qname, QTYPE.A, ttl=300, rdata=A(POISON_V4)))
+            send(_recased(fake.pack(), data, bytes.swapcase))
+            send(self._answer(query, transport))
+            return
+        if behaviour == "wrong-id-flood" and transport == "udp":
+            for n in range(1, FLOOD + 1):
+                fake = self._reply_header(query)
+                fake.header.id = (query.header.id + n) & 0xFFFF
+                fake.add_answer(RR(question.qname, QTYPE.A, ttl=300, rdata=A(POISON_V4)))
+                send(fake.pack())
             return
         if behaviour.startswith("slow:"):
             delay = float(behaviour.split(":", 1)[1])
@@ -410,6 +444,15 @@ class AuthServer:
                 (2024010101, 3600, 600, 86400, self.soa_minimum),
             ),
         )
+
+
+def _recased(reply: bytes, query: bytes, change: Callable[[bytes], bytes]) -> bytes:
+    """``reply`` with its question name (the query's, uncompressed at offset 12) put through ``change``."""
+    end = 12
+    while query[end]:
+        end += 1 + query[end]
+    reply = bytes(reply)
+    return reply[:12] + change(reply[12:end]) + reply[end:]
 
 
 def recv_exact(conn: socket.socket, n: int) -> bytes | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -20,6 +21,7 @@ from resolver.core.stats import Stats
 from resolver.core.wire import Query
 from resolver.errors import UpstreamError, UpstreamTimeout
 from resolver.net.attempt import SWEEP_SECONDS, Attempt, Sweep
+from resolver.net.health import INITIAL_RTO, MIN_RTO
 from resolver.net.upstream import PENALTY_SECONDS, UpstreamPool
 
 A = Endpoint("192.0.2.1", 53)
@@ -109,11 +111,18 @@ class FakeTransport:
         self.closed = True
 
     def waiting(self, endpoint: Endpoint) -> Attempt:
-        (attempt,) = [a for a in self.pending.values() if a.endpoint == endpoint]
+        (attempt,) = self.all_waiting(endpoint)
         return attempt
 
+    def all_waiting(self, endpoint: Endpoint) -> list[Attempt]:
+        """Every send to ``endpoint`` still awaited, oldest first."""
+        return [a for a in self.pending.values() if a.endpoint == endpoint]
+
     def reply(self, endpoint: Endpoint, rcode: int = wire.NOERROR) -> bytes:
-        attempt = self.waiting(endpoint)
+        return self.answer(self.waiting(endpoint), rcode)
+
+    def answer(self, attempt: Attempt, rcode: int = wire.NOERROR) -> bytes:
+        assert self.pending.get(attempt.qid) is attempt, "not awaited any more"
         del self.pending[attempt.qid]
         reply = reply_to(attempt, rcode)
         attempt.replied(reply)
@@ -176,12 +185,14 @@ def test_the_first_upstream_answers() -> None:
 
 
 def test_a_timeout_moves_to_the_next_upstream() -> None:
+    """Within its turn the silent upstream is asked again after its retransmission timeout (INITIAL_RTO: nothing
+    measured yet); when the turn is over, the next upstream."""
     net = Net(A, B, timeout=1.0)
     net.ask()
     net.clock.advance(0.99)
-    assert net.sends() == [(0.0, "a")]
+    assert net.sends() == [(0.0, "a"), (late(INITIAL_RTO), "a")]
     net.clock.advance(0.05)
-    assert net.sends() == [(0.0, "a"), (late(1.0), "b")]
+    assert net.sends() == [(0.0, "a"), (late(INITIAL_RTO), "a"), (late(1.0), "b")]
     reply = net.udp.reply(B)
     assert net.answers == [(net.clock.now, reply)]
     assert net.pool.upstream_stats[str(A)].timeouts == 1
@@ -236,7 +247,8 @@ def test_a_kept_servfail_is_the_answer_when_the_rest_time_out() -> None:
     net.ask()
     servfail = net.udp.reply(A, wire.SERVFAIL)
     net.clock.advance(5)
-    assert net.sends() == [(0.0, "a"), (0.0, "b")]
+    # b, the last, has until the deadline: asked again after 0.5 s, then after 1 s (backed off).
+    assert net.sends() == [(0.0, "a"), (0.0, "b"), (late(0.5), "b"), (late(1.5), "b")]
     assert net.answers == [(late(2.0), servfail)]
 
 
@@ -244,9 +256,11 @@ def test_nobody_answers_none_at_the_deadline() -> None:
     net = Net(A, B, timeout=1.0, deadline=3.0)
     net.ask()
     net.clock.advance(10)
-    assert net.sends() == [(0.0, "a"), (late(1.0), "b")]
+    assert net.sends() == [(0.0, "a"), (late(0.5), "a"), (late(1.0), "b"), (late(1.5), "b"), (late(2.5), "b")]
     assert net.answers == [(late(3.0), None)]
-    assert [net.pool.upstream_stats[str(e)].timeouts for e in (A, B)] == [1, 1]
+    assert [net.pool.upstream_stats[str(e)].timeouts for e in (A, B)] == [1, 1]  # one per turn, not per send
+    assert [net.pool.upstream_stats[str(e)].requests for e in (A, B)] == [2, 3]  # every send
+    assert not net.udp.pending  # past the deadline nothing is awaited
 
 
 def test_the_last_upstream_gets_what_is_left_of_the_query_timeout() -> None:
@@ -281,18 +295,33 @@ def test_the_deadline_stops_the_walk() -> None:
     net.clock.advance(1.1)
     assert net.udp.waiting(B).timeout == pytest.approx(1.5 - net.udp.waiting(B).started)
     net.clock.advance(5)
-    assert net.sends() == [(0.0, "a"), (late(1.0), "b")]
+    assert net.sends() == [(0.0, "a"), (late(0.5), "a"), (late(1.0), "b")]
     assert net.answers == [(late(1.5), None)]
 
 
-def test_a_reply_after_the_timeout_is_not_taken() -> None:
+def test_a_late_reply_to_an_earlier_send_is_taken_and_the_rest_are_closed() -> None:
+    """A send keeps listening after its upstream's turn has passed to the next one: the first valid reply to any
+    send of the question is the answer; every other send stops being awaited (a reply to it is stale)."""
     net = Net(A, B)
     net.ask()
-    late_attempt = net.udp.waiting(A)
+    first = net.udp.waiting(A)
     net.clock.advance(1.05)
-    assert late_attempt.table is None and late_attempt.qid not in net.udp.pending  # no longer awaited
-    good = net.udp.reply(B)
+    assert net.sends() == [(0.0, "a"), (late(0.5), "a"), (late(1.0), "b")]
+    assert net.udp.all_waiting(A)[0] is first and first.table is net.udp  # still awaited
+    good = net.udp.answer(first)
     assert net.answers == [(1.05, good)]
+    assert net.udp.all_waiting(A) == []
+    net.clock.advance(1)  # b's send waits out its retransmission timeout (its reply would measure b), then closes
+    assert not net.udp.pending and len(net.answers) == 1 and net.sends()[-1] == (late(1.0), "b")
+
+
+def test_a_reply_after_the_deadline_is_not_taken() -> None:
+    net = Net(A, timeout=1.0, deadline=1.0)
+    net.ask()
+    sends = net.udp.all_waiting(A)
+    net.clock.advance(1.05)
+    assert net.answers == [(late(1.0), None)]
+    assert all(a.table is None and a.qid not in net.udp.pending for a in sends)  # no longer awaited
 
 
 # ---------------------------------------------------------------------------------------------------- health
@@ -349,26 +378,75 @@ def test_healthy_means_a_good_reply_within_the_window() -> None:
     assert not net.pool.healthy(30)
 
 
+async def settle() -> None:
+    """Let the probe's tasks run as far as they can without the (fake) clock moving."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
 async def test_the_probe_marks_silent_upstreams_down_and_answering_ones_up() -> None:
-    """Any reply to the probe shows an upstream is alive, even REFUSED; silence puts it last."""
+    """Any reply to the probe shows an upstream is alive, even REFUSED; silence puts it last. Every upstream is
+    probed at once, and a silent one is asked again on its retransmission timeout within upstream_timeout."""
     net = Net(A, B, timeout=1.0)
     net.clock.advance(10)
     probing = asyncio.ensure_future(net.pool.probe())
-    await asyncio.sleep(0)
-    assert net.sends() == [(10.0, "a")]
+    await settle()
+    assert net.sends() == [(10.0, "a"), (10.0, "b")]
     assert net.udp.waiting(A).query.name == "."
     net.udp.reply(A, wire.REFUSED)
-    await asyncio.sleep(0)
-    assert net.sends() == [(10.0, "a"), (10.0, "b")]
+    await settle()
+    assert not probing.done()
     net.clock.advance(1.05)
-    await asyncio.sleep(0)
+    await settle()
     assert probing.done()
     await probing
+    assert net.sends() == [(10.0, "a"), (10.0, "b"), (late(10.0 + INITIAL_RTO), "b")]
     a, b = net.pool.upstream_stats[str(A)], net.pool.upstream_stats[str(B)]
     assert (a.last_ok, a.down_until) == (10.0, 0.0)
     assert b.down_until == pytest.approx(11.05 + PENALTY_SECONDS)
+    assert not net.udp.pending
     assert net.first_asked() == "a"
     assert net.answers[-1][1] is not None
+
+
+async def test_a_silent_upstream_is_logged_once_at_warning_and_once_when_it_answers_again(
+        caplog: pytest.LogCaptureFixture) -> None:
+    net = Net(A, B, timeout=1.0)
+    with caplog.at_level(logging.INFO, logger="resolver.net.upstream"):
+        for _ in range(2):  # silent in two probes: one warning
+            probing = asyncio.ensure_future(net.pool.probe())
+            await settle()
+            net.udp.reply(A)
+            net.clock.advance(1.05)
+            await settle()
+            await probing
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and str(B) in warnings[0] and str(A) not in warnings[0], warnings
+        probing = asyncio.ensure_future(net.pool.probe())
+        await settle()
+        net.udp.reply(A)
+        net.udp.reply(B)
+        await settle()
+        await probing
+    back = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(back) == 1 and str(B) in back[0], back
+    assert net.pool.upstream_stats[str(B)].down_until == 0.0
+
+
+async def test_the_probe_gives_the_first_round_trip() -> None:
+    """The start-up probe's reply times the retransmissions of the first questions (no INITIAL_RTO guess)."""
+    net = Net(A, timeout=1.0)
+    probing = asyncio.ensure_future(net.pool.probe())
+    await settle()
+    net.clock.advance(0.004)
+    net.udp.reply(A)
+    await settle()
+    await probing
+    assert net.pool.health.rto(A) == MIN_RTO
+    net.ask()
+    net.clock.advance(0.15)
+    assert [name for _, name in net.sends()] == ["a", "a", "a"]
+    assert net.sends()[-1] == (late(0.004 + MIN_RTO), "a")
 
 
 # -------------------------------------------------------------------------------------------------- strategies
@@ -381,7 +459,8 @@ def test_random_shuffles_the_healthy_and_keeps_the_failed_last() -> None:
     net.ask()
     first = net.sends()[-1][1]
     net.clock.advance(1.05)  # the first asked times out; the second answers
-    second = next(e for e in (A, B, C) if e in [a.endpoint for a in net.udp.pending.values()])
+    second = net.udp.sent[-1][1].endpoint
+    assert NAMES[second] != first
     net.udp.reply(second)
     later = {net.first_asked() for _ in range(60)}
     assert first not in later and len(later) == 2
@@ -404,8 +483,8 @@ def test_parallel_best_moves_on_only_when_both_have_failed() -> None:
     net.ask()
     net.udp.reply(A, wire.SERVFAIL)
     assert net.sends() == [(0.0, "a"), (0.0, "b")]  # b is still out
-    net.clock.advance(1.05)  # b times out: now c
-    assert net.sends() == [(0.0, "a"), (0.0, "b"), (late(1.0), "c")]
+    net.clock.advance(1.05)  # b, asked again in its turn, times out: now c
+    assert net.sends() == [(0.0, "a"), (0.0, "b"), (late(0.5), "b"), (late(1.0), "c")]
     reply = net.udp.reply(C)
     assert net.answers == [(1.05, reply)]
 
@@ -445,6 +524,23 @@ def test_close_closes_both_transports_and_stops_the_sweep() -> None:
 # --------------------------------------------------------------------------------------------------- the sweep
 
 
+class Outcomes(list[tuple[float, str]]):
+    """An ``Owner`` that writes down what its attempts report, and when."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def finished(self, attempt: Attempt, reply: bytes | None, error: BaseException | None) -> None:
+        self.append((self.clock.time(), type(error).__name__ if reply is None else "reply"))
+
+    def timed_out(self, attempt: Attempt) -> None:
+        self.append((self.clock.time(), "retransmission timeout"))
+
+    def near_miss(self, attempt: Attempt, case_only: bool) -> None:
+        self.append((self.clock.time(), "near miss"))
+
+
 class Table:
     """A bare ``Waiting`` table for the sweep alone."""
 
@@ -453,15 +549,11 @@ class Table:
         self.sweep = sweep
         sweep.tables.add(self)
 
-    def wait(self, qid: int, timeout: float, outcomes: list[tuple[float, str]]) -> Attempt:
+    def wait(self, qid: int, timeout: float, outcomes: Outcomes, rto: float = 0.0) -> Attempt:
         clock = self.sweep.clock
         now = clock.time()
-
-        def done(attempt: Attempt, reply: bytes | None, error: BaseException | None) -> None:
-            outcomes.append((clock.time(), type(error).__name__ if reply is None else "reply"))
-
         query = wire.parse_query(wire.HEADER.pack(1, 0, 1, 0, 0, 0) + b"\x00\x00\x01\x00\x01")
-        attempt = Attempt(A, query, now, timeout, now + timeout, done)
+        attempt = Attempt(A, query, now, timeout, now + timeout, outcomes, rto)
         self.pending[qid] = attempt
         attempt.qid, attempt.table = qid, self
         if self.sweep.timer is None:
@@ -477,7 +569,7 @@ def test_the_sweep_runs_only_while_something_waits() -> None:
     sweep = Sweep(clock)
     table = Table(sweep)
     assert clock.timers() == 0
-    outcomes: list[tuple[float, str]] = []
+    outcomes = Outcomes(clock)
     table.wait(1, 0.1, outcomes)
     table.wait(2, 0.1, outcomes)
     assert clock.timers() == 1  # one timer for all, not one per question
@@ -491,7 +583,7 @@ def test_the_sweep_runs_only_while_something_waits() -> None:
 def test_the_sweep_times_out_at_most_one_period_late() -> None:
     clock = FakeClock()
     table = Table(Sweep(clock))
-    outcomes: list[tuple[float, str]] = []
+    outcomes = Outcomes(clock)
     clock.advance(0.013)
     for qid, timeout in enumerate((0.05, 0.5, 0.501, 1.0)):
         table.wait(qid, timeout, outcomes)
@@ -503,7 +595,7 @@ def test_the_sweep_times_out_at_most_one_period_late() -> None:
 def test_the_sweep_leaves_an_answered_attempt_alone() -> None:
     clock = FakeClock()
     table = Table(Sweep(clock))
-    outcomes: list[tuple[float, str]] = []
+    outcomes = Outcomes(clock)
     answered = table.wait(1, 0.1, outcomes)
     table.wait(2, 0.1, outcomes)
     clock.advance(0.05)
@@ -519,7 +611,7 @@ def test_the_sweep_walks_every_table() -> None:
     clock = FakeClock()
     sweep = Sweep(clock)
     first, second = Table(sweep), Table(sweep)
-    outcomes: list[tuple[float, str]] = []
+    outcomes = Outcomes(clock)
     first.wait(1, 0.1, outcomes)
     clock.advance(0.05)
     second.wait(1, 0.1, outcomes)
@@ -527,10 +619,33 @@ def test_the_sweep_walks_every_table() -> None:
     assert outcomes == [(late(0.1), "UpstreamTimeout"), (late(0.15), "UpstreamTimeout")]
 
 
+def test_a_retransmission_timeout_tells_the_owner_and_keeps_the_attempt_waiting_until_the_deadline() -> None:
+    clock = FakeClock()
+    table = Table(Sweep(clock))
+    outcomes = Outcomes(clock)
+    attempt = table.wait(1, 1.0, outcomes, rto=0.25)
+    clock.advance(0.5)
+    assert outcomes == [(late(0.25), "retransmission timeout")]
+    assert table.pending == {1: attempt} and attempt.expires == attempt.deadline
+    clock.advance(1)
+    assert outcomes == [(late(0.25), "retransmission timeout"), (late(1.0), "UpstreamTimeout")]
+    assert not table.pending and attempt.table is None
+
+
+def test_closing_an_attempt_forgets_it_and_reports_nothing() -> None:
+    clock = FakeClock()
+    table = Table(Sweep(clock))
+    outcomes = Outcomes(clock)
+    attempt = table.wait(1, 1.0, outcomes, rto=0.25)
+    attempt.close()
+    clock.advance(2)
+    assert outcomes == [] and not table.pending and attempt.table is None
+
+
 def test_closing_the_sweep_cancels_its_timer() -> None:
     clock = FakeClock()
     sweep = Sweep(clock)
-    outcomes: list[tuple[float, str]] = []
+    outcomes = Outcomes(clock)
     Table(sweep).wait(1, 0.1, outcomes)
     sweep.close()
     clock.advance(1)
