@@ -116,3 +116,8 @@ def test_defaults_bound_the_cache_and_cap_ttls() -> None:
     cache = Config().cache
     assert (cache.max_bytes, cache.max_answer_bytes, cache.max_ttl) == (64 << 20, 16 << 10, 86400)
 
+
+@pytest.mark.parametrize("name", ["example-force.yaml", "docker.yaml"])
+def test_shipped_configs_limit_each_phones_rate(name: str) -> None:
+    limit = load_config(Path(resolver.config.__file__).parents[2] / "deploy" / name).rate_limit
+    assert limit.qps > 0 and limit.burst >= limit.qps and limit.action == "truncate"
