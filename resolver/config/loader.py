@@ -128,18 +128,41 @@ def _sinkhole(sink: Section) -> SinkholeSpec:
 
 
 def _cache(cache_s: Section) -> CacheLimits:
-    cache_s.check_keys(("max_entries", "min_ttl", "max_ttl", "negative_max_ttl", "stale_max_age", "stale_ttl",
-                        "prefetch_fraction", "prefetch_min_hits"))
+    cache_s.check_keys(("max_entries", "max_bytes", "max_answer_bytes", "min_ttl", "max_ttl", "negative_max_ttl",
+                        "stale_max_age", "stale_ttl", "prefetch_fraction", "prefetch_min_hits"))
     return CacheLimits(
-        cache_s.number("max_entries", 100_000, 0, 50_000_000, integer=True),
-        cache_s.number("min_ttl", 0, 0, 86400, integer=True),
-        cache_s.number("max_ttl", 86400, 0, 7 * 86400, integer=True),
-        cache_s.number("negative_max_ttl", 3600, 0, 86400, integer=True),
-        cache_s.number("stale_max_age", 86400, 0, 7 * 86400, integer=True),
-        cache_s.number("stale_ttl", 30, 1, 3600, integer=True),
-        cache_s.number("prefetch_fraction", 0.1, 0, 0.9),
-        cache_s.number("prefetch_min_hits", 3, 1, 1_000_000, integer=True),
+        max_entries=cache_s.number("max_entries", 100_000, 0, 50_000_000, integer=True),
+        min_ttl=cache_s.number("min_ttl", 0, 0, 86400, integer=True),
+        max_ttl=cache_s.number("max_ttl", 86400, 0, 7 * 86400, integer=True),
+        negative_max_ttl=cache_s.number("negative_max_ttl", 3600, 0, 86400, integer=True),
+        stale_max_age=cache_s.number("stale_max_age", 86400, 0, 7 * 86400, integer=True),
+        stale_ttl=cache_s.number("stale_ttl", 30, 1, 3600, integer=True),
+        prefetch_fraction=cache_s.number("prefetch_fraction", 0.1, 0, 0.9),
+        prefetch_min_hits=cache_s.number("prefetch_min_hits", 3, 1, 1_000_000, integer=True),
+        max_bytes=byte_size(cache_s, "max_bytes", 64 << 20, 1 << 20, 1 << 40),
+        max_answer_bytes=byte_size(cache_s, "max_answer_bytes", 16 << 10, 512, 65535),
     )
+
+
+_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
+
+
+def byte_size(s: Section, key: str, default: int, minimum: int, maximum: int) -> int:
+    """A number of bytes: an integer, or text such as ``64MiB``, ``512 KiB`` or ``1GB`` (KiB = 1024, KB = 1000)."""
+    raw = s.raw.get(key, default)
+    value: int | None = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+    if isinstance(raw, str):
+        number, unit = raw.strip(), ""
+        while number and not number[-1].isdigit():
+            number, unit = number[:-1], number[-1] + unit
+        scale = _UNITS.get(unit.strip().upper())
+        if number.isdigit() and scale is not None:
+            value = int(number) * scale
+    if value is None:
+        raise ConfigError(s.where(key), f"must be a size in bytes (an integer, or e.g. 64MiB, 512KiB), got {raw!r}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(s.where(key), f"must be between {minimum} and {maximum} bytes, got {raw!r}")
+    return value
 
 
 def _tcp(tcp_s: Section) -> TcpConfig:

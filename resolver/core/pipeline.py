@@ -1,13 +1,15 @@
 """The one place that turns a query into an answer. No sockets, no event loop: the clock is a parameter.
 
 Order, and why:
-1. parse the header and question only: a packet we cannot read is dropped or gets FORMERR here;
+1. parse the header and question only: a packet we cannot read is dropped or gets FORMERR (NOTIMP for an opcode
+   other than QUERY) here;
 2. policy before cache (the order inside it is in core/policy.py), so a name blocked by a reload is blocked at
    once even if its answer is cached; the client's group is found first, from its address (memoised);
 3. cache, so a repeated allowed name never leaves the process;
 4. otherwise the query is returned to be forwarded: the transport admits it to the in-flight table
-   (core/forwarding.py: identical misses share one upstream query; past the bound it is shed), and hands the
-   upstream reply back to ``on_reply``; a popular cached entry near its expiry comes back as a Prefetch ticket;
+   (core/forwarding.py: identical misses share one upstream query; past the client's quota or the table's bound
+   it is shed), and hands the upstream reply back to ``on_reply``; a popular cached entry near its expiry comes
+   back as a Prefetch ticket;
 5. an answer (fresh or cached) whose CNAME chain passes through a blocked name is blocked (CNAME cloaking).
 Every outcome is counted here, once, with its latency.
 """
@@ -23,7 +25,7 @@ from resolver.core import wire
 from resolver.core.access import AccessList, RateLimiter
 from resolver.core.cache import Cache, Entry
 from resolver.core.client import canonical_client
-from resolver.core.forwarding import Inflight, Prefetch
+from resolver.core.forwarding import SHED, SHED_PENDING, Inflight, Prefetch
 from resolver.core.policy import BLOCK, MONITOR, Policy, Verdict
 from resolver.core.stats import (
     BLOCKED,
@@ -34,6 +36,7 @@ from resolver.core.stats import (
     OTHER_QTYPE,
     QTYPE_INDEX,
     REFUSED,
+    SHED_REASONS,
     STALE,
     UDP,
     Stats,
@@ -44,6 +47,9 @@ from resolver.errors import WireFormatError
 PARSE_MEMO: Final = 4096  # distinct recent packets whose parse and verdicts are kept
 MEMO_PAUSE: Final = 8 * PARSE_MEMO  # new packets not remembered after a full memo that served under a quarter of hits
 MEMO_PACKET: Final = 512  # bigger packets (rare, TCP) are parsed every time: the memo stays small
+
+# Extended DNS Error 0 "Other" with the reason: a client shed for its own flood can be told so.
+_EDE_SHED: Final = tuple(wire.ede_option(0, f"resolver busy ({reason}): try again later") for reason in SHED_REASONS)
 
 # (unix time, client, group, qname wire, qtype, outcome, platform label, rule source, seconds)
 QueryRecord = tuple[float, str, str, bytes, int, int, str, str, float]
@@ -138,7 +144,10 @@ class Pipeline:
                 if not wire.reply_possible(data):
                     self.stats.malformed += 1
                     return None
-                return self._done(transport, INVALID, now, wire.error_reply(data, wire.FORMERR), None)
+                # An opcode we do not implement gets NOTIMP whatever its shape (RFC 1035 4.1.1, RFC 8906 3.1.4):
+                # a NOTIFY or UPDATE need not look like a query. Only a malformed QUERY is FORMERR.
+                rcode = wire.NOTIMP if data[2] & 0x78 else wire.FORMERR
+                return self._done(transport, INVALID, now, wire.error_reply(data, rcode), None)
         if query.flags & wire.OPCODE_MASK:  # (responses were dropped above, before parsing)
             return self._done(transport, INVALID, now, wire.error_reply(data, wire.NOTIMP), query)
         query.transport = transport
@@ -193,14 +202,15 @@ class Pipeline:
         outcome = FORWARDED if entry.flags & 0x0F in (wire.NOERROR, wire.NXDOMAIN) else ERROR  # (the rcode)
         return self._from_entry(entry, query, outcome, query.received, now, finished=now)
 
-    def on_failure(self, query: Query) -> bytes:
-        """No upstream answered in time: a stale answer if the cache still has one (RFC 8767), else SERVFAIL -
-        never silence, so the phone can move on."""
+    def on_failure(self, query: Query, options: bytes = b"") -> bytes:
+        """No upstream answered in time: a stale answer if the cache still has one (RFC 8767), else SERVFAIL (with
+        EDNS ``options``) - never silence, so the phone can move on."""
         now = self.clock()
         entry = self.cache.get_stale(query.cache_key, now)
         if entry is not None:
             return self._from_entry(entry, query, STALE, query.received, now, self.cache.limits.stale_ttl)
-        return self._done(query.transport, ERROR, query.received, wire.simple_reply(query, wire.SERVFAIL), query)
+        return self._done(query.transport, ERROR, query.received,
+                          wire.simple_reply(query, wire.SERVFAIL, options), query)
 
     def store(self, query: Query, reply: bytes | None) -> None:
         """A background refresh (prefetch) came back: cache it; nobody is waiting, nothing is counted. A failed
@@ -209,10 +219,14 @@ class Pipeline:
             with contextlib.suppress(WireFormatError):
                 self.cache.put(query.cache_key, cache_mod.prepare(reply, query, self.clock(), self.cache.limits))
 
-    def on_shed(self, query: Query) -> bytes:
-        """Too much work pending: answer SERVFAIL at once rather than queue without bound."""
-        self.stats.shed += 1
-        return self.on_failure(query)
+    def on_shed(self, query: Query, why: int = SHED_PENDING) -> bytes:
+        """Too much work pending (``why``: a shed code of core/forwarding.py): a stale answer, or SERVFAIL with an
+        Extended DNS Error that says so, at once rather than queue without bound. A stub takes SERVFAIL as "ask
+        again or ask another server", where silence would cost it a timeout and bring the same question back."""
+        stats = self.stats
+        stats.shed += 1
+        stats.shed_by[why - SHED] += 1
+        return self.on_failure(query, _EDE_SHED[why - SHED])
 
     def _exempted(self, policy: Policy, verdict: Verdict, client: str, client_id: str | None) -> bool:
         exemption = policy.exemption_for(verdict, client, client_id, self.wallclock())

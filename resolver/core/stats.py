@@ -30,6 +30,10 @@ OTHER_QTYPE: Final = len(QTYPES) - 1
 # (the per-query index, without two len() calls)
 _NQTYPES: Final = len(QTYPES)
 _NOUTCOMES: Final = len(OUTCOMES)
+# Why a query was answered at once instead of going upstream (``Pipeline.on_shed``), in the order of the codes
+# ``resolver.core.forwarding`` returns (SHED, SHED_CLIENT, SHED_HEAVY, SHED_PENDING): a bounded label, so the
+# on-call can tell one client's flood (client_quota, heaviest_client) from a slow upstream (inflight_full).
+SHED_REASONS: Final = ("inflight_full", "client_quota", "heaviest_client", "tcp_pending")
 # Seconds. Blocked and cached answers land in the first buckets, forwarded ones in the middle.
 LATENCY_BOUNDS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                          5.0)
@@ -37,7 +41,7 @@ LATENCY_BOUNDS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.
 
 class Stats:
     __slots__ = ("acl_dropped", "blocked", "buckets", "exempted", "malformed", "monitored", "queries",
-                 "rate_limited", "send_dropped", "shed", "sums", "upstream_mismatch")
+                 "rate_limited", "send_dropped", "shed", "shed_by", "sums", "upstream_mismatch")
 
     def __init__(self) -> None:
         self.queries = [0] * (len(TRANSPORTS) * len(QTYPES) * len(OUTCOMES))
@@ -49,7 +53,8 @@ class Stats:
         self.sums = [0.0] * len(OUTCOMES)
         self.malformed = 0  # packets dropped without a reply
         self.upstream_mismatch = 0  # upstream replies dropped: wrong ID or question
-        self.shed = 0  # queries refused because a bound was reached
+        self.shed = 0  # queries answered at once because a bound was reached
+        self.shed_by = [0] * len(SHED_REASONS)  # the same, by reason
         self.acl_dropped = 0  # packets from clients outside the access list, dropped unanswered
         self.rate_limited = 0  # queries over a client's rate limit (dropped or truncated)
         self.send_dropped = 0  # UDP answers the kernel refused (send buffer full, address unusable)

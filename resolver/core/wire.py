@@ -45,6 +45,9 @@ TYPE_MX: Final = 15
 TYPE_TXT: Final = 16
 TYPE_AAAA: Final = 28
 TYPE_OPT: Final = 41
+TYPE_RRSIG: Final = 46
+TYPE_NSEC: Final = 47
+TYPE_NSEC3: Final = 50
 TYPE_SVCB: Final = 64
 TYPE_HTTPS: Final = 65
 TYPE_ANY: Final = 255
@@ -153,6 +156,22 @@ def skip_name(data: bytes, pos: int) -> int:
         pos += 1 + length
 
 
+def pointer_target(data: bytes, pos: int) -> int:
+    """Where the name at ``pos`` continues through a compression pointer, or -1 if it is written out in full.
+    (A name holds at most one pointer, as its end; the bytes it points at come earlier in the message.)"""
+    n = len(data)
+    while pos < n:
+        length = data[pos]
+        if length == 0:
+            return -1
+        if length & 0xC0 == 0xC0:
+            return ((length & 0x3F) << 8) | data[pos + 1] if pos + 1 < n else n
+        if length > 63:
+            return n
+        pos += 1 + length
+    return n  # runs past the end: as if it pointed there (callers treat that as "not safe to move")
+
+
 def parse_query(data: bytes) -> Query:
     """Parse a client query. Callers decide separately (``reply_possible``) whether a failure gets FORMERR."""
     n = len(data)
@@ -224,6 +243,15 @@ class EdnsVersionError(WireFormatError):
 
 def read_labels(data: bytes, pos: int) -> list[bytes]:
     """The lowercased labels of the (possibly compressed) name at ``pos``; bounded against pointer loops."""
+    return [label.lower() for label in _labels(data, pos)]
+
+
+def expanded_name(data: bytes, pos: int) -> bytes:
+    """The (possibly compressed) name at ``pos`` written out in full, in its own case, as wire bytes."""
+    return b"".join(bytes((len(label),)) + label for label in _labels(data, pos)) + b"\x00"
+
+
+def _labels(data: bytes, pos: int) -> list[bytes]:
     labels: list[bytes] = []
     n = len(data)
     jumps = 0
@@ -247,7 +275,9 @@ def read_labels(data: bytes, pos: int) -> list[bytes]:
         total += length + 1
         if total + 1 > MAX_NAME:  # + the root byte
             raise WireFormatError("name longer than 255 octets")
-        labels.append(data[pos + 1 : pos + 1 + length].lower())
+        if pos + 1 + length > n:
+            raise WireFormatError("label runs past the end of the message")
+        labels.append(data[pos + 1 : pos + 1 + length])
         pos += 1 + length
 
 

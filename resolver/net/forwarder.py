@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from resolver.core.forwarding import SHED, START, Respond
+from resolver.core.forwarding import JOINED, START, Respond
 from resolver.core.pipeline import Pipeline
 from resolver.core.wire import Query
 from resolver.net.upstream import UpstreamPool
@@ -30,8 +30,8 @@ class Forwarder:
         admitted = self.inflight.admit(query, respond)
         if admitted == START:
             self.upstreams.resolve(query, self._answered)
-        elif admitted == SHED:
-            respond(self.pipeline.on_shed(query))
+        elif admitted != JOINED:  # a shed code, which says why
+            respond(self.pipeline.on_shed(query, admitted))
 
     def prefetch(self, query: Query) -> None:
         """A Prefetch ticket's question, already admitted by the pipeline: only the sending is left."""

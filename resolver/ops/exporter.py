@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from resolver import __version__, build
 from resolver.core.policy import exemption_state
-from resolver.core.stats import LATENCY_BOUNDS, OUTCOMES, QTYPES, TRANSPORTS
+from resolver.core.stats import LATENCY_BOUNDS, OUTCOMES, QTYPES, SHED_REASONS, TRANSPORTS
 from resolver.ops.snapshot import Snapshot
 
 __all__ = ["ResolverCollector", "generate_latest", "make_registry"]
@@ -70,7 +70,6 @@ def _counters(snap: Snapshot) -> Iterator[Metric]:
         ("resolver_acl_dropped_packets", "Packets from clients outside access.allow, dropped.", "acl_dropped"),
         ("resolver_rate_limited_queries", "Queries over a client's rate limit (dropped or truncated).",
          "rate_limited"),
-        ("resolver_shed_queries", "Queries answered SERVFAIL at once because a bound was reached.", "shed"),
         ("resolver_udp_send_dropped", "UDP answers the kernel refused: send buffer full, or the address unusable.",
          "send_dropped"),
         ("resolver_tcp_rejected_connections", "TCP connections closed at once: tcp.max_connections reached.",
@@ -81,6 +80,13 @@ def _counters(snap: Snapshot) -> Iterator[Metric]:
     ):
         yield _counter(name, doc, c.get(key, 0))
     yield _gauge("resolver_cache_entries", "Answers held in the cache (summed over workers).", snap.cache_entries)
+    yield _gauge("resolver_cache_bytes", "What the cached answers count against cache.max_bytes (summed over workers).",
+                 snap.cache_bytes)
+    shed = CounterMetricFamily("resolver_shed_queries", "Queries answered at once (stale or SERVFAIL) because a bound "
+                               "was reached, by reason.", labels=["reason"])
+    for reason in SHED_REASONS:
+        shed.add_metric([reason], c.get(f"shed_{reason}", 0))
+    yield shed
 
 
 def _upstreams(snap: Snapshot) -> Iterator[Metric]:

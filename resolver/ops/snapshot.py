@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from resolver.core.stats import SHED_REASONS  # (a tuple of names: the counters module imports nothing heavy)
+
 if TYPE_CHECKING:  # types only: the supervisor, which merely adds snapshots up, need not load the serving modules
     from resolver.core.cache import Cache
     from resolver.core.policy import Policy
@@ -52,6 +54,7 @@ class Snapshot:
     started: float
     querylog: tuple[int, int] | None = None  # written, dropped
     workers: int = 1
+    cache_bytes: int = 0
     taken: float = field(default_factory=time.time)
     # worker index -> the version it serves, each living worker's own: after a reload one worker may have refused
     # what another took, and only a version per worker makes that visible.
@@ -83,8 +86,10 @@ def take(*, stats: Stats, cache: Cache, policy: Policy, reloads: ReloadStats, up
             "cache_hits": cache.hits, "cache_misses": cache.misses, "cache_evictions": cache.evictions,
             "reloads_ok": reloads.ok, "reloads_failed": reloads.failed, "reloads_refused": reloads.refused,
             "fetch_ok": reloads.fetch_ok, "fetch_failed": reloads.fetch_failed, "tcp_rejected": tcp_rejected,
+            **{f"shed_{reason}": n for reason, n in zip(SHED_REASONS, stats.shed_by, strict=True)},
         },
         cache_entries=len(cache),
+        cache_bytes=cache.bytes,
         upstreams={
             name: UpstreamSnap(u.requests, u.errors, u.timeouts, list(u.latency_buckets), u.latency_sum,
                                u.down_until <= loop_now)
@@ -147,6 +152,7 @@ def merge(parts: list[Snapshot], retired: Snapshot | None = None) -> Snapshot:
             out.querylog = (written + snap.querylog[0], dropped + snap.querylog[1])
     for snap in parts:
         out.cache_entries += snap.cache_entries
+        out.cache_bytes += snap.cache_bytes
         for name, up in snap.upstreams.items():
             out.upstreams[name].healthy |= up.healthy
     return out

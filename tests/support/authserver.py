@@ -24,6 +24,10 @@ Behaviours (they apply to the name given and every name below it):
 ``spoof-case``      first a poisoned reply with the right ID and the question in the other case (a spoofer who
                     does not know our 0x20 case), then the honest answer.
 ``wrong-id-flood``  over UDP, ``FLOOD`` poisoned replies with wrong IDs and no honest one; over TCP, the answer.
+``txt:BYTES``       answer any name (and type) with one TXT record of BYTES bytes of text, TTL 300, made up on
+                    the spot (big answers for many names, without holding them all in the zone).
+``chatty``          answer from the zone the way many recursive servers do: AD set, the zone's NS records in the
+                    authority section (after the SOA of a negative answer) and their addresses in the additional.
 
 A bad reply always carries ``POISON_V4`` so a resolver that accepts it is caught by the answer it returns.
 """
@@ -41,14 +45,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from dnslib import EDNS0, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import EDNS0, NS, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 POISON_V4 = "203.0.113.66"
 POISON_NAME = "poison.invalid"
 
 BEHAVIOURS = ("normal", "silent", "truncate", "garbage", "wrong-id", "wrong-question", "servfail", "refused",
-              "lowercase", "spoof-case", "wrong-id-flood")
+              "lowercase", "spoof-case", "wrong-id-flood", "chatty")
 FLOOD = 5
+CHATTY_NS = ("ns1", "ns2")  # the NS names ``chatty`` adds below the zone, with CHATTY_GLUE as their addresses
+CHATTY_GLUE = ("192.0.2.53", "192.0.2.54")
 
 
 @dataclass(frozen=True)
@@ -114,11 +120,11 @@ class AuthServer:
 
     def set_behaviour(self, name: str, behaviour: str) -> None:
         """Make the server misbehave for ``name`` and every name below it (``normal`` restores it)."""
-        if behaviour not in BEHAVIOURS and not behaviour.startswith(("slow:", "drop:")):
+        if behaviour not in BEHAVIOURS and not behaviour.startswith(("slow:", "drop:", "txt:")):
             raise ValueError(f"unknown behaviour {behaviour!r}")
         if behaviour.startswith("slow:"):
             float(behaviour.split(":", 1)[1])
-        if behaviour.startswith("drop:"):
+        if behaviour.startswith(("drop:", "txt:")):
             int(behaviour.split(":", 1)[1])
         with self._cond:
             self._behaviours[_norm(name)] = behaviour
@@ -374,7 +380,7 @@ class AuthServer:
             send(reply.pack())
         else:
             try:
-                answer = self._answer(query, transport)
+                answer = self._answer(query, transport, behaviour)
             except Exception:  # a name dnslib cannot encode back: SERVFAIL, and the test upstream keeps serving
                 reply = self._reply_header(query)
                 reply.header.rcode = RCODE.SERVFAIL
@@ -392,9 +398,29 @@ class AuthServer:
             reply.add_ar(EDNS0(udp_len=1232, flags="do" if do else ""))
         return reply
 
-    def _answer(self, query: DNSRecord, transport: str) -> bytes:
-        """The honest answer from the zone, truncated (TC=1, no records) when it exceeds the UDP size."""
+    def _answer(self, query: DNSRecord, transport: str, behaviour: str = "normal") -> bytes:
+        """The honest answer from the zone (or made up, for ``txt:``), truncated (TC=1, no records) when it exceeds
+        the UDP size."""
         reply = self._reply_header(query)
+        if behaviour.startswith("txt:"):
+            text = "x" * int(behaviour.split(":", 1)[1])
+            reply.add_answer(RR(query.q.qname, QTYPE.TXT, ttl=300,
+                                rdata=TXT([text[i : i + 255] for i in range(0, len(text), 255)])))
+        else:
+            self._from_zone(query, reply)
+        if behaviour == "chatty":
+            self._chatter(reply)
+        wire = reply.pack()
+        if transport == "udp":
+            opt = next((rr for rr in query.ar if rr.rtype == QTYPE.OPT), None)
+            limit = max(512, opt.rclass) if opt is not None else 512
+            if len(wire) > limit:
+                short = self._reply_header(query)
+                short.header.tc = 1
+                wire = short.pack()
+        return bytes(wire)
+
+    def _from_zone(self, query: DNSRecord, reply: DNSRecord) -> None:
         qname = query.q.qname
         qtype = query.q.qtype
         name = _norm(str(qname))
@@ -419,15 +445,15 @@ class AuthServer:
                     reply.header.rcode = RCODE.NXDOMAIN
                 reply.add_auth(self._soa(name))
                 break
-        wire = reply.pack()
-        if transport == "udp":
-            opt = next((rr for rr in query.ar if rr.rtype == QTYPE.OPT), None)
-            limit = max(512, opt.rclass) if opt is not None else 512
-            if len(wire) > limit:
-                short = self._reply_header(query)
-                short.header.tc = 1
-                wire = short.pack()
-        return bytes(wire)
+
+    def _chatter(self, reply: DNSRecord) -> None:
+        """What ``chatty`` adds: AD, the zone's NS records and their glue."""
+        labels = _norm(str(reply.q.qname)).split(".")
+        apex = ".".join(labels[-2:])
+        reply.header.ad = 1
+        for host, address in zip(CHATTY_NS, CHATTY_GLUE, strict=True):
+            reply.add_auth(RR(apex + ".", QTYPE.NS, ttl=86400, rdata=NS(f"{host}.{apex}.")))
+            reply.add_ar(RR(f"{host}.{apex}.", QTYPE.A, ttl=86400, rdata=A(address)))
 
     def _soa(self, name: str) -> RR:
         labels = name.split(".")

@@ -122,3 +122,36 @@ def test_a_config_file_and_overrides(tmp_path: Path) -> None:
     assert config.query_log == QueryLogConfig(path=tmp_path / "q.jsonl", client="none")
     assert load_config(None) == Config()
     assert parse_upstream("tcp://[2001:db8::1]", "x") == Endpoint("2001:db8::1", 53, "tcp")
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("64MiB", 64 << 20), ("2 GiB", 2 << 30), ("1024KiB", 1 << 20), ("1024 kib", 1 << 20), ("10MB", 10_000_000),
+    ("1048576", 1 << 20), (3 << 20, 3 << 20),
+])
+def test_cache_sizes_take_units(tmp_path: Path, text: object, value: int) -> None:
+    path = tmp_path / "resolver.yaml"
+    path.write_text(f"cache: {{max_bytes: {text}}}\n")
+    assert load_config(path).cache.max_bytes == value
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("1.5MiB", "must be a size in bytes (an integer, or e.g. 64MiB, 512KiB), got '1.5MiB'"),
+    ("64 MiBs", "must be a size in bytes (an integer, or e.g. 64MiB, 512KiB), got '64 MiBs'"),
+    ("true", "must be a size in bytes (an integer, or e.g. 64MiB, 512KiB), got True"),
+    ("1KiB", "must be between 1048576 and 1099511627776 bytes, got '1KiB'"),
+])
+def test_cache_sizes_refused(tmp_path: Path, text: str, reason: str) -> None:
+    path = tmp_path / "resolver.yaml"
+    path.write_text(f"cache: {{max_bytes: {text}}}\n")
+    assert refusal(load_config, path) == (f"{path}: cache.max_bytes", reason)
+
+
+def test_defaults_bound_the_cache_and_cap_ttls() -> None:
+    cache = Config().cache
+    assert (cache.max_bytes, cache.max_answer_bytes, cache.max_ttl) == (64 << 20, 16 << 10, 86400)
+
+
+@pytest.mark.parametrize("name", ["example-force.yaml", "docker.yaml"])
+def test_shipped_configs_limit_each_phones_rate(name: str) -> None:
+    limit = load_config(Path(resolver.config.__file__).parents[2] / "deploy" / name).rate_limit
+    assert limit.qps > 0 and limit.burst >= limit.qps and limit.action == "truncate"

@@ -527,6 +527,9 @@ def test_the_parse_memo_is_bounded_and_stops_filling_under_a_flood_of_new_names(
         (_header(flags=0x8100) + b"\x00\x00\x01\x00\x01", None),  # a response: dropped
         (_header(qd=2), dns.rcode.FORMERR),
         (_header(flags=0x2900) + b"\x00\x00\x06\x00\x01", dns.rcode.NOTIMP),  # opcode UPDATE
+        (_header(qd=0), dns.rcode.FORMERR),  # a QUERY without its question
+        (_header(qd=0, flags=0x2000), dns.rcode.NOTIMP),  # NOTIFY, header only: not ours to judge (RFC 8906)
+        (_header(qd=0, an=1, flags=0x1000), dns.rcode.NOTIMP),  # STATUS, counts lying
         (_header() + b"\x07version\x04bind\x00\x00\x10\x00\x03", dns.rcode.REFUSED),  # CHAOS class
     ],
 )
@@ -592,3 +595,167 @@ def test_render_ages_ttls_once_per_second() -> None:
     times = [1000.2, 1010.1, 1010.9, 1011.0, 1000.5, 1400.0]
     ttls = [dns.message.from_wire(cache_mod.render(entry, q, now)).answer[0].ttl for now in times]
     assert ttls == [300, 290, 290, 289, 300, 0]
+
+
+# ------------------------------------------------------------------------------------------ what reaches phones
+
+
+def chatty_reply(query_wire: bytes, *, rcode: int = 0, answers: list[tuple[str, int, str]] = (),  # type: ignore[assignment]
+                 authority: list[tuple[str, str, int, str]] = (), glue: bool = True, ad: bool = True) -> bytes:  # type: ignore[assignment]
+    """An upstream reply as many recursive servers send it: AD, extra authority records, glue in additional."""
+    q = dns.message.from_wire(query_wire)
+    r = dns.message.make_response(q)
+    r.set_rcode(rcode)
+    if ad:
+        r.flags |= dns.flags.AD
+    for rtype, ttl, value in answers:
+        r.answer.append(dns.rrset.from_text(q.question[0].name, ttl, "IN", rtype, value))
+    for owner, rtype, ttl, value in authority:
+        r.authority.append(dns.rrset.from_text(owner, ttl, "IN", rtype, value))
+    if glue:
+        r.additional.append(dns.rrset.from_text("ns1.example.test.", 86400, "IN", "A", "192.0.2.53"))
+    return r.to_wire(max_size=65535)
+
+
+NS_RECORD = ("example.test.", "NS", 86400, "ns1.example.test.")
+SOA_RECORD = ("example.test.", "SOA", 2**31 - 1, "ns1.example.test. h.example.test. 1 2 3 4 99999")
+
+
+def _entry_and_reply(reply: bytes, name: str = "x.example.test", rtype: str = "A", *, do: bool = False,
+                     limits: CacheLimits | None = None) -> tuple[cache_mod.Entry, dns.message.Message]:
+    q = wire.parse_query(make_query(name, rtype, do=do))
+    entry = cache_mod.prepare(reply, q, 0.0, limits or CacheLimits(max_ttl=3600))
+    return entry, dns.message.from_wire(cache_mod.render(entry, q, 0.0))
+
+
+def test_positive_answer_is_minimal_and_capped_from_the_first_render() -> None:
+    q = wire.parse_query(make_query("x.example.test"))
+    up = chatty_reply(wire.upstream_query(q, 1), answers=[("A", 2**31 - 1, "192.0.2.1")], authority=[NS_RECORD])
+    entry, out = _entry_and_reply(up)
+    assert (entry.an, entry.ns, entry.ar) == (1, 0, 0) and entry.ttl == 3600
+    assert not out.authority and not out.additional and out.answer[0].ttl == 3600
+
+
+@pytest.mark.parametrize(("rcode", "rtype"), [(dns.rcode.NXDOMAIN, "A"), (dns.rcode.NOERROR, "TXT")])
+def test_negative_answer_keeps_its_soa_capped_at_the_negative_ttl(rcode: int, rtype: str) -> None:
+    q = wire.parse_query(make_query("x.example.test", rtype))
+    up = chatty_reply(wire.upstream_query(q, 1), rcode=rcode, authority=[NS_RECORD, SOA_RECORD])
+    entry, out = _entry_and_reply(up, rtype=rtype, limits=CacheLimits(max_ttl=3600, negative_max_ttl=600))
+    assert [r.rdtype for r in out.authority] == [dns.rdatatype.SOA] and not out.additional
+    assert out.authority[0].ttl == 600 == entry.ttl and out.rcode() == rcode
+
+
+def test_dnssec_proofs_stay_signatures_over_ns_go() -> None:
+    q = wire.parse_query(make_query("x.example.test", do=True))
+    sig = "{} 13 2 3600 20300101000000 20200101000000 12345 example.test. AAAA"
+    up = chatty_reply(wire.upstream_query(q, 1), answers=[("A", 300, "192.0.2.1")], authority=[
+        NS_RECORD, ("example.test.", "RRSIG", 3600, sig.format("NS")),
+        ("a.example.test.", "NSEC", 3600, "z.example.test. A RRSIG NSEC"),
+        ("a.example.test.", "RRSIG", 3600, sig.format("NSEC"))])
+    _, out = _entry_and_reply(up, do=True)
+    assert [(r.rdtype, r.covers) for r in out.authority] == [
+        (dns.rdatatype.NSEC, dns.rdatatype.NONE), (dns.rdatatype.RRSIG, dns.rdatatype.NSEC)]
+
+
+def test_a_kept_record_compressed_against_a_dropped_one_is_written_out_in_full() -> None:
+    """The SOA's owner, other.test., and its MNAME, ns.other.test., are first written inside the NS record's data,
+    so dnspython compresses them to pointers there: once the NS record is dropped, the SOA must carry its names in
+    full (the pointers would aim at the wrong bytes), and a NSEC after it, compressed against the SOA, too."""
+    q = wire.parse_query(make_query("x.example.test", do=True))
+    up = chatty_reply(wire.upstream_query(q, 1), rcode=dns.rcode.NXDOMAIN, authority=[
+        ("example.test.", "NS", 300, "ns.other.test."),
+        ("other.test.", "SOA", 300, "ns.other.test. Host.Other.test. 1 2 3 4 60"),
+        ("a.other.test.", "NSEC", 300, "z.other.test. A NSEC")])
+    records = cache_mod._walk(up, 12 + len(q.question), 0, 3, 2)
+    gap = records[0][0]  # the NS record, dropped
+    assert cache_mod._points_into(up, records[1], gap) and cache_mod._points_into(up, records[2], gap)
+    entry, out = _entry_and_reply(up, do=True)
+    assert [(str(r.name), r.rdtype) for r in out.authority] == [
+        ("other.test.", dns.rdatatype.SOA), ("a.other.test.", dns.rdatatype.NSEC)]
+    soa = out.authority[0][0]
+    assert (str(soa.mname), soa.rname.to_text().lower(), soa.minimum) == ("ns.other.test.", "host.other.test.", 60)
+    assert str(out.authority[1][0].next) == "z.other.test." and not out.additional
+    q2 = wire.parse_query(make_query("x.example.test", do=True))
+    aged = dns.message.from_wire(cache_mod.render(entry, q2, 30.0))
+    assert [r.ttl for r in aged.authority] == [30, 270], "the TTLs are found where the records were moved to"
+
+
+def test_pointer_target() -> None:
+    data = b"\x00" * 12 + b"\x03www\x07example\x00" + b"\x03cdn\xc0\x10" + b"\x03bad\xc0"
+    assert wire.pointer_target(data, 12) == -1
+    assert wire.pointer_target(data, 25) == 0x10
+    assert wire.pointer_target(data, 31) == len(data)  # cut short: as if it pointed past everything
+
+
+def test_a_ttl_with_the_top_bit_set_counts_as_zero() -> None:
+    q = wire.parse_query(make_query("x.example.test"))
+    up = chatty_reply(wire.upstream_query(q, 1), answers=[("A", 300, "192.0.2.1")], glue=False)
+    at = up.index(b"\x00\x00\x01\x2c")  # the answer's TTL, 300
+    entry, out = _entry_and_reply(up[:at] + b"\x80\x00\x01\x2c" + up[at + 4:])
+    assert entry.ttl == 0 and out.answer[0].ttl == 0
+
+
+@pytest.mark.parametrize(("ad", "do", "kept"), [(False, False, False), (True, False, True), (False, True, True)])
+def test_ad_only_for_a_client_that_asked_with_ad_or_do(ad: bool, do: bool, kept: bool) -> None:
+    q = wire.parse_query(make_query("x.example.test", do=do))
+    entry = cache_mod.prepare(chatty_reply(wire.upstream_query(q, 1), answers=[("A", 300, "192.0.2.1")]), q, 0.0,
+                              CacheLimits())
+    msg = dns.message.make_query("x.example.test", "A", use_edns=0, want_dnssec=do)
+    if ad:
+        msg.flags |= dns.flags.AD
+    out = dns.message.from_wire(cache_mod.render(entry, wire.parse_query(msg.to_wire()), 10.0))
+    assert bool(out.flags & dns.flags.AD) == kept
+
+
+# --------------------------------------------------------------------------------------------- the cache's bytes
+
+
+def _txt_entry(name: str, size: int, ttl: int = 300) -> tuple[bytes, cache_mod.Entry]:
+    q = wire.parse_query(make_query(name, "TXT"))
+    chunks = " ".join(f'"{"x" * 250}"' for _ in range(size // 251 + 1))
+    entry = cache_mod.prepare(upstream_reply(wire.upstream_query(q, 1), answers=[("TXT", ttl, chunks)]), q, 0.0,
+                              CacheLimits())
+    return q.cache_key, entry
+
+
+def test_cache_is_bounded_in_bytes_lru_first() -> None:
+    limits = CacheLimits(max_bytes=64 * 1024, max_answer_bytes=16 * 1024)
+    c = Cache(limits)
+    stored = []
+    for i in range(40):
+        key, entry = _txt_entry(f"n{i}.example.test", 4000)
+        c.put(key, entry)
+        stored.append(key)
+        assert c.bytes <= limits.max_bytes
+        assert c.bytes == sum(e.size + len(k) for k, e in c._entries.items())
+    assert c.evictions > 0 and len(c) < 40
+    assert c.get(stored[-1], 1.0) is not None and c.get(stored[0], 1.0) is None  # the oldest went first
+    key, entry = _txt_entry("n39.example.test", 4000)
+    c.put(key, entry)  # the same key again: replaced, not counted twice
+    assert c.bytes == sum(e.size + len(k) for k, e in c._entries.items())
+
+
+def test_an_answer_over_max_answer_bytes_is_not_cached() -> None:
+    c = Cache(CacheLimits(max_answer_bytes=16 * 1024))
+    key, entry = _txt_entry("big.example.test", 20_000)
+    assert len(entry.body) > 16 * 1024
+    c.put(key, entry)
+    assert len(c) == 0 and c.bytes == 0
+    key, entry = _txt_entry("fits.example.test", 10_000)
+    c.put(key, entry)
+    assert len(c) == 1 and c.bytes == entry.size + len(key) > 10_000 + cache_mod.ENTRY_OVERHEAD
+
+
+def test_entries_dropped_after_the_stale_window_give_their_bytes_back() -> None:
+    c = Cache(CacheLimits(stale_max_age=0))
+    key, entry = _txt_entry("x.example.test", 1000, ttl=10)
+    c.put(key, entry)
+    assert c.bytes > 0 and c.get(key, 20.0) is None and c.bytes == 0 and len(c) == 0
+
+
+def test_render_keeps_one_copy_of_the_body() -> None:
+    _, entry = _txt_entry("x.example.test", 1000)
+    q = wire.parse_query(make_query("x.example.test", "TXT"))
+    first = cache_mod.render(entry, q, 5.0)
+    assert entry.held == 5 and first.endswith(entry.body + cache_mod._OPT_PLAIN)
+    assert dns.message.from_wire(cache_mod.render(entry, q, 0.0)).answer[0].ttl == 300  # aged from the originals

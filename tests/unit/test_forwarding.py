@@ -15,9 +15,18 @@ import dns.rcode
 
 from resolver.core import wire
 from resolver.core.cache import Cache, CacheLimits
-from resolver.core.forwarding import JOINED, SHED, START, Inflight, Prefetch
+from resolver.core.forwarding import (
+    JOINED,
+    SHED,
+    SHED_CLIENT,
+    SHED_HEAVY,
+    SHED_PENDING,
+    START,
+    Inflight,
+    Prefetch,
+)
 from resolver.core.pipeline import Pipeline
-from resolver.core.stats import CACHED, ERROR, FORWARDED, STALE, UDP, Stats
+from resolver.core.stats import CACHED, ERROR, FORWARDED, SHED_REASONS, STALE, UDP, Stats
 from resolver.net.forwarder import Forwarder
 from tests.unit.test_core import Clock, make_query, policy, upstream_reply
 
@@ -71,6 +80,72 @@ def test_a_full_table_sheds_and_prefetch_keeps_half_for_clients() -> None:
     assert [inflight.admit_prefetch(q) for q in queries[:3]] == [True, True, False]  # half the table, no more
     assert [inflight.admit(q, print) for q in queries[2:5]] == [START, START, SHED]
     assert not inflight.admit_prefetch(queries[2]), "a refresh never joins a question in flight"
+
+
+def miss(name: str, client: str) -> wire.Query:
+    query = wire.parse_query(make_query(name))
+    query.client = client
+    return query
+
+
+def test_each_address_and_network_has_a_quota() -> None:
+    inflight = Inflight(limit=100, per_address=3, per_network=5)
+    flooder = [inflight.admit(miss(f"f{i}.example.test", "10.0.0.2"), print) for i in range(4)]
+    assert flooder == [START, START, START, SHED_CLIENT]
+    assert inflight.admit(miss("f0.example.test", "10.0.0.2"), print) == SHED_CLIENT, "a join counts too"
+    # Neighbours in the /24 share what the network has left; another /24 does not.
+    assert [inflight.admit(miss(f"n{i}.example.test", f"10.0.0.{3 + i}"), print) for i in range(3)] == [
+        START, START, SHED_CLIENT]
+    assert inflight.admit(miss("f0.example.test", "10.0.1.2"), print) == JOINED
+    # IPv6: the /56 is the network.
+    six = [inflight.admit(miss(f"s{i}.example.test", f"2001:db8:0:{i:x}::1"), print) for i in (0x00, 0xff, 0x100)]
+    assert six == [START, START, START]
+    assert inflight.network_of("2001:db8:0:ff::1") == inflight.network_of("2001:db8::1") != \
+        inflight.network_of("2001:db8:0:100::1")
+    # An answer gives the quota back.
+    inflight.settle(miss("f0.example.test", ""))
+    assert inflight.admit(miss("f9.example.test", "10.0.0.2"), print) == START
+    assert inflight.by_address["10.0.0.2"] == 3 and "10.0.1.2" not in inflight.by_address
+
+
+def test_near_full_the_heaviest_networks_are_shed_first() -> None:
+    inflight = Inflight(limit=8, per_address=8, per_network=8)
+    assert [inflight.admit(miss(f"h{i}.example.test", "10.0.0.2"), print) for i in range(5)] == [START] * 5
+    assert inflight.admit(miss("l0.example.test", "10.9.0.2"), print) == START  # 6 of 8: three quarters
+    assert inflight.admit(miss("h5.example.test", "10.0.0.2"), print) == SHED_HEAVY  # 5 of 6: above the average
+    assert inflight.admit(miss("l1.example.test", "10.9.0.2"), print) == START  # 1 of 6: below it
+    assert inflight.admit(miss("n0.example.test", "10.8.0.2"), print) == START  # a newcomer: the last slot
+    assert inflight.admit(miss("n1.example.test", "10.7.0.2"), print) == SHED  # full: everyone waits
+    assert inflight.admit(miss("h0.example.test", "10.0.0.3"), print) == JOINED  # (a join takes no slot)
+    for i in range(5):
+        inflight.settle(miss(f"h{i}.example.test", ""))
+    assert inflight.clients == 3 and inflight.by_network == {"10.9.0": 2, "10.8.0": 1}
+
+
+def test_the_table_of_waiting_clients_is_bounded_too() -> None:
+    inflight = Inflight(limit=10, per_address=100, per_network=100, max_waiting=3)
+    assert [inflight.admit(miss("same.example.test", f"10.0.{i}.1"), print) for i in range(4)] == [
+        START, JOINED, JOINED, SHED]
+
+
+def test_a_shed_question_gets_servfail_with_its_reason_counted() -> None:
+    _, stats, pipe, upstreams, forwarder = setup()
+    pipe.inflight.per_address = 1
+    replies: list[bytes] = []
+    for name in ("a.example.test", "b.example.test"):
+        query = ask(pipe, name)
+        assert isinstance(query, wire.Query)
+        forwarder.forward(query, replies.append)
+    reply = dns.message.from_wire(replies[0])
+    assert reply.rcode() == dns.rcode.SERVFAIL and len(upstreams.asked) == 1
+    assert [(o.code, o.text) for o in reply.options if o.otype == dns.edns.EDE] == [
+        (0, "resolver busy (client_quota): try again later")]
+    assert stats.shed == 1 and dict(zip(SHED_REASONS, stats.shed_by, strict=True)) == {
+        "inflight_full": 0, "client_quota": 1, "heaviest_client": 0, "tcp_pending": 0}
+    query = ask(pipe, "c.example.test")
+    assert isinstance(query, wire.Query)
+    pipe.on_shed(query)  # a transport's own bound (TCP pipelining), the default reason
+    assert stats.shed == 2 and stats.shed_by[SHED_PENDING - SHED] == 1
 
 
 # ------------------------------------------------------------------------------------------ through the pipeline
