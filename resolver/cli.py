@@ -24,6 +24,7 @@ from resolver.errors import ConfigError, ResolverError
 from resolver.lists.formats import normalise_name
 from resolver.lists.load import Loaded, load_policy
 from resolver.lists.platforms import line_of
+from resolver.net.limits import ensure_fds
 from resolver.ops import logs
 
 log = logging.getLogger("resolver")
@@ -76,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = make_config()
         if args.command == "serve":
+            ensure_fds(config)  # before anything is bound or a worker started: workers inherit the raised limit
             if args.workers is None:
                 args.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             if args.workers < 1:

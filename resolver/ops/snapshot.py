@@ -53,11 +53,13 @@ class Snapshot:
     querylog: tuple[int, int] | None = None  # written, dropped
     workers: int = 1
     taken: float = field(default_factory=time.time)
+    tcp_connections: int = 0  # gauges: added up over the live workers only
+    open_fds: int = 0
 
 
 def take(*, stats: Stats, cache: Cache, policy: Policy, reloads: ReloadStats, upstreams: Mapping[str, UpstreamStats],
          loop_now: float, tcp_rejected: int, querylog: tuple[int, int] | None, ready: bool,
-         started: float) -> Snapshot:
+         started: float, tcp_connections: int = 0, open_fds: int = 0) -> Snapshot:
     """Copy the numbers out now. ``loop_now`` is the event loop's clock, the one upstream health is kept on;
     ``querylog`` is (written, dropped), None without a query log; ``started`` is Unix time."""
     default = policy.groups[0]
@@ -93,6 +95,8 @@ def take(*, stats: Stats, cache: Cache, policy: Policy, reloads: ReloadStats, up
         ready=ready,
         started=started,
         querylog=querylog,
+        tcp_connections=tcp_connections,
+        open_fds=open_fds,
     )
 
 
@@ -140,6 +144,8 @@ def merge(parts: list[Snapshot], retired: Snapshot | None = None) -> Snapshot:
             out.querylog = (written + snap.querylog[0], dropped + snap.querylog[1])
     for snap in parts:
         out.cache_entries += snap.cache_entries
+        out.tcp_connections += snap.tcp_connections
+        out.open_fds += snap.open_fds
         for name, up in snap.upstreams.items():
             out.upstreams[name].healthy |= up.healthy
     return out

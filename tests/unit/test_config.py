@@ -12,7 +12,7 @@ import pytest
 
 import resolver.config
 from resolver.config.loader import MAX_CONFIG_BYTES, load_config, parse_upstream, with_overrides
-from resolver.config.model import Config, Endpoint, QueryLogConfig
+from resolver.config.model import Config, Endpoint, QueryLogConfig, TcpConfig
 from resolver.config.yamlfile import MAX_DEPTH, load_yaml
 from resolver.errors import ConfigError
 from resolver.lists.platforms import MAX_PLATFORM_BYTES, load_platform
@@ -88,3 +88,13 @@ def test_a_config_file_and_overrides(tmp_path: Path) -> None:
     assert config.query_log == QueryLogConfig(path=tmp_path / "q.jsonl", client="none")
     assert load_config(None) == Config()
     assert parse_upstream("tcp://[2001:db8::1]", "x") == Endpoint("2001:db8::1", 53, "tcp")
+
+
+def test_tcp_limits_are_read_and_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "resolver.yaml"
+    path.write_text("tcp: {idle_timeout: 5, max_connections: 200, max_per_client: 8, max_per_network: 40,\n"
+                    "      write_timeout: 3, max_lifetime: 120}\n")
+    assert load_config(path).tcp == TcpConfig(5, 200, 8, 40, 3, 120)
+    assert load_config(None).tcp == TcpConfig(10.0, 1024, 32, 128, 10.0, 600.0)
+    path.write_text("tcp: {max_lifetime: 0}\n")
+    assert refusal(load_config, path) == (f"{path}: tcp.max_lifetime", "must be between 1 and 604800, got 0")

@@ -86,3 +86,10 @@ def test_merge_takes_the_policy_facts_from_the_newest_load() -> None:
     old, new = _snap(1, loaded_at=50.0, version="old"), _snap(1, loaded_at=60.0, version="new")
     assert merge([new, old]).policy_version == "new"
     assert merge([old], replace(new, loaded_at=70.0)).policy_version == "old"  # a dead worker's policy is no fact
+
+
+def test_merge_adds_the_connection_and_descriptor_gauges_of_the_living_only() -> None:
+    retired = replace(_snap(1), tcp_connections=50, open_fds=80)  # a dead worker's sockets closed with it
+    out = merge([replace(_snap(1), tcp_connections=3, open_fds=40), replace(_snap(1), tcp_connections=2,
+                                                                             open_fds=30)], retired)
+    assert out.tcp_connections == 5 and out.open_fds == 70
