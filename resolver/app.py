@@ -26,6 +26,7 @@ from resolver.core.stats import Stats
 from resolver.errors import ConfigError, ListenError
 from resolver.lists.load import Loaded
 from resolver.net.forwarder import Forwarder
+from resolver.net.limits import open_fds
 from resolver.net.listeners import TcpListener, UdpListener
 from resolver.net.sockets import bind_tcp, bind_udp
 from resolver.net.upstream import UpstreamPool
@@ -75,14 +76,13 @@ class Server:
                                       config.upstream_strategy, config.upstream_ca,
                                       avoid_ports=frozenset(e.port for e in config.listen))
         self.forwarder = Forwarder(self.pipeline, self.upstreams)
-        self.tcp = TcpListener(self.pipeline, self.forwarder, config.tcp.idle_timeout, config.tcp.max_connections,
-                               config.tcp.max_per_client)
         self.tasks = TaskSet()  # reloads: drained on shutdown
         self.background = TaskSet()  # endless loops (watchers, refreshers): cancelled
         self.closers: list[Callable[[], None]] = []
         self.servers: list[asyncio.Server] = []
         self.bound: list[str] = []
         self.pipeline.access = AccessList(config.access)
+        self.tcp = TcpListener(self.pipeline, self.forwarder, config.tcp, self.pipeline.access)
         if config.rate_limit.qps > 0:
             self.pipeline.limiter = RateLimiter(config.rate_limit)
         self.reloader = Reloader(config_factory, config, self.pipeline, loaded)
@@ -106,7 +106,7 @@ class Server:
         gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
         for endpoint in self.config.listen:
             tcp, port = self._listen(endpoint)
-            server = await asyncio.start_server(self.tcp.handle, sock=tcp, backlog=1024)
+            server = await loop.create_server(self.tcp.protocol, sock=tcp, backlog=1024)
             self.servers.append(server)
             self.bound.append(str(Endpoint(endpoint.host, port)))
         if self.config.metrics is not None:
@@ -172,7 +172,8 @@ class Server:
         querylog = None if self.querylog is None else (self.querylog.written, self.querylog.dropped)
         return take(stats=self.stats, cache=self.cache, policy=self.pipeline.policy, reloads=self.reloader.stats,
                     upstreams=self.upstreams.upstream_stats, loop_now=self.loop_time(), tcp_rejected=self.tcp.rejected,
-                    querylog=querylog, ready=self.ready(), started=self.started, worker=self.worker or 0)
+                    querylog=querylog, ready=self.ready(), started=self.started, worker=self.worker or 0,
+                    tcp_connections=self.tcp.connections, open_fds=open_fds())
 
     def ready(self) -> bool:
         """Listening, not shutting down, a policy loaded, and at least one upstream answering."""

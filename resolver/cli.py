@@ -25,6 +25,7 @@ from resolver.errors import ConfigError, ResolverError
 from resolver.lists.formats import normalise_name
 from resolver.lists.load import Loaded, load_policy
 from resolver.lists.platforms import line_of
+from resolver.net.limits import ensure_fds
 from resolver.ops import logs
 from resolver.ops.review import load_side, render, review
 
@@ -89,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def command() -> int:
         config = make_config()
         if args.command == "serve":
+            ensure_fds(config)  # before anything is bound or a worker started: workers inherit the raised limit
             if args.check_against and args.worker is None:  # the supervisor checked for its workers
                 _check_against(args.check_against, config)
             if args.workers is None:

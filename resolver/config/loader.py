@@ -166,10 +166,14 @@ def byte_size(s: Section, key: str, default: int, minimum: int, maximum: int) ->
 
 
 def _tcp(tcp_s: Section) -> TcpConfig:
-    tcp_s.check_keys(("idle_timeout", "max_connections", "max_per_client"))
+    tcp_s.check_keys(("idle_timeout", "max_connections", "max_per_client", "max_per_network", "write_timeout",
+                      "max_lifetime"))
     return TcpConfig(tcp_s.number("idle_timeout", 10.0, 0.1, 3600),
                      tcp_s.number("max_connections", 1024, 1, 1_000_000, integer=True),
-                     tcp_s.number("max_per_client", 32, 1, 1_000_000, integer=True))
+                     tcp_s.number("max_per_client", 32, 1, 1_000_000, integer=True),
+                     tcp_s.number("max_per_network", 128, 1, 1_000_000, integer=True),
+                     tcp_s.number("write_timeout", 10.0, 0.1, 3600),
+                     tcp_s.number("max_lifetime", 600.0, 1, 7 * 86400))
 
 
 def _access(s: Section) -> AccessSpec:

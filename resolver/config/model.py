@@ -58,9 +58,16 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class TcpConfig:
-    idle_timeout: float = 10.0
+    idle_timeout: float = 10.0  # the wait for each whole query
     max_connections: int = 1024
     max_per_client: int = 32
+    # One host picks a new IPv6 address from its /64 per connection; a /24 or /56 is one site, so one site cannot
+    # take the table: an eighth of the default.
+    max_per_network: int = 128
+    write_timeout: float = 10.0  # a client that stops reading its answers is closed after this long
+    # Bounds how long a client that keeps its connection busy (a question now and then, under idle_timeout) holds a
+    # slot. No real client notices: phones ask a few questions and go idle, a forwarder reconnects.
+    max_lifetime: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,22 +8,35 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+import socket
+import struct
+from asyncio.streams import StreamReaderProtocol  # (named from its module: mypyc's C for the base class needs it)
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any, Final, Protocol
 
+from mypy_extensions import mypyc_attr
+
+from resolver.config.model import TcpConfig
+from resolver.core.access import AccessList
 from resolver.core.client import canonical_client
 from resolver.core.forwarding import Prefetch
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import TCP, UDP
 from resolver.core.wire import Query
 from resolver.net.framing import frame, read_frame
+from resolver.net.limits import ConnectionTable
 
 log = logging.getLogger("resolver.transport")
 
 # Replies on one TCP connection that may wait for upstreams at once; past it the client gets SERVFAIL.
 MAX_TCP_PENDING: Final = 64
+# Answers buffered for one TCP client beyond what the kernel holds: past it the connection reads no more queries
+# until its client reads. Several large answers' worth, so a client that reads slowly is never held up.
+OUTPUT_CAP: Final = 64 * 1024
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, zero seconds: close() sends a reset
 
 
 class Forwarder(Protocol):
@@ -93,29 +106,71 @@ class UdpListener:
 
 class TcpListener:
     """RFC 7766: length-framed messages (``framing``), several (pipelined) queries per connection, answers in any
-    order. ``idle_timeout`` bounds the wait for each whole query."""
+    order, on connections the listener admits (``protocol``).
 
-    def __init__(self, pipeline: Pipeline, forwarder: Forwarder, idle_timeout: float, max_connections: int,
-                 per_client: int = 32) -> None:
+    Every wait on a client is bounded, so a client cannot hold a slot by doing nothing: ``idle_timeout`` for each
+    whole query (a byte every few seconds, or a length and then silence, still ends there), ``write_timeout`` for
+    a client that stops reading its answers, ``max_lifetime`` for one that keeps the connection busy.
+    """
+
+    def __init__(self, pipeline: Pipeline, forwarder: Forwarder, config: TcpConfig,
+                 access: AccessList | None = None) -> None:
         self.pipeline = pipeline
         self.forwarder = forwarder
-        self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.per_client = per_client
-        self.connections = 0
-        self.by_client: dict[str, int] = {}
+        self.access = access
+        self.idle_timeout = config.idle_timeout
+        self.write_timeout = config.write_timeout
+        self.max_lifetime = config.max_lifetime
+        self.table = ConnectionTable(config.max_connections, config.max_per_client, config.max_per_network)
         self.rejected = 0
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        client = canonical_client(peer[0]) if peer else ""  # the per-client cap counts the phone, not the form
-        # One client may not take the whole connection table: a per-client cap below the total one.
-        if self.connections >= self.max_connections or self.by_client.get(client, 0) >= self.per_client:
+    @property
+    def connections(self) -> int:
+        """Connections open now (the slots taken)."""
+        return self.table.open
+
+    def protocol(self) -> asyncio.Protocol:
+        """The protocol factory for ``loop.create_server``: one ``_Admission`` per accepted socket."""
+        return _Admission(self)
+
+    def admit(self, transport: asyncio.BaseTransport) -> str | None:
+        """The canonical client of a just-accepted connection when it may stay, else None (the caller closes it).
+
+        The access list is checked here, not per query: a client that may not ask must not hold a slot while it
+        trickles a question it will be refused for."""
+        peer = transport.get_extra_info("peername")
+        client = canonical_client(peer[0]) if peer else ""  # the caps count the phone, not the address's spelling
+        if (self.access is not None and not self.access.allows(client)) or not self.table.admit(client):
             self.rejected += 1
-            writer.close()
-            return
-        self.connections += 1
-        self.by_client[client] = self.by_client.get(client, 0) + 1
+            return None
+        return client
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
+        """Answer an admitted connection's queries until it ends, goes idle, outlives ``max_lifetime`` or stops
+        reading; then give its slot back once the socket is closed."""
+        transport = writer.transport
+        in_order = False
+        try:
+            # Above the cap the transport pauses writing: drain() then waits, and this loop stops reading queries.
+            transport.set_write_buffer_limits(OUTPUT_CAP, OUTPUT_CAP // 2)
+            if await self._queries(reader, writer, client):
+                writer.close()
+                async with asyncio.timeout(self.write_timeout):  # the last answers out, then the FIN
+                    await writer.wait_closed()
+                in_order = True
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            if not in_order:
+                _reset(transport)
+            self.table.release(client)
+
+    async def _queries(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> bool:
+        """Read and answer queries; True when the connection may close in order, False when the client stopped
+        reading and its answers are to be thrown away."""
+        transport = writer.transport
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self.max_lifetime
         pending = 0
         drained = asyncio.Event()
         drained.set()
@@ -125,42 +180,82 @@ class TcpListener:
             pending -= 1
             if pending == 0:
                 drained.set()
-            if not writer.is_closing():
-                writer.write(frame(reply))
+            if transport.is_closing():
+                return
+            if transport.get_write_buffer_size() > OUTPUT_CAP:
+                # Still over the cap: the client is not reading. Buffering more would let a few such clients hold
+                # the memory, so the connection goes (the client asks again on a new one if it is alive).
+                _reset(transport)
+                return
+            writer.write(frame(reply))
 
-        try:
-            while True:
-                try:
-                    data = await read_frame(reader, self.idle_timeout)
-                except (TimeoutError, ConnectionError):  # idle, or gone (FrameError: gone mid-message)
-                    break
-                if data is None:
-                    break
-                result = self.pipeline.on_query(data, TCP, client)
-                if result is None:
-                    continue
-                if type(result) is bytes:
-                    writer.write(frame(result))
-                elif type(result) is Prefetch:
-                    writer.write(frame(result.answer))
-                    self.forwarder.prefetch(result.query)
-                elif pending >= MAX_TCP_PENDING:
-                    reply = self.pipeline.on_shed(result)  # type: ignore[arg-type]
-                    writer.write(frame(reply))
-                else:
-                    pending += 1
-                    drained.clear()
-                    self.forwarder.forward(result, respond)  # type: ignore[arg-type]
-                await writer.drain()
-            # The client stopped sending or went idle: answers it is still owed go out before we close.
-            await asyncio.wait_for(drained.wait(), self.idle_timeout + 5)
-        except (ConnectionError, TimeoutError):
-            pass
-        finally:
-            self.connections -= 1
-            left = self.by_client[client] - 1
-            if left:
-                self.by_client[client] = left
+        while True:
+            left = ends - loop.time()
+            if left <= 0:
+                break
+            try:
+                data = await read_frame(reader, min(self.idle_timeout, left))
+            except (TimeoutError, ConnectionError):  # idle, or gone (FrameError: gone mid-message)
+                break
+            if data is None:
+                break
+            result = self.pipeline.on_query(data, TCP, client)
+            if result is None:
+                continue
+            if type(result) is bytes:
+                writer.write(frame(result))
+            elif type(result) is Prefetch:
+                writer.write(frame(result.answer))
+                self.forwarder.prefetch(result.query)
+            elif pending >= MAX_TCP_PENDING:
+                writer.write(frame(self.pipeline.on_shed(result)))  # type: ignore[arg-type]
             else:
-                del self.by_client[client]
-            writer.close()
+                pending += 1
+                drained.clear()
+                self.forwarder.forward(result, respond)  # type: ignore[arg-type]
+            if transport.get_write_buffer_size() > OUTPUT_CAP:
+                try:
+                    async with asyncio.timeout(self.write_timeout):
+                        await writer.drain()
+                except TimeoutError:
+                    return False
+        # The client stopped sending, went idle or reached max_lifetime: answers it is owed go out before we close.
+        if pending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.idle_timeout + 5):
+                    await drained.wait()
+        return True
+
+
+@mypyc_attr(native_class=False)  # compiled, a class must be a plain one to derive from asyncio's
+class _Admission(StreamReaderProtocol):
+    """A TCP connection as it is accepted: closed at once, before anything is read, unless the listener admits it;
+    then served as a stream."""
+
+    def __init__(self, listener: TcpListener) -> None:
+        self._listener = listener
+        self._client = ""
+        super().__init__(asyncio.StreamReader(), self._serve)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        client = self._listener.admit(transport)
+        if client is None:
+            transport.close()  # nothing read, nothing written: a plain FIN
+            return
+        self._client = client
+        super().connection_made(transport)
+
+    def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Coroutine[Any, Any, None]:
+        return self._listener.serve(reader, writer, self._client)
+
+
+def _reset(transport: asyncio.WriteTransport) -> None:
+    """Close with a reset: what is buffered for a client that stopped reading is thrown away, in our memory and in
+    the kernel's, and the socket leaves no TIME_WAIT behind. (Nothing to do on a socket already closed.)"""
+    if transport.is_closing() and transport.get_write_buffer_size() == 0:
+        return
+    with contextlib.suppress(OSError, RuntimeError):
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()

@@ -72,8 +72,8 @@ def _counters(snap: Snapshot) -> Iterator[Metric]:
          "rate_limited"),
         ("resolver_udp_send_dropped", "UDP answers the kernel refused: send buffer full, or the address unusable.",
          "send_dropped"),
-        ("resolver_tcp_rejected_connections", "TCP connections closed at once: tcp.max_connections reached.",
-         "tcp_rejected"),
+        ("resolver_tcp_rejected_connections", "TCP connections closed at accept: a client outside access.allow, "
+         "or a connection cap reached.", "tcp_rejected"),
         ("resolver_cache_hits", "Cache lookups that found a live answer.", "cache_hits"),
         ("resolver_cache_misses", "Cache lookups that found nothing live.", "cache_misses"),
         ("resolver_cache_evictions", "Answers evicted to keep the cache bounded.", "cache_evictions"),
@@ -87,6 +87,9 @@ def _counters(snap: Snapshot) -> Iterator[Metric]:
     for reason in SHED_REASONS:
         shed.add_metric([reason], c.get(f"shed_{reason}", 0))
     yield shed
+    yield _gauge("resolver_tcp_connections", "Client TCP connections open now (summed over workers).",
+                 snap.tcp_connections)
+    yield _gauge("resolver_open_fds", "File descriptors open now (summed over workers).", snap.open_fds)
 
 
 def _upstreams(snap: Snapshot) -> Iterator[Metric]:

@@ -59,11 +59,13 @@ class Snapshot:
     # worker index -> the version it serves, each living worker's own: after a reload one worker may have refused
     # what another took, and only a version per worker makes that visible.
     policy_versions: dict[int, str] = field(default_factory=dict)
+    tcp_connections: int = 0  # gauges: added up over the live workers only
+    open_fds: int = 0
 
 
 def take(*, stats: Stats, cache: Cache, policy: Policy, reloads: ReloadStats, upstreams: Mapping[str, UpstreamStats],
          loop_now: float, tcp_rejected: int, querylog: tuple[int, int] | None, ready: bool,
-         started: float, worker: int = 0) -> Snapshot:
+         started: float, worker: int = 0, tcp_connections: int = 0, open_fds: int = 0) -> Snapshot:
     """Copy the numbers out now. ``loop_now`` is the event loop's clock, the one upstream health is kept on;
     ``querylog`` is (written, dropped), None without a query log; ``started`` is Unix time; ``worker`` is this
     process's index under ``--workers N`` (0 for a single process)."""
@@ -103,6 +105,8 @@ def take(*, stats: Stats, cache: Cache, policy: Policy, reloads: ReloadStats, up
         started=started,
         querylog=querylog,
         policy_versions={worker: policy.version},
+        tcp_connections=tcp_connections,
+        open_fds=open_fds,
     )
 
 
@@ -153,6 +157,8 @@ def merge(parts: list[Snapshot], retired: Snapshot | None = None) -> Snapshot:
     for snap in parts:
         out.cache_entries += snap.cache_entries
         out.cache_bytes += snap.cache_bytes
+        out.tcp_connections += snap.tcp_connections
+        out.open_fds += snap.open_fds
         for name, up in snap.upstreams.items():
             out.upstreams[name].healthy |= up.healthy
     return out

@@ -121,7 +121,9 @@ class ResolverProcess:
         listen_host: str = "127.0.0.1",
         port: int | None = None,
         workers: int | None = 1,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
+        self.preexec_fn = preexec_fn  # run in the child before exec: e.g. lower its open-file limit
         self.config = config
         self.tmp_path = tmp_path
         self.host = listen_host
@@ -162,6 +164,7 @@ class ResolverProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=self.preexec_fn,
         )
         self._reader = threading.Thread(target=self._read_stderr, name="resolver-stderr", daemon=True)
         self._reader.start()
@@ -277,6 +280,7 @@ class ResolverFactory:
         listen_host: str = "127.0.0.1",
         port: int | None = None,
         workers: int | None = 1,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> ResolverProcess:
         proc = ResolverProcess(
             config,
@@ -287,6 +291,7 @@ class ResolverFactory:
             listen_host=listen_host,
             port=port,
             workers=workers,
+            preexec_fn=preexec_fn,
         )
         self.started.append(proc)
         return proc.start()

@@ -13,7 +13,7 @@ import pytest
 
 import resolver.config
 from resolver.config.loader import MAX_CONFIG_BYTES, load_config, parse_upstream, with_overrides
-from resolver.config.model import BUNDLED_BLOCKLISTS, Config, Endpoint, QueryLogConfig
+from resolver.config.model import BUNDLED_BLOCKLISTS, Config, Endpoint, QueryLogConfig, TcpConfig
 from resolver.config.yamlfile import MAX_DEPTH, load_yaml
 from resolver.errors import ConfigError
 from resolver.lists.platforms import BUNDLED_CATEGORIES, MAX_PLATFORM_BYTES, load_platform, load_platforms
@@ -155,3 +155,13 @@ def test_defaults_bound_the_cache_and_cap_ttls() -> None:
 def test_shipped_configs_limit_each_phones_rate(name: str) -> None:
     limit = load_config(Path(resolver.config.__file__).parents[2] / "deploy" / name).rate_limit
     assert limit.qps > 0 and limit.burst >= limit.qps and limit.action == "truncate"
+
+
+def test_tcp_limits_are_read_and_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "resolver.yaml"
+    path.write_text("tcp: {idle_timeout: 5, max_connections: 200, max_per_client: 8, max_per_network: 40,\n"
+                    "      write_timeout: 3, max_lifetime: 120}\n")
+    assert load_config(path).tcp == TcpConfig(5, 200, 8, 40, 3, 120)
+    assert load_config(None).tcp == TcpConfig(10.0, 1024, 32, 128, 10.0, 600.0)
+    path.write_text("tcp: {max_lifetime: 0}\n")
+    assert refusal(load_config, path) == (f"{path}: tcp.max_lifetime", "must be between 1 and 604800, got 0")

@@ -117,3 +117,10 @@ def test_a_scrape_shows_one_policy_version_per_worker_and_refused_reloads() -> N
     assert reloads == {"success": 6.0, "failure": 4.0, "refused": 2.0}
     single = [(name, labels) for name, labels, _ in _scrape(_take(Stats())) if name == "resolver_policy_info"]
     assert single == [("resolver_policy_info", {"version": _policy().version, "worker": "0"})]
+
+
+def test_merge_adds_the_connection_and_descriptor_gauges_of_the_living_only() -> None:
+    retired = replace(_snap(1), tcp_connections=50, open_fds=80)  # a dead worker's sockets closed with it
+    out = merge([replace(_snap(1), tcp_connections=3, open_fds=40), replace(_snap(1), tcp_connections=2,
+                                                                             open_fds=30)], retired)
+    assert out.tcp_connections == 5 and out.open_fds == 70

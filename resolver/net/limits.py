@@ -1,0 +1,130 @@
+"""What bounds the TCP side: the table of connection slots, and the file descriptors the whole process may open.
+
+A slot is taken at accept and given back when the socket is closed, so the table counts file descriptors, not
+handler tasks. The caps nest: per address (a phone, or a NAT in front of many), per network (one host on IPv6 has a
+/64 and can pick a new address for every connection; a /24 or a /56 is what one site or one customer holds), and in
+total. A client over any cap is closed at once; its neighbours in other networks still get in.
+
+The file-descriptor budget is checked before anything is bound: every accepted connection costs a descriptor, and so
+does every upstream socket, the metrics listener and each scrape. Run out, and it is the upstream sockets and the
+metrics listener that fail first (every cache miss gets SERVFAIL and nobody can see why), so start-up refuses a
+configuration whose connection cap could leave them short.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import resource
+from typing import Final
+
+from resolver.config.loader import system_nameservers
+from resolver.config.model import Config
+from resolver.errors import ConfigError
+
+# Per upstream: its UDP sockets in rotation (a fresh port at least every second, one per few dozen questions, each
+# kept until its last question is answered or times out) and one TCP or TLS connection (truncated replies, tcp://,
+# tls://). Past it, a question fails over to the next upstream rather than taking a client's slot.
+FDS_PER_UPSTREAM: Final = 65
+# Per listen address: its UDP and its TCP socket.
+FDS_PER_LISTEN: Final = 2
+# Everything else a process holds: standard streams, the event loop's epoll and wake-up pipe, signal handling, the
+# metrics listener and its scrapes, the query log, config and list files read by a reload, list downloads, the pipe
+# to the supervisor. Generous, because running short here is what made the resolver unobservable.
+FDS_RESERVE: Final = 128
+IPV4_NETWORK: Final = 24
+IPV6_NETWORK: Final = 56
+
+
+def network_of(client: str) -> str:
+    """The network ``client`` (a canonical address) is counted in: its /24 for IPv4, its /56 for IPv6."""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client  # no usable address (a socket without a peer): counted on its own
+    prefix = IPV4_NETWORK if address.version == 4 else IPV6_NETWORK
+    return str(ipaddress.ip_network((address, prefix), strict=False))
+
+
+class ConnectionTable:
+    """Connection slots: at most ``total``, ``per_client`` per address and ``per_network`` per network."""
+
+    __slots__ = ("by_client", "by_network", "open", "per_client", "per_network", "total")
+
+    def __init__(self, total: int, per_client: int, per_network: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.per_network = per_network
+        self.open = 0
+        self.by_client: dict[str, int] = {}
+        self.by_network: dict[str, int] = {}
+
+    def admit(self, client: str) -> bool:
+        """Take a slot for ``client``, or say no (nothing taken) when a cap is reached."""
+        network = network_of(client)
+        if self.open >= self.total or self.by_client.get(client, 0) >= self.per_client \
+                or self.by_network.get(network, 0) >= self.per_network:
+            return False
+        self.open += 1
+        self.by_client[client] = self.by_client.get(client, 0) + 1
+        self.by_network[network] = self.by_network.get(network, 0) + 1
+        return True
+
+    def release(self, client: str) -> None:
+        """Give back a slot ``admit`` gave; the tables keep only clients and networks that hold one."""
+        self.open -= 1
+        for table, key in ((self.by_client, client), (self.by_network, network_of(client))):
+            left = table[key] - 1
+            if left:
+                table[key] = left
+            else:
+                del table[key]
+
+
+def fd_budget(config: Config, upstreams: int) -> int:
+    """File descriptors one serving process may need: every TCP slot, the listen sockets, the upstream sockets and
+    the reserve (README, "File descriptors")."""
+    return (config.tcp.max_connections + FDS_PER_LISTEN * len(config.listen) + FDS_PER_UPSTREAM * upstreams
+            + FDS_RESERVE)
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one (an unprivileged process may) and return the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # a hard limit above the kernel's nr_open: keep the soft one
+            pass
+    return soft
+
+
+def ensure_fds(config: Config) -> None:
+    """Raise the limit, and refuse to serve (``ConfigError``) when even the raised limit is below the budget.
+
+    Called before anything is bound, in the process that serves and in a supervisor (whose workers inherit the
+    raised limit), so a configuration that does not fit stops once with one line instead of in every worker."""
+    upstreams = len(config.upstreams or system_nameservers())
+    need = fd_budget(config, upstreams)
+    have = raise_fd_limit()
+    if have == resource.RLIM_INFINITY or have >= need:
+        return
+    fits = have - need + config.tcp.max_connections
+    lower = f"lower tcp.max_connections to {fits} or " if fits > 0 else ""
+    raise ConfigError(
+        f"{config.source}: tcp.max_connections",
+        f"the open-file limit is {have}, below the {need} file descriptors this configuration needs "
+        f"({config.tcp.max_connections} TCP connections + {FDS_PER_LISTEN * len(config.listen)} listen sockets + "
+        f"{FDS_PER_UPSTREAM * upstreams} for {upstreams} upstream(s) + {FDS_RESERVE} reserved); {lower}raise the "
+        "hard limit (ulimit -Hn, systemd LimitNOFILE=, docker --ulimit nofile=)")
+
+
+def open_fds() -> int:
+    """File descriptors this process holds now (-1 where the system does not list them)."""
+    for listing in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(listing)) - 1  # less the one the listing itself opened
+        except OSError:
+            continue
+    return -1

@@ -1,0 +1,81 @@
+"""TCP connection slots (per address, per network, total) and the file-descriptor budget, without sockets."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from resolver.config.model import Config, Endpoint, TcpConfig
+from resolver.errors import ConfigError
+from resolver.net import limits
+from resolver.net.limits import ConnectionTable, fd_budget, network_of
+
+
+@pytest.mark.parametrize(("client", "network"), [
+    ("10.20.8.15", "10.20.8.0/24"),
+    ("10.20.8.250", "10.20.8.0/24"),
+    ("2001:db8:1:ab00::1", "2001:db8:1:ab00::/56"),
+    ("2001:db8:1:abff:ffff::9", "2001:db8:1:ab00::/56"),  # another /64 of the same /56: one host or site
+    ("", ""),  # no peer address: counted on its own
+])
+def test_network_of(client: str, network: str) -> None:
+    assert network_of(client) == network
+
+
+def test_each_cap_turns_away_only_what_is_over_it() -> None:
+    table = ConnectionTable(total=5, per_client=2, per_network=3)
+    assert table.admit("10.0.0.1") and table.admit("10.0.0.1")
+    assert not table.admit("10.0.0.1"), "a third from one address"
+    assert table.admit("10.0.0.2")
+    assert not table.admit("10.0.0.3"), "a fourth from one /24"
+    assert table.admit("10.0.1.1") and table.admit("10.0.2.1")
+    assert not table.admit("10.0.3.1"), "a sixth in all"
+    assert table.open == 5
+    table.release("10.0.0.1")
+    assert table.admit("10.0.0.3"), "a slot given back is free again, in its network and in the total"
+    assert table.open == 5
+
+
+def test_released_clients_and_networks_leave_no_entry_behind() -> None:
+    table = ConnectionTable(total=100, per_client=10, per_network=10)
+    for n in range(50):
+        assert table.admit(f"2001:db8:0:{n:x}00::1")
+    for n in range(50):
+        table.release(f"2001:db8:0:{n:x}00::1")
+    assert table.open == 0 and not table.by_client and not table.by_network
+
+
+def _config(max_connections: int, listen: int = 1) -> Config:
+    return replace(Config(), tcp=TcpConfig(max_connections=max_connections),
+                   listen=tuple(Endpoint("127.0.0.1", 5300 + i) for i in range(listen)))
+
+
+def test_the_budget_covers_connections_listeners_upstreams_and_the_reserve() -> None:
+    assert fd_budget(_config(1000, listen=2), upstreams=3) == 1000 + 2 * 2 + 3 * limits.FDS_PER_UPSTREAM \
+        + limits.FDS_RESERVE
+
+
+def test_a_limit_below_the_budget_is_refused_with_what_would_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = replace(_config(5000), upstreams=(Endpoint("127.0.0.1", 53),))
+    monkeypatch.setattr(limits, "raise_fd_limit", lambda: 1024)
+    with pytest.raises(ConfigError) as caught:
+        limits.ensure_fds(config)
+    message = str(caught.value)
+    fits = 1024 - limits.FDS_PER_LISTEN - limits.FDS_PER_UPSTREAM - limits.FDS_RESERVE
+    assert "tcp.max_connections" in message and "1024" in message and f"to {fits} " in message
+    limits.ensure_fds(replace(config, tcp=TcpConfig(max_connections=fits)))  # exactly the budget: serves
+
+
+def test_a_limit_too_low_for_anything_only_says_raise_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "raise_fd_limit", lambda: 100)
+    with pytest.raises(ConfigError, match="raise the hard limit") as caught:
+        limits.ensure_fds(replace(_config(10), upstreams=(Endpoint("127.0.0.1", 53),)))
+    assert "lower tcp.max_connections" not in str(caught.value)
+
+
+def test_open_fds_counts_this_process() -> None:
+    before = limits.open_fds()
+    with open(__file__) as handle:
+        assert limits.open_fds() == before + 1
+        handle.read(1)
