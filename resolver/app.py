@@ -40,7 +40,6 @@ log = logging.getLogger("resolver")
 
 DRAIN_SECONDS = 5.0
 PROBE_SECONDS = 10.0  # upstream health probe interval
-READY_WITHIN = 30.0  # /readyz wants a good upstream reply at most this old
 MONITOR_LOG_SECONDS = 60
 GC_YOUNG = 10_000  # tracked objects allocated (net) between young-generation collections
 
@@ -174,8 +173,9 @@ class Server:
                     querylog=querylog, ready=self.ready(), started=self.started)
 
     def ready(self) -> bool:
-        """Listening, not shutting down, a policy loaded, and at least one upstream answering."""
-        return bool(self.servers) and not self.stopping.is_set() and self.upstreams.healthy(READY_WITHIN)
+        """Listening, not shutting down, a policy loaded. Not upstream health: with every upstream down, serve-stale
+        still answers, so no replica may leave its load balancer for it (/readyz?verbose shows the upstreams)."""
+        return bool(self.servers) and not self.stopping.is_set()
 
     async def _report_monitored(self) -> None:
         """Monitor mode is "logged as would-be blocks": one summary line a minute, never a line per query."""

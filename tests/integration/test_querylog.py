@@ -124,18 +124,31 @@ def test_health_and_readiness(resolver_factory: ResolverFactory, auth: AuthServe
     server = resolver_factory(metrics=True)
     base = f"http://127.0.0.1:{server.metrics_port}"
     assert _get(base + "/healthz") == (200, "ok\n")
-    # Ready once an upstream has answered (the start-up probe, or a query).
-    assert wait_for(lambda: _get(base + "/readyz")[0] == 200, timeout=10)
+    assert _get(base + "/readyz") == (200, "ready\n")
+    # The start-up probe's answer shows in the verbose checks.
+    assert wait_for(lambda: f"[+]upstream {auth.address} up" in _get(base + "/readyz?verbose")[1], timeout=10)
 
 
-def test_not_ready_while_every_upstream_is_down(resolver_factory: ResolverFactory) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ready_while_every_upstream_is_down_and_verbose_says_so(resolver_factory: ResolverFactory,
+                                                                workers: int) -> None:
+    """Ready means listening with a policy loaded, not "an upstream answers": in an upstream outage every replica
+    must stay in its load balancer, where serve-stale keeps answering phones. /readyz?verbose lists every check,
+    the upstreams as information (resolver_upstream_healthy exports them too)."""
     with AuthServer() as dead:
         dead.set_behaviour("", "silent")
-        server = resolver_factory({"upstream_timeout": 0.3}, upstreams=[dead.address], metrics=True)
+        server = resolver_factory({"upstream_timeout": 0.3}, upstreams=[dead.address], metrics=True,
+                                  workers=workers)
         base = f"http://127.0.0.1:{server.metrics_port}"
         assert wait_for(lambda: dead.count("") >= 1, timeout=10)  # the probe went out and got nothing
         assert _get(base + "/healthz")[0] == 200
-        assert _get(base + "/readyz")[0] == 503
+        assert _get(base + "/readyz") == (200, "ready\n")
+        status, body = _get(base + "/readyz?verbose")
+        lines = body.splitlines()
+        assert status == 200, body
+        assert lines[0] == "[+]listening ok" and lines[1].startswith("[+]policy ok: version "), body
+        assert lines[2].startswith(f"[-]upstream {dead.address} down: no good reply in the last 30s"), body
+        assert lines[-1] == "readyz check passed", body
 
 
 def test_queries_counted_by_qtype(resolver_factory: ResolverFactory) -> None:
