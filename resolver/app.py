@@ -27,7 +27,7 @@ from resolver.errors import ConfigError, ListenError
 from resolver.lists.load import Loaded
 from resolver.net.forwarder import Forwarder
 from resolver.net.listeners import TcpListener, UdpListener
-from resolver.net.sockets import bind_tcp, bind_udp
+from resolver.net.sockets import bind_tcp, bind_udp, reason
 from resolver.net.upstream import UpstreamPool
 from resolver.ops.metrics import MetricsServer
 from resolver.ops.querylog import QueryLog
@@ -113,7 +113,7 @@ class Server:
             try:
                 self.servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
             except OSError as err:
-                raise ListenError(f"cannot listen on {m} (metrics): {err.strerror or err}") from None
+                raise ListenError(f"cannot listen on {m} (metrics): {reason(err)}") from None
         if self.querylog is not None:  # (after binding: a bind error must not leave its thread behind)
             self.querylog.start()
         for signame in ("SIGTERM", "SIGINT"):
@@ -136,10 +136,10 @@ class Server:
     def _listen(self, endpoint: Endpoint) -> tuple[socket.socket, int]:
         """UDP and TCP on ``endpoint``; port 0 takes one free port for both."""
         shared = self.worker is not None
-        udp = bind_udp(endpoint, shared)
+        udp = bind_udp(endpoint, shared, self.config.listen)
         port: int = udp.getsockname()[1]
         try:
-            tcp = bind_tcp(Endpoint(endpoint.host, port), shared)
+            tcp = bind_tcp(Endpoint(endpoint.host, port), shared, self.config.listen)
         except ListenError:
             udp.close()
             raise

@@ -1,4 +1,5 @@
-"""Command line: argument parsing, output and exit codes only. Exit 2 means "your input is wrong"."""
+"""Command line: argument parsing, output and exit codes only. Exit 2 means "your input is wrong" (a listen
+address someone else holds included)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from resolver.config.policy import parse_duration
 from resolver.core import order
 from resolver.core.client import canonical_client
 from resolver.core.policy import ACTION_NAMES, BLOCK, Exemption, Policy, Verdict
-from resolver.errors import ConfigError, ResolverError
+from resolver.errors import ConfigError, ListenError, ResolverError
 from resolver.lists.formats import normalise_name
 from resolver.lists.load import Loaded, load_policy
 from resolver.lists.platforms import line_of
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=None, metavar="N",
                        help="worker processes sharing the ports (SO_REUSEPORT); default: one per CPU this "
                             "process may run on. Each worker has its own cache")
-    serve.add_argument("--worker", help=argparse.SUPPRESS)  # INDEX:FD, set by the supervisor for its workers
+    serve.add_argument("--worker", help=argparse.SUPPRESS)  # INDEX:FD:PID, set by the supervisor for its workers
 
     check = sub.add_parser("check", help="validate a config and its lists, print a summary")
     check.add_argument("-c", "--config")
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _explain(config, loaded, args.name, args.client)
         return 0
-    except ConfigError as err:
+    except (ConfigError, ListenError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ResolverError as err:
@@ -116,6 +117,7 @@ def _supervise(argv: list[str], config: Config, args: argparse.Namespace) -> int
     logs.setup(args.log_level, args.log_format)
     load_policy(config)  # refuse a bad config here, once, rather than in N workers
     config = pin_ports(config)
+    _warn_if_open(config)
     worker_argv: list[str] = []
     skip = 0
     for item in argv:
@@ -143,7 +145,16 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
     logs.setup(level, fmt)
     from resolver.app import Server
     from resolver.lists.fetch import fetch_list
+    from resolver.ops.workers import follow_supervisor
 
+    index = fd = None
+    if worker:
+        index, fd, supervisor = (int(x) for x in worker.split(":"))
+        if not follow_supervisor(supervisor):
+            log.error("worker %d: the supervisor is gone before this worker started; not starting", index)
+            return 1
+    else:
+        _warn_if_open(config)  # (a supervisor has said it for its workers)
     for source in config.policy.lists:
         # A URL list never fetched before is fetched now, so the first policy already has it; on failure the
         # resolver still starts (without that list) and keeps trying.
@@ -154,14 +165,20 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
                 log.error("list %s: first fetch failed, starting without it: %s", source.name, err)
     loaded = load_policy(config)
 
-    index, fd = (int(x) for x in worker.split(":")) if worker else (None, None)
-
     async def run() -> None:
         server = Server(make_config, config, loaded, worker=index, snapshot_fd=fd)
         await server.run()
 
     _run(run)
     return 0
+
+
+def _warn_if_open(config: Config) -> None:
+    from resolver.net.sockets import access_warning
+
+    warning = access_warning(config.listen, config.access)
+    if warning is not None:
+        log.warning("%s", warning)
 
 
 def _check(config: Config, loaded: Loaded) -> None:

@@ -14,8 +14,11 @@ import resolver.config
 from resolver.config.loader import MAX_CONFIG_BYTES, load_config, parse_upstream, with_overrides
 from resolver.config.model import Config, Endpoint, QueryLogConfig
 from resolver.config.yamlfile import MAX_DEPTH, load_yaml
+from resolver.core.access import AccessSpec
+from resolver.core.policy import IPNetwork
 from resolver.errors import ConfigError
 from resolver.lists.platforms import MAX_PLATFORM_BYTES, load_platform
+from resolver.net.sockets import access_warning
 
 PLATFORM = "name: Example\ncategory: social\nowner: Example Inc.\ndomains: [example.com]\nsources: [docs]\n"
 
@@ -88,3 +91,35 @@ def test_a_config_file_and_overrides(tmp_path: Path) -> None:
     assert config.query_log == QueryLogConfig(path=tmp_path / "q.jsonl", client="none")
     assert load_config(None) == Config()
     assert parse_upstream("tcp://[2001:db8::1]", "x") == Endpoint("2001:db8::1", 53, "tcp")
+
+
+# ---------------------------------------------------------------- the shipped configurations
+
+REPO = Path(resolver.__file__).resolve().parent.parent
+SHIPPED = sorted((REPO / "deploy").glob("*.yaml"))
+BROAD = set(AccessSpec().allow)  # the default: every private, CGNAT and link-local range
+
+
+def inside(a: IPNetwork, b: IPNetwork) -> bool:
+    return a.version == b.version and a.subnet_of(b)  # type: ignore[arg-type]
+
+
+def test_every_shipped_config_is_checked_here() -> None:
+    assert [p.name for p in SHIPPED] == ["docker.yaml", "example-force.yaml"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_configs_answer_only_this_host_and_the_documented_vpn_pools(path: Path) -> None:
+    config = load_config(path)
+    pools = [n for n in config.access.allow if not n.is_loopback]
+    assert pools, f"{path.name}: no VPN pool in access.allow"
+    readme = (REPO / "README.md").read_text()
+    for pool in pools:
+        assert not any(inside(b, pool) for b in BROAD), f"{path.name}: {pool} is a whole private range, not a pool"
+        assert f"`{pool}`" in readme, f"{path.name}: {pool} is not among README's documented pools"
+    # A team's pool the access list refused would be an outage for that team.
+    for group in config.policy.spec.groups:
+        for network in group.networks:
+            assert any(inside(network, p) for p in pools), \
+                f"{path.name}: group {group.name}'s {network} is outside access.allow"
+    assert access_warning(config.listen, config.access) is None
