@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 from resolver import __version__, build
@@ -112,6 +113,7 @@ def _run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 
 
 def _supervise(argv: list[str], config: Config, args: argparse.Namespace) -> int:
+    from resolver.ops.querylog import run_salt_env
     from resolver.ops.workers import Supervisor, pin_ports
 
     logs.setup(args.log_level, args.log_format)
@@ -134,7 +136,7 @@ def _supervise(argv: list[str], config: Config, args: argparse.Namespace) -> int
         worker_argv += ["--listen", str(endpoint)]
 
     async def main() -> int:
-        return await Supervisor(args.workers, worker_argv, config).run()
+        return await Supervisor(args.workers, worker_argv, config, env=run_salt_env(config.query_log)).run()
 
     result: int = _run(main)
     return result
@@ -145,6 +147,7 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
     logs.setup(level, fmt)
     from resolver.app import Server
     from resolver.lists.fetch import fetch_list
+    from resolver.ops.querylog import with_run_salt
     from resolver.ops.workers import follow_supervisor
 
     index = fd = None
@@ -153,6 +156,7 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
         if not follow_supervisor(supervisor):
             log.error("worker %d: the supervisor is gone before this worker started; not starting", index)
             return 1
+        config = replace(config, query_log=with_run_salt(config.query_log, os.environ))
     else:
         _warn_if_open(config)  # (a supervisor has said it for its workers)
     for source in config.policy.lists:

@@ -27,7 +27,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -100,10 +100,12 @@ class Supervisor:
     and a timer, so the tests drive it with fakes and a fake clock. ``run`` wires it to real processes."""
 
     def __init__(self, count: int, argv: Sequence[str], config: Config, *,
-                 start: Callable[[int], Child] | None = None, timers: Timers | None = None) -> None:
+                 start: Callable[[int], Child] | None = None, timers: Timers | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.count = count
         self.argv = list(argv)
         self.config = config
+        self.env = dict(env or {})  # added to the workers' environment (the query log's run salt)
         self.start_child = start  # index -> a started worker; by default a real process, made in ``run``
         self.timers = timers
         self.workers = [Worker(i) for i in range(count)]
@@ -147,7 +149,7 @@ class Supervisor:
         return self.exit_code
 
     def _start_process(self, index: int) -> Child:
-        return WorkerProcess(index, self.argv, self.reported, self.exited)
+        return WorkerProcess(index, self.argv, self.reported, self.exited, self.env)
 
     def _timers(self) -> Timers:
         if self.timers is None:
@@ -263,7 +265,7 @@ class WorkerProcess:
     closing is how its death is noticed."""
 
     def __init__(self, index: int, argv: Sequence[str], reported: Callable[[int, Snapshot], None],
-                 exited: Callable[[int, int | None], None]) -> None:
+                 exited: Callable[[int, int | None], None], env: Mapping[str, str] | None = None) -> None:
         self.index = index
         self.reported = reported
         self.exited = exited
@@ -271,7 +273,7 @@ class WorkerProcess:
         read_fd, write_fd = os.pipe()
         args = [sys.executable, "-m", "resolver", *argv, "--worker", f"{index}:{write_fd}:{os.getpid()}"]
         try:
-            self.proc = subprocess.Popen(args, pass_fds=(write_fd,))
+            self.proc = subprocess.Popen(args, pass_fds=(write_fd,), env={**os.environ, **(env or {})})
         except BaseException:
             os.close(read_fd)
             raise
