@@ -28,7 +28,7 @@ from resolver.lists.load import Loaded
 from resolver.net.forwarder import Forwarder
 from resolver.net.limits import open_fds
 from resolver.net.listeners import TcpListener, UdpListener
-from resolver.net.sockets import bind_tcp, bind_udp
+from resolver.net.sockets import bind_tcp, bind_udp, reason
 from resolver.net.upstream import UpstreamPool
 from resolver.ops.metrics import MetricsServer
 from resolver.ops.querylog import QueryLog
@@ -41,7 +41,6 @@ log = logging.getLogger("resolver")
 
 DRAIN_SECONDS = 5.0
 PROBE_SECONDS = 10.0  # upstream health probe interval
-READY_WITHIN = 30.0  # /readyz wants a good upstream reply at most this old
 MONITOR_LOG_SECONDS = 60
 GC_YOUNG = 10_000  # tracked objects allocated (net) between young-generation collections
 
@@ -115,7 +114,7 @@ class Server:
             try:
                 self.servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
             except OSError as err:
-                raise ListenError(f"cannot listen on {m} (metrics): {err.strerror or err}") from None
+                raise ListenError(f"cannot listen on {m} (metrics): {reason(err)}") from None
         if self.querylog is not None:  # (after binding: a bind error must not leave its thread behind)
             self.querylog.start()
         for signame in ("SIGTERM", "SIGINT"):
@@ -138,10 +137,10 @@ class Server:
     def _listen(self, endpoint: Endpoint) -> tuple[socket.socket, int]:
         """UDP and TCP on ``endpoint``; port 0 takes one free port for both."""
         shared = self.worker is not None
-        udp = bind_udp(endpoint, shared)
+        udp = bind_udp(endpoint, shared, self.config.listen)
         port: int = udp.getsockname()[1]
         try:
-            tcp = bind_tcp(Endpoint(endpoint.host, port), shared)
+            tcp = bind_tcp(Endpoint(endpoint.host, port), shared, self.config.listen)
         except ListenError:
             udp.close()
             raise
@@ -176,8 +175,9 @@ class Server:
                     tcp_connections=self.tcp.connections, open_fds=open_fds())
 
     def ready(self) -> bool:
-        """Listening, not shutting down, a policy loaded, and at least one upstream answering."""
-        return bool(self.servers) and not self.stopping.is_set() and self.upstreams.healthy(READY_WITHIN)
+        """Listening, not shutting down, a policy loaded. Not upstream health: with every upstream down, serve-stale
+        still answers, so no replica may leave its load balancer for it (/readyz?verbose shows the upstreams)."""
+        return bool(self.servers) and not self.stopping.is_set()
 
     async def _report_monitored(self) -> None:
         """Monitor mode is "logged as would-be blocks": one summary line a minute, never a line per query."""

@@ -1,4 +1,5 @@
-"""Command line: argument parsing, output and exit codes only. Exit 2 means "your input is wrong"."""
+"""Command line: argument parsing, output and exit codes only. Exit 2 means "your input is wrong" (a listen
+address someone else holds included)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 from resolver import __version__, build
@@ -21,7 +23,7 @@ from resolver.core import order
 from resolver.core.client import canonical_client
 from resolver.core.guard import Approval
 from resolver.core.policy import ACTION_NAMES, BLOCK, Exemption, Policy, Verdict
-from resolver.errors import ConfigError, ResolverError
+from resolver.errors import ConfigError, ListenError, ResolverError
 from resolver.lists.formats import normalise_name
 from resolver.lists.load import Loaded, load_policy
 from resolver.lists.platforms import line_of
@@ -52,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--check-against", metavar="OLD",
                        help="refuse to start when this policy unblocks anything, compared with OLD (a config or a "
                             "directory, as for `resolver diff`), that the config does not approve")
-    serve.add_argument("--worker", help=argparse.SUPPRESS)  # INDEX:FD, set by the supervisor for its workers
+    serve.add_argument("--worker", help=argparse.SUPPRESS)  # INDEX:FD:PID, set by the supervisor for its workers
 
     check = sub.add_parser("check", help="validate a config and its lists, print a summary")
     check.add_argument("-c", "--config")
@@ -116,7 +118,7 @@ def _guarded(command: Callable[[], int]) -> int:
     """Run a command; what goes wrong becomes one ``error:`` line and an exit code, never a traceback."""
     try:
         return command()
-    except ConfigError as err:
+    except (ConfigError, ListenError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ResolverError as err:
@@ -153,11 +155,13 @@ def _run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 
 
 def _supervise(argv: list[str], config: Config, args: argparse.Namespace) -> int:
+    from resolver.ops.querylog import run_salt_env
     from resolver.ops.workers import Supervisor, pin_ports
 
     logs.setup(args.log_level, args.log_format)
     load_policy(config)  # refuse a bad config here, once, rather than in N workers
     config = pin_ports(config)
+    _warn_if_open(config)
     worker_argv: list[str] = []
     skip = 0
     for item in argv:
@@ -174,7 +178,7 @@ def _supervise(argv: list[str], config: Config, args: argparse.Namespace) -> int
         worker_argv += ["--listen", str(endpoint)]
 
     async def main() -> int:
-        return await Supervisor(args.workers, worker_argv, config).run()
+        return await Supervisor(args.workers, worker_argv, config, env=run_salt_env(config.query_log)).run()
 
     result: int = _run(main)
     return result
@@ -184,14 +188,23 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
            worker: str | None = None) -> int:
     logs.setup(level, fmt)
     from resolver.app import Server
+    from resolver.ops.querylog import with_run_salt
     from resolver.ops.reload import fetch_missing
+    from resolver.ops.workers import follow_supervisor
 
+    index = fd = None
+    if worker:
+        index, fd, supervisor = (int(x) for x in worker.split(":"))
+        if not follow_supervisor(supervisor):
+            log.error("worker %d: the supervisor is gone before this worker started; not starting", index)
+            return 1
+        config = replace(config, query_log=with_run_salt(config.query_log, os.environ))
+    else:
+        _warn_if_open(config)  # (a supervisor has said it for its workers)
     # A URL list never fetched before (or pinned to new content) is fetched now, so the first policy already has
     # it; on failure the resolver still starts (without that list) and keeps trying.
     fetch_missing(config)
     loaded = load_policy(config)
-
-    index, fd = (int(x) for x in worker.split(":")) if worker else (None, None)
 
     async def run() -> None:
         server = Server(make_config, config, loaded, worker=index, snapshot_fd=fd)
@@ -199,6 +212,14 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
 
     _run(run)
     return 0
+
+
+def _warn_if_open(config: Config) -> None:
+    from resolver.net.sockets import access_warning
+
+    warning = access_warning(config.listen, config.access)
+    if warning is not None:
+        log.warning("%s", warning)
 
 
 def _check(config: Config, loaded: Loaded) -> None:

@@ -203,18 +203,28 @@ def _query_log(s: Section, base: Path) -> QueryLogConfig:
     only = s.raw.get("only_blocked", False)
     if not isinstance(only, bool):
         raise ConfigError(s.where("only_blocked"), f"must be true or false, got {only!r}")
-    salt = s.raw.get("salt", "")
-    if not isinstance(salt, str):
-        raise ConfigError(s.where("salt"), "must be text")
+    salt, previous = _salts(s)
     return QueryLogConfig(
         path=None if path is None else base / str(path),
         only_blocked=only,
         client=client,
         salt=salt,
+        previous_salt=previous,
         max_bytes=s.number("max_bytes", 100 * 1024 * 1024, 1024, 1 << 40, integer=True),
         backups=s.number("backups", 5, 0, 100, integer=True),
         queue=s.number("queue", 10_000, 1, 10_000_000, integer=True),
     )
+
+
+def _salts(s: Section) -> tuple[str, str]:
+    """``salt: TEXT``, or ``salt: [CURRENT, PREVIOUS]`` while rotating it (see ops/querylog.py)."""
+    raw = s.raw.get("salt", "")
+    salts = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else None
+    if salts is None or not 1 <= len(salts) <= 2 or not all(isinstance(x, str) for x in salts):
+        raise ConfigError(s.where("salt"), "must be text, or a list of the current and the previous salt")
+    if len(salts) == 2 and not all(salts):
+        raise ConfigError(s.where("salt"), "a rotation needs both salts: [CURRENT, PREVIOUS], neither empty")
+    return salts[0], salts[1] if len(salts) == 2 else ""
 
 
 def _addresses(section: Section, key: str, version: int) -> tuple[str, ...]:

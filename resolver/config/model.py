@@ -32,6 +32,7 @@ class QueryLogConfig:
     only_blocked: bool = False
     client: str = "hashed"
     salt: str = ""  # secret for hashed clients; empty: a random one per start (hashes do not survive restarts)
+    previous_salt: str = ""  # during a salt rotation: lines also carry the pseudonym under the salt being retired
     max_bytes: int = 100 * 1024 * 1024
     backups: int = 5
     queue: int = 10_000

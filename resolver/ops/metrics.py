@@ -24,6 +24,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("resolver.ops.metrics")
 MAX_REQUEST_BYTES = 8192
+UPSTREAM_RECENT = 30.0  # an upstream is "up" in /readyz?verbose when it answered within this many seconds
+
+
+def readiness(ready: bool, snap: Snapshot | None) -> list[tuple[bool, str]]:
+    """/readyz?verbose: each check as (passed, line). Only listening and the policy decide readiness: an upstream
+    outage must not take every replica out of its load balancer, since serve-stale answers phones meanwhile. The
+    upstreams are listed for information (and exported as ``resolver_upstream_healthy``)."""
+    checks = [(ready, "listening ok" if ready else "listening failed: not listening yet, or shutting down")]
+    if snap is None:
+        return [*checks, (False, "policy failed: none loaded yet")]
+    checks.append((True, f"policy ok: version {snap.policy_version}"))
+    for name, up in sorted(snap.upstreams.items()):
+        if up.answered_ago <= UPSTREAM_RECENT:
+            checks.append((True, f"upstream {name} up: last good reply {up.answered_ago:.0f}s ago (information)"))
+        else:
+            checks.append((False, f"upstream {name} down: no good reply in the last {UPSTREAM_RECENT:.0f}s "
+                                  "(information, not part of readiness)"))
+    return checks
+
+
+def readiness_text(checks: list[tuple[bool, str]], ready: bool) -> bytes:
+    lines = [f"[{'+' if passed else '-'}]{line}" for passed, line in checks]
+    lines.append("readyz check passed" if ready else "readyz check failed")
+    return ("\n".join(lines) + "\n").encode()
 
 
 def status_of(snap: Snapshot) -> StatusSnapshot:
@@ -71,6 +95,12 @@ class MetricsServer:
                                   "frame-ancestors 'none'\r\nX-Content-Type-Options: nosniff\r\n"
                                   "Cache-Control: no-store\r\n")
 
+    def _snapshot_or_none(self) -> Snapshot | None:
+        try:
+            return self.source()
+        except RuntimeError:  # a supervisor none of whose workers has reported yet
+            return None
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
@@ -92,7 +122,7 @@ class MetricsServer:
         parts = head.split(b"\r\n", 1)[0].split()
         if len(parts) < 2 or parts[0] not in (b"GET", b"HEAD"):
             return "405 Method Not Allowed", "text/plain", b"only GET\n"
-        path = parts[1].split(b"?", 1)[0]
+        path, _, query = parts[1].partition(b"?")
         if path == b"/metrics":
             return "200 OK", "text/plain; version=0.0.4; charset=utf-8", self._render(self.registry)
         if path == b"/":
@@ -102,7 +132,9 @@ class MetricsServer:
         if path == b"/healthz":
             return "200 OK", "text/plain", b"ok\n"
         if path == b"/readyz":
-            if self.ready():
-                return "200 OK", "text/plain", b"ready\n"
-            return "503 Service Unavailable", "text/plain", b"not ready\n"
+            ready = self.ready()
+            status = "200 OK" if ready else "503 Service Unavailable"
+            if b"verbose" not in query.split(b"&"):
+                return status, "text/plain", b"ready\n" if ready else b"not ready\n"
+            return status, "text/plain", readiness_text(readiness(ready, self._snapshot_or_none()), ready)
         return "404 Not Found", "text/plain", b"not found\n"

@@ -3,6 +3,13 @@
 The pipeline appends a plain tuple to a bounded deque (one C call); the writer thread turns batches into JSON
 and writes them. When the queue is full, or the disk is full or slow, lines are dropped and counted - never
 queries. Who tried to reach TikTok is what an audit asks for, so ``only_blocked`` keeps just those.
+
+A hashed client is a pseudonym: an HMAC of its address keyed with the salt, so one phone is one pseudonym wherever
+the same salt is used (every worker of a run, and every run when the salt is configured). Each line names its
+salt by an id (``salt``), so an analyst knows which pseudonyms can be compared. During a rotation the previous salt
+is configured too and each line also carries the phone's pseudonym under it (``client_previous``), which links
+the old pseudonyms to the new. A pseudonym is only as private as the salt: the addresses a VPN hands out are few,
+so whoever knows the salt can hash them all and read the pseudonyms back.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from resolver.config.model import QueryLogConfig
@@ -25,6 +34,27 @@ from resolver.core.stats import OUTCOMES, QTYPE_INDEX, QTYPES
 
 log = logging.getLogger("resolver.ops.querylog")
 _TYPES = {code: QTYPES[index] for code, index in QTYPE_INDEX.items()}  # the metrics label names
+RUN_SALT_ENV = "RESOLVER_QUERY_LOG_RUN_SALT"  # the supervisor's one random salt, handed to its workers
+
+
+def salt_id(salt: bytes) -> str:
+    """A short name for a salt, written in each line. Derived from the salt, so it cannot be set wrong, and as
+    one-way as the pseudonyms themselves."""
+    return hmac.new(salt, b"resolver query log salt id", hashlib.sha256).hexdigest()[:8]
+
+
+def run_salt_env(config: QueryLogConfig) -> dict[str, str]:
+    """Supervisor side: with hashed clients and no configured salt, one random salt for this run, passed to every
+    worker (in its environment), so one phone has one pseudonym in all of their files."""
+    if config.path is None or config.client != "hashed" or config.salt:
+        return {}
+    return {RUN_SALT_ENV: secrets.token_hex(16)}
+
+
+def with_run_salt(config: QueryLogConfig, environ: Mapping[str, str]) -> QueryLogConfig:
+    """Worker side: the supervisor's run salt, unless a salt is configured."""
+    salt = environ.get(RUN_SALT_ENV, "")
+    return replace(config, salt=salt) if salt and not config.salt else config
 
 
 def _name(qname: bytes) -> str:
@@ -37,6 +67,10 @@ def _name(qname: bytes) -> str:
     return ".".join(labels) + "."
 
 
+def _pseudonym(salt: bytes, client: str) -> str:
+    return hmac.new(salt, client.encode(), hashlib.sha256).hexdigest()[:16]
+
+
 class QueryLog:
     def __init__(self, config: QueryLogConfig) -> None:
         assert config.path is not None
@@ -46,7 +80,11 @@ class QueryLog:
         self.written = 0
         self.dropped = 0  # lines lost to a full queue or a failed write
         self.rotations = 0
+        # Without a configured salt (and no supervisor's run salt), pseudonyms last as long as this process.
         self._salt = (config.salt or secrets.token_hex(16)).encode()
+        self._previous = config.previous_salt.encode() if config.previous_salt else None
+        self.salt_id = salt_id(self._salt)
+        self.previous_id = salt_id(self._previous) if self._previous is not None else None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="querylog", daemon=True)
@@ -67,19 +105,24 @@ class QueryLog:
         self._wake.set()
         self._thread.join(timeout)
 
-    def _client(self, client: str) -> str | None:
+    def _client(self, line: dict[str, object], client: str) -> None:
         mode = self.config.client
-        if mode == "full":
-            return client
-        if mode == "none":
-            return None
-        return hmac.new(self._salt, client.encode(), hashlib.sha256).hexdigest()[:16]
+        if mode != "hashed":
+            line["client"] = client if mode == "full" else None
+            return
+        line["client"] = _pseudonym(self._salt, client)
+        line["salt"] = self.salt_id
+        if self._previous is not None:
+            line["client_previous"] = _pseudonym(self._previous, client)
+            line["salt_previous"] = self.previous_id
 
     def format(self, record: QueryRecord) -> str:
         when, client, group, qname, qtype, outcome, platform, rule, seconds = record
         line: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when * 1000) % 1000:03d}Z",
-            "client": self._client(client),
+        }
+        self._client(line, client)
+        line |= {
             "group": group,
             "name": _name(qname),
             "type": _TYPES.get(qtype, str(qtype)),

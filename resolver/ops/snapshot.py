@@ -33,6 +33,7 @@ class UpstreamSnap:
     latency_buckets: list[int] = field(default_factory=list)
     latency_sum: float = 0.0
     healthy: bool = False
+    answered_ago: float = float("inf")  # seconds since its last good reply (a query or a probe), at ``taken``
 
 
 @dataclass(slots=True)
@@ -94,7 +95,7 @@ def take(*, stats: Stats, cache: Cache, policy: Policy, reloads: ReloadStats, up
         cache_bytes=cache.bytes,
         upstreams={
             name: UpstreamSnap(u.requests, u.errors, u.timeouts, list(u.latency_buckets), u.latency_sum,
-                               u.down_until <= loop_now)
+                               u.down_until <= loop_now, loop_now - u.last_ok)
             for name, u in upstreams.items()
         },
         policy_version=policy.version,
@@ -161,4 +162,5 @@ def merge(parts: list[Snapshot], retired: Snapshot | None = None) -> Snapshot:
         out.open_fds += snap.open_fds
         for name, up in snap.upstreams.items():
             out.upstreams[name].healthy |= up.healthy
+            out.upstreams[name].answered_ago = min(out.upstreams[name].answered_ago, up.answered_ago)
     return out

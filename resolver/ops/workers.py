@@ -1,9 +1,15 @@
 """``--workers N``: N processes share the DNS ports (SO_REUSEPORT), one supervisor watches them.
 
-The supervisor starts each worker as a fresh ``resolver serve`` process (no fork of a running event loop),
+The supervisor first claims the listen addresses (``net.sockets.claim``: refused when anyone holds one, held
+until it exits), then starts each worker as a fresh ``resolver serve`` process (no fork of a running event loop),
 restarts one that dies, forwards SIGHUP (every worker reloads) and SIGTERM (every worker drains, bounded), and
 serves the metrics: each worker sends a Snapshot down a pipe every SNAPSHOT_SECONDS, and the supervisor adds them
 up, keeping what dead workers had counted so no counter goes backwards.
+
+No orphans, no crash loop. A worker follows its supervisor out: the kernel sends it SIGTERM when the supervisor
+dies, even by SIGKILL (``follow_supervisor``), and the snapshot sender notices a closed pipe or a new parent
+where that is not available. A worker that exits START_FAILURES times in a row before it ever reported (it could
+not start: its error line is above) stops the supervisor instead of being restarted for ever.
 
 ``Supervisor`` holds the decisions and ``WorkerProcess`` the plumbing (a process and its pipe), so the decisions
 are tested on a fake clock without processes or sockets.
@@ -12,6 +18,7 @@ are tested on a fake clock without processes or sockets.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import pickle
@@ -20,11 +27,13 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from resolver.config.model import Config, Endpoint
+from resolver.errors import ListenError
+from resolver.net.sockets import claim, reason
 from resolver.ops.metrics import MetricsServer
 from resolver.ops.snapshot import Snapshot, merge
 
@@ -33,6 +42,8 @@ _FRAME = struct.Struct("!I")
 SNAPSHOT_SECONDS = 1.0
 RESTART_BACKOFF = 1.0
 STOP_SECONDS = 10.0
+START_FAILURES = 3  # exits in a row before a first report: the worker cannot start, restarting will not help
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def pin_ports(config: Config) -> Config:
@@ -79,6 +90,8 @@ class Worker:
     index: int
     child: Child | None = None  # None: not started yet, or dead and waiting for its restart
     latest: Snapshot | None = None
+    up: bool = False  # has reported since it was last started
+    failed_starts: int = 0  # exits in a row before a first report
 
 
 class Supervisor:
@@ -87,10 +100,12 @@ class Supervisor:
     and a timer, so the tests drive it with fakes and a fake clock. ``run`` wires it to real processes."""
 
     def __init__(self, count: int, argv: Sequence[str], config: Config, *,
-                 start: Callable[[int], Child] | None = None, timers: Timers | None = None) -> None:
+                 start: Callable[[int], Child] | None = None, timers: Timers | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.count = count
         self.argv = list(argv)
         self.config = config
+        self.env = dict(env or {})  # added to the workers' environment (the query log's run salt)
         self.start_child = start  # index -> a started worker; by default a real process, made in ``run``
         self.timers = timers
         self.workers = [Worker(i) for i in range(count)]
@@ -99,6 +114,7 @@ class Supervisor:
         self.stopping = False
         self.announced = False
         self.done = False
+        self.exit_code = 0
         self.on_done: Callable[[], None] = lambda: None
         self._kill_timer: Cancellable | None = None
 
@@ -108,24 +124,32 @@ class Supervisor:
             self.timers = loop
         if self.start_child is None:
             self.start_child = self._start_process
-        finished = asyncio.Event()
-        self.on_done = finished.set
-        for signame in ("SIGTERM", "SIGINT"):
-            loop.add_signal_handler(getattr(signal, signame), self.stop)
-        loop.add_signal_handler(signal.SIGHUP, self.hup)
-        servers = []
-        if self.config.metrics is not None:
-            m = self.config.metrics
-            metrics = MetricsServer(self.snapshot, self.ready)
-            servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
-        self.start()
-        await finished.wait()
-        for server in servers:
-            server.close()
-        return 0
+        held = claim(self.config.listen)  # before anything starts: an address in use is one error line, exit 2
+        try:
+            finished = asyncio.Event()
+            self.on_done = finished.set
+            for signame in ("SIGTERM", "SIGINT"):
+                loop.add_signal_handler(getattr(signal, signame), self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self.hup)
+            servers = []
+            if self.config.metrics is not None:
+                m = self.config.metrics
+                metrics = MetricsServer(self.snapshot, self.ready)
+                try:
+                    servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
+                except OSError as err:
+                    raise ListenError(f"cannot listen on {m} (metrics): {reason(err)}") from None
+            self.start()
+            await finished.wait()
+            for server in servers:
+                server.close()
+        finally:
+            for sock in held:
+                sock.close()
+        return self.exit_code
 
     def _start_process(self, index: int) -> Child:
-        return WorkerProcess(index, self.argv, self.reported, self.exited)
+        return WorkerProcess(index, self.argv, self.reported, self.exited, self.env)
 
     def _timers(self) -> Timers:
         if self.timers is None:
@@ -142,6 +166,7 @@ class Supervisor:
         if self.start_child is None:
             raise RuntimeError("the supervisor has no way to start a worker: give it one, or start it with run()")
         worker.latest = None
+        worker.up = False
         worker.child = self.start_child(worker.index)
 
     def reported(self, index: int, snap: Snapshot) -> None:
@@ -150,6 +175,8 @@ class Supervisor:
         if worker.child is None:
             return
         worker.latest = snap
+        worker.up = True
+        worker.failed_starts = 0
         # Once every worker has bound its listeners, the service is up.
         if not self.announced and all(w.latest is not None for w in self.workers):
             self.announced = True
@@ -166,6 +193,14 @@ class Supervisor:
         if self.stopping:
             self._finish_if_all_gone()
             return
+        if not worker.up:
+            worker.failed_starts += 1
+            if worker.failed_starts >= START_FAILURES:
+                log.error("worker %d could not start, %d times in a row (exit status %s; its error is above): "
+                          "stopping, since restarting it again would not help", index, worker.failed_starts, status)
+                self.exit_code = status if status is not None and status > 0 else 1
+                self.stop()
+                return
         log.error("worker %d exited (status %s); restarting it in %.0fs", index, status, RESTART_BACKOFF)
 
         def restart() -> None:
@@ -225,19 +260,20 @@ class Supervisor:
 
 
 class WorkerProcess:
-    """The plumbing of one worker: a fresh ``resolver serve --worker INDEX:FD`` process (never a fork of a running
-    event loop) and the pipe it sends its snapshots down. The pipe closing is how its death is noticed."""
+    """The plumbing of one worker: a fresh ``resolver serve --worker INDEX:FD:PID`` process (never a fork of a
+    running event loop; PID is ours, for ``follow_supervisor``) and the pipe it sends its snapshots down. The pipe
+    closing is how its death is noticed."""
 
     def __init__(self, index: int, argv: Sequence[str], reported: Callable[[int, Snapshot], None],
-                 exited: Callable[[int, int | None], None]) -> None:
+                 exited: Callable[[int, int | None], None], env: Mapping[str, str] | None = None) -> None:
         self.index = index
         self.reported = reported
         self.exited = exited
         self.buffer = bytearray()
         read_fd, write_fd = os.pipe()
-        args = [sys.executable, "-m", "resolver", *argv, "--worker", f"{index}:{write_fd}"]
+        args = [sys.executable, "-m", "resolver", *argv, "--worker", f"{index}:{write_fd}:{os.getpid()}"]
         try:
-            self.proc = subprocess.Popen(args, pass_fds=(write_fd,))
+            self.proc = subprocess.Popen(args, pass_fds=(write_fd,), env={**os.environ, **(env or {})})
         except BaseException:
             os.close(read_fd)
             raise
@@ -283,21 +319,55 @@ class WorkerProcess:
             self.reported(self.index, latest)
 
 
+def follow_supervisor(supervisor: int) -> bool:
+    """Worker side, first thing: ask the kernel for SIGTERM when our parent dies, whatever kills it (SIGKILL, the
+    OOM killer), so that no worker outlives its supervisor holding the port with an old policy. False when the
+    supervisor is already gone (it died before we asked): the caller exits."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # no prctl (not Linux): SnapshotSender's checks are what is left
+    return os.getppid() == supervisor
+
+
+class _PipeWatch(asyncio.Protocol):
+    def __init__(self, lost: Callable[[], None]) -> None:
+        self.lost = lost
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:  # the reader went away (None: we closed it ourselves, at shutdown)
+            self.lost()
+
+
 class SnapshotSender:
     """Worker side: a Snapshot every SNAPSHOT_SECONDS down the pipe, skipped (never queued) while the supervisor
-    is behind, so a stalled supervisor cannot make a worker's memory grow."""
+    is behind, so a stalled supervisor cannot make a worker's memory grow.
+
+    It is also the fallback for ``follow_supervisor``: the pipe closing or our parent changing means the
+    supervisor is gone, and the worker stops as if told to (SIGTERM to itself: drain, then exit)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.parent = os.getppid()
         self.transport: asyncio.WriteTransport | None = None
+        self.orphaned = False
 
     async def run(self, take: Callable[[], Snapshot]) -> None:
         loop = asyncio.get_running_loop()
         pipe = os.fdopen(self.fd, "wb", buffering=0)
-        self.transport, _ = await loop.connect_write_pipe(asyncio.Protocol, pipe)
+        self.transport, _ = await loop.connect_write_pipe(lambda: _PipeWatch(self._supervisor_gone), pipe)
         while True:
+            if os.getppid() != self.parent:
+                self._supervisor_gone()
             self.send(take)
             await asyncio.sleep(SNAPSHOT_SECONDS)
+
+    def _supervisor_gone(self) -> None:
+        if not self.orphaned:
+            self.orphaned = True
+            log.error("the supervisor is gone: stopping this worker")
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def send(self, take: Callable[[], Snapshot]) -> None:
         transport = self.transport

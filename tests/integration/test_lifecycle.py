@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,8 +15,17 @@ from pathlib import Path
 import pytest
 
 from tests.support.approvals import approval
-from tests.support.authserver import AuthServer
-from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, query, run_cli, write_config
+from tests.support.authserver import AuthServer, format_address
+from tests.support.resolverproc import (
+    REPO_ROOT,
+    ResolverFactory,
+    ResolverProcess,
+    addresses,
+    free_port,
+    ipv6_loopback_available,
+    query,
+    write_config,
+)
 from tests.support.zone import WWW, WWW_V4
 
 
@@ -83,17 +97,77 @@ def test_sigterm_answers_queries_in_flight_before_it_exits(resolver_factory: Res
     assert time.monotonic() - started < 1 + 5 + 2, "exit took longer than the slow answer plus the drain bound"
 
 
+def _serve_until_exit(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``resolver serve ARGS`` that is expected to give up on its own. In its own session, so that whatever it
+    started is killed with it if it does not (a test that fails must not leave workers behind)."""
+    proc = subprocess.Popen([sys.executable, "-m", "resolver", "serve", *args], cwd=REPO_ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"`resolver serve {' '.join(args)}` was still running after {timeout:.0f}s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """The plain ``error:`` lines, and every log line (JSON) at level error."""
+    return [line for line in stderr.splitlines()
+            if line.startswith("error:") or (line.startswith("{") and json.loads(line)["level"] == "error")]
+
+
+@pytest.mark.parametrize("second_workers", ["1", "2"])
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_second_instance_on_the_same_port_is_one_error_line(resolver_factory: ResolverFactory, auth: AuthServer,
-                                                              workers: str) -> None:
-    """The first keeps the port and keeps answering; the second says why it cannot start, without a traceback.
-    (With several workers the first already shares the port with SO_REUSEPORT among its own processes; a
-    stranger without that option must still be refused.)"""
+                                                              workers: str, second_workers: str) -> None:
+    """The first keeps the port and keeps answering; the second says why it cannot start, without a traceback,
+    and exits 2. (With several workers the first shares the port with SO_REUSEPORT among its own processes; a
+    second resolver must still be refused, whether it has one process or a supervisor of its own.)"""
     first = resolver_factory(workers=int(workers))
-    second = run_cli("serve", "--listen", f"127.0.0.1:{first.port}", "--upstream", auth.address, "--workers", "1",
-                     timeout=20)
+    second = _serve_until_exit("--listen", f"127.0.0.1:{first.port}", "--upstream", auth.address,
+                               "--workers", second_workers)
     lines = [line for line in second.stderr.splitlines() if not line.startswith("{")]
-    assert second.returncode == 1, second.stderr
+    assert second.returncode == 2, second.stderr
     assert lines == [f"error: cannot listen on 127.0.0.1:{first.port} (udp): Address already in use"], second.stderr
+    assert _error_lines(second.stderr) == lines, second.stderr
     assert "Traceback" not in second.stderr
     assert addresses(first.query(WWW, "A"), "A") == [WWW_V4]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(
+    not ipv6_loopback_available(), reason="no IPv6 loopback here"))])
+def test_a_second_supervisor_cannot_join_a_running_one(resolver_factory: ResolverFactory, auth: AuthServer,
+                                                       tmp_path: Path, host: str) -> None:
+    """Both with several workers, so both would bind with SO_REUSEPORT: the second must not join and take part of
+    the traffic with its own policy (here it would answer blocked names with 192.0.2.99, the first with 0.0.0.0).
+    Every one of 200 queries, over UDP and TCP, each from a new source port, gets the first's answer."""
+    first = resolver_factory(None, ["--workers", "2"], listen_host=host)
+    other = write_config(tmp_path / "other.yaml", {"sinkhole": {"mode": "address", "ipv4": ["192.0.2.99"]}})
+    address = format_address(host, first.port)
+    second = _serve_until_exit("-c", str(other), "--listen", address, "--upstream", auth.address, "--workers", "2")
+    assert second.returncode == 2, second.stderr
+    assert _error_lines(second.stderr) == [f"error: cannot listen on {address} (udp): Address already in use"], \
+        second.stderr
+    answers = [addresses(first.query(f"n{i}.tiktok.com", "A", tcp=i % 4 == 0), "A")[0] for i in range(200)]
+    assert set(answers) == {"0.0.0.0"}, f"{answers.count('192.0.2.99')} of 200 answered by the second's policy"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("what", ["dns-udp", "dns-tcp", "metrics"])
+def test_a_port_held_by_another_program_is_one_error_line_and_exit_2(auth: AuthServer, workers: str,
+                                                                     what: str) -> None:
+    """No traceback, no restart loop: with --workers the supervisor finds out before it starts any worker."""
+    port, metrics = free_port(), free_port(udp=False)
+    kind = socket.SOCK_DGRAM if what == "dns-udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as holder:
+        holder.bind(("127.0.0.1", metrics if what == "metrics" else port))
+        if kind == socket.SOCK_STREAM:
+            holder.listen()
+        result = _serve_until_exit("--listen", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{metrics}",
+                                   "--upstream", auth.address, "--workers", workers)
+    named = f"127.0.0.1:{metrics} (metrics)" if what == "metrics" else f"127.0.0.1:{port} ({what[4:]})"
+    assert result.returncode == 2, result.stderr
+    assert _error_lines(result.stderr) == [f"error: cannot listen on {named}: Address already in use"], result.stderr
+    assert "Traceback" not in result.stderr and "restarting" not in result.stderr

@@ -1140,8 +1140,20 @@ def example_on_loopback() -> tuple[dict[str, Any], dict[str, str]]:
             item["networks"] = [t for t in map(on_loopback, item["networks"]) if t is not None and ":" not in t]
         if "clients" in item:
             item["clients"] = [t.split("/")[0] for t in map(on_loopback, item["clients"]) if t and ":" not in t]
+    access = config.get("access") or {}
+    if "allow" in access:
+        # The example's loopback entries stand for this host (127.0.0.1, ::1); every other 127.x.y.z stands for the
+        # 10.x.y.z of a phone, so a loopback client outside the moved pools is a phone outside the VPN's pools.
+        access["allow"] = [moved for moved in (_host_or_moved(n) for n in access["allow"]) if moved is not None]
     assert ME not in {c for g, c in clients.items() if g != "default"}, "127.0.0.1 must stay in the default group"
     return config, clients
+
+
+def _host_or_moved(network: str) -> str | None:
+    net = ipaddress.ip_network(network)
+    if net.is_loopback:
+        return "127.0.0.1/32" if net.version == 4 else "::1/128"
+    return on_loopback(network)
 
 
 def active_exemption(platform: str, group: str) -> dict[str, Any] | None:
@@ -1219,6 +1231,22 @@ def test_example_pilot_pool_monitors_social_media(example_server: tuple[Resolver
     expect_a(server, "web.whatsapp.com", sinkhole_of_example(), client=clients["pilot"])  # messaging: blocked
     got = delta(before, counters(server, "resolver_monitored_total"))
     assert got == {("tiktok", "pilot"): 1}, f"resolver_monitored_total moved by {got}"
+
+
+def test_example_answers_its_vpn_pools_only(example_server: tuple[ResolverProcess, dict[str, str]]) -> None:
+    """A phone in the VPN's pools but in no team (10.20.1.5 -> 127.20.1.5) gets the default group's answer; an
+    address from another private range (10.30.0.1 -> 127.30.0.1) is refused, whatever it asks."""
+    server, _ = example_server
+    pools = [ipaddress.ip_network(n) for n in (example().get("access") or {}).get("allow") or []]
+    def allowed(address: str) -> bool:
+        return any(ipaddress.ip_address(address) in p for p in pools if p.version == 4)
+
+    assert allowed("10.20.1.5") and not allowed("10.30.0.1"), pools
+    expect_a(server, TIKTOK, sinkhole_of_example(), client="127.20.1.5")
+    expect_a(server, WWW, WWW_V4, client="127.20.1.5")
+    for name in (TIKTOK, WWW):
+        reply = query(server.port, name, "A", source="127.30.0.1")
+        assert reply.rcode() == dns.rcode.REFUSED and not reply.answer, show(reply)
 
 
 def test_example_allows_the_organisations_own_domains(

@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.test_metrics import by_label, parse_samples
 from tests.support.authserver import AuthServer
-from tests.support.resolverproc import ResolverFactory, addresses, wait_for
+from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, wait_for
 from tests.support.zone import WWW, WWW_V4
 
 
@@ -124,18 +124,31 @@ def test_health_and_readiness(resolver_factory: ResolverFactory, auth: AuthServe
     server = resolver_factory(metrics=True)
     base = f"http://127.0.0.1:{server.metrics_port}"
     assert _get(base + "/healthz") == (200, "ok\n")
-    # Ready once an upstream has answered (the start-up probe, or a query).
-    assert wait_for(lambda: _get(base + "/readyz")[0] == 200, timeout=10)
+    assert _get(base + "/readyz") == (200, "ready\n")
+    # The start-up probe's answer shows in the verbose checks.
+    assert wait_for(lambda: f"[+]upstream {auth.address} up" in _get(base + "/readyz?verbose")[1], timeout=10)
 
 
-def test_not_ready_while_every_upstream_is_down(resolver_factory: ResolverFactory) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ready_while_every_upstream_is_down_and_verbose_says_so(resolver_factory: ResolverFactory,
+                                                                workers: int) -> None:
+    """Ready means listening with a policy loaded, not "an upstream answers": in an upstream outage every replica
+    must stay in its load balancer, where serve-stale keeps answering phones. /readyz?verbose lists every check,
+    the upstreams as information (resolver_upstream_healthy exports them too)."""
     with AuthServer() as dead:
         dead.set_behaviour("", "silent")
-        server = resolver_factory({"upstream_timeout": 0.3}, upstreams=[dead.address], metrics=True)
+        server = resolver_factory({"upstream_timeout": 0.3}, upstreams=[dead.address], metrics=True,
+                                  workers=workers)
         base = f"http://127.0.0.1:{server.metrics_port}"
         assert wait_for(lambda: dead.count("") >= 1, timeout=10)  # the probe went out and got nothing
         assert _get(base + "/healthz")[0] == 200
-        assert _get(base + "/readyz")[0] == 503
+        assert _get(base + "/readyz") == (200, "ready\n")
+        status, body = _get(base + "/readyz?verbose")
+        lines = body.splitlines()
+        assert status == 200, body
+        assert lines[0] == "[+]listening ok" and lines[1].startswith("[+]policy ok: version "), body
+        assert lines[2].startswith(f"[-]upstream {dead.address} down: no good reply in the last 30s"), body
+        assert lines[-1] == "readyz check passed", body
 
 
 def test_queries_counted_by_qtype(resolver_factory: ResolverFactory) -> None:
@@ -145,3 +158,59 @@ def test_queries_counted_by_qtype(resolver_factory: ResolverFactory) -> None:
     samples = parse_samples(server.metrics_text())
     qtypes = {k: v for k, v in by_label(samples, "resolver_queries_total", "qtype").items() if v}
     assert qtypes == {"A": 2.0, "AAAA": 1.0, "HTTPS": 1.0, "MX": 1.0, "other": 1.0}
+
+
+def _worker_lines(log: Path, workers: int, sent: int) -> list[list[dict[str, object]]]:
+    """Each worker's lines (queries.w0.jsonl, …) once all ``sent`` are written."""
+    files = [log.with_name(f"{log.stem}.w{i}{log.suffix}") for i in range(workers)]
+    assert wait_for(lambda: sum(len(_lines(f)) for f in files if f.exists()) == sent, timeout=15)
+    return [_lines(f) if f.exists() else [] for f in files]
+
+
+def _ask_from_many_ports(server: ResolverProcess, count: int, prefix: str) -> int:
+    # dnspython takes a new source port for each query, so SO_REUSEPORT spreads them over the workers.
+    for i in range(count):
+        assert addresses(server.query(f"{prefix}{i}.tiktok.com", "A"), "A") == ["0.0.0.0"]
+    return count
+
+
+@pytest.mark.parametrize("salt", ["", "configured-secret"])
+def test_one_phone_has_one_pseudonym_in_every_workers_log(resolver_factory: ResolverFactory, tmp_path: Path,
+                                                          salt: str) -> None:
+    """Without a configured salt the supervisor makes one for the run and hands it to every worker; with one,
+    every worker uses it. Either way an analyst sees one pseudonym per phone, and one salt id, across the files."""
+    log = tmp_path / "queries.jsonl"
+    server = resolver_factory({"query_log": {"path": str(log), "salt": salt}}, ["--workers", "2"])
+    sent = _ask_from_many_ports(server, 60, "p")
+    per_worker = _worker_lines(log, 2, sent)
+    assert all(per_worker), "the queries did not reach both workers"
+    pseudonyms = {(line["client"], line["salt"]) for lines in per_worker for line in lines}
+    assert len(pseudonyms) == 1, pseudonyms
+    client, _ = pseudonyms.pop()
+    assert len(str(client)) == 16 and "127.0.0.1" not in log.parent.joinpath(f"{log.stem}.w0.jsonl").read_text()
+
+
+def test_a_configured_salt_keeps_pseudonyms_across_restarts_and_a_rotation_links_old_and_new(
+        resolver_factory: ResolverFactory, tmp_path: Path) -> None:
+    log = tmp_path / "queries.jsonl"
+
+    def run(salt: object, prefix: str) -> list[dict[str, object]]:
+        path = log.with_name(f"{prefix}.jsonl")
+        server = resolver_factory({"query_log": {"path": str(path), "salt": salt}})
+        sent = _ask_from_many_ports(server, 3, prefix)
+        assert wait_for(lambda: path.exists() and len(_lines(path)) == sent, timeout=10)
+        server.stop()
+        return _lines(path)
+
+    first, again = run("old-secret", "first"), run("old-secret", "again")
+    old = {(line["client"], line["salt"]) for line in first + again}
+    assert len(old) == 1, old  # the same phone, the same pseudonym after a restart
+    (pseudonym, old_id), = old
+    rotated = run(["new-secret", "old-secret"], "rotated")
+    new = {(line["client"], line["salt"], line["client_previous"], line["salt_previous"]) for line in rotated}
+    assert len(new) == 1, new
+    (current, new_id, previous, previous_id), = new
+    assert (previous, previous_id) == (pseudonym, old_id)  # the link from the old pseudonym to the new one
+    assert current != pseudonym and new_id != old_id
+    plain = run("", "plain")
+    assert {line["salt"] for line in plain} != {old_id}  # a random salt for that run: a different id

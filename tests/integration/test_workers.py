@@ -10,9 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from resolver.ops.workers import START_FAILURES
 from tests.integration.test_metrics import by_label, parse_samples, total
 from tests.support.approvals import approval
-from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, run_cli, wait_for, write_config
+from tests.support.resolverproc import (
+    ResolverFactory,
+    ResolverProcess,
+    addresses,
+    free_port,
+    run_cli,
+    wait_for,
+    write_config,
+)
 
 
 def _workers(server: ResolverProcess) -> list[int]:
@@ -123,3 +132,39 @@ def test_each_worker_exports_the_policy_version_it_serves(resolver_factory: Reso
     every = [(str(i), second) for i in range(workers)]
     assert wait_for(lambda: _versions(server) == every, timeout=15), server.metrics_text()
     _answered_all(server, [f"v{i}.facebook.com" for i in range(10)], "0.0.0.0")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped (by then it holds no socket)."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_exit_when_their_supervisor_is_killed(resolver_factory: ResolverFactory) -> None:
+    """SIGKILL gives the supervisor no chance to stop its workers: the kernel tells them (PR_SET_PDEATHSIG), and
+    no orphan keeps answering on the port with an old policy. The port is free for the next start."""
+    server = resolver_factory(None, ["--workers", "2"])
+    workers = _workers(server)
+    assert len(workers) == 2 and server.proc is not None
+    server.proc.kill()
+    server.proc.wait()
+    assert wait_for(lambda: not any(_running(pid) for pid in workers), timeout=30), \
+        [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in workers if _running(pid)]
+    again = resolver_factory(None, ["--workers", "2"], port=server.port)
+    assert addresses(again.query("www.tiktok.com", "A"), "A") == ["0.0.0.0"]
+
+
+def test_a_worker_that_cannot_start_stops_the_service_after_a_few_tries() -> None:
+    """A worker refuses an upstream that is one of its own listen addresses (a query loop), which only workers
+    check: the supervisor restarts it a few times, then stops with that worker's status and says why, instead
+    of restarting it for ever."""
+    port = free_port()
+    result = run_cli("serve", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{port}", "--workers", "2",
+                     timeout=120)
+    assert result.returncode == 2, result.stderr
+    refusals = result.stderr.count(f"upstream 127.0.0.1:{port} is one of our own listen addresses")
+    assert START_FAILURES <= refusals <= 2 * START_FAILURES, result.stderr
+    assert f"could not start, {START_FAILURES} times in a row" in result.stderr
+    assert "Traceback" not in result.stderr

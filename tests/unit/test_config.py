@@ -15,8 +15,11 @@ import resolver.config
 from resolver.config.loader import MAX_CONFIG_BYTES, load_config, parse_upstream, with_overrides
 from resolver.config.model import BUNDLED_BLOCKLISTS, Config, Endpoint, QueryLogConfig, TcpConfig
 from resolver.config.yamlfile import MAX_DEPTH, load_yaml
+from resolver.core.access import AccessSpec
+from resolver.core.policy import IPNetwork
 from resolver.errors import ConfigError
 from resolver.lists.platforms import BUNDLED_CATEGORIES, MAX_PLATFORM_BYTES, load_platform, load_platforms
+from resolver.net.sockets import access_warning
 
 PLATFORM = "name: Example\ncategory: social\nowner: Example Inc.\ndomains: [example.com]\nsources: [docs]\n"
 
@@ -165,3 +168,35 @@ def test_tcp_limits_are_read_and_bounded(tmp_path: Path) -> None:
     assert load_config(None).tcp == TcpConfig(10.0, 1024, 32, 128, 10.0, 600.0)
     path.write_text("tcp: {max_lifetime: 0}\n")
     assert refusal(load_config, path) == (f"{path}: tcp.max_lifetime", "must be between 1 and 604800, got 0")
+
+
+# ---------------------------------------------------------------- the shipped configurations
+
+REPO = Path(resolver.__file__).resolve().parent.parent
+SHIPPED = sorted((REPO / "deploy").glob("*.yaml"))
+BROAD = set(AccessSpec().allow)  # the default: every private, CGNAT and link-local range
+
+
+def inside(a: IPNetwork, b: IPNetwork) -> bool:
+    return a.version == b.version and a.subnet_of(b)  # type: ignore[arg-type]
+
+
+def test_every_shipped_config_is_checked_here() -> None:
+    assert [p.name for p in SHIPPED] == ["docker.yaml", "example-force.yaml"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_configs_answer_only_this_host_and_the_documented_vpn_pools(path: Path) -> None:
+    config = load_config(path)
+    pools = [n for n in config.access.allow if not n.is_loopback]
+    assert pools, f"{path.name}: no VPN pool in access.allow"
+    readme = (REPO / "README.md").read_text()
+    for pool in pools:
+        assert not any(inside(b, pool) for b in BROAD), f"{path.name}: {pool} is a whole private range, not a pool"
+        assert f"`{pool}`" in readme, f"{path.name}: {pool} is not among README's documented pools"
+    # A team's pool the access list refused would be an outage for that team.
+    for group in config.policy.spec.groups:
+        for network in group.networks:
+            assert any(inside(network, p) for p in pools), \
+                f"{path.name}: group {group.name}'s {network} is outside access.allow"
+    assert access_warning(config.listen, config.access) is None

@@ -26,7 +26,7 @@ def _policy() -> Policy:
 
 def _take(stats: Stats, *, loop_now: float = 100.0, down_until: float = 0.0, ready: bool = True,
           worker: int = 0) -> Snapshot:
-    upstream = UpstreamStats(requests=5, errors=1, timeouts=2, down_until=down_until)
+    upstream = UpstreamStats(requests=5, errors=1, timeouts=2, down_until=down_until, last_ok=90.0)
     return take(stats=stats, cache=Cache(CacheLimits()), policy=_policy(),
                 reloads=ReloadStats(ok=3, failed=2, refused=1, loaded_at=50.0), upstreams={"192.0.2.1:53": upstream},
                 loop_now=loop_now, tcp_rejected=4, querylog=(7, 1), ready=ready, started=10.0, worker=worker)
@@ -52,7 +52,7 @@ def test_take_copies_the_numbers_and_exports_every_blocked_platform_from_zero() 
     assert snap.counters["reloads_failed"] == 2 and snap.counters["reloads_refused"] == 1
     assert snap.querylog == (7, 1) and snap.loaded_at == 50.0 and snap.started == 10.0 and snap.ready
     assert {p[0]: p[2] for p in snap.platforms} == {"tiktok": True, "facebook": True, "travel": False}
-    assert snap.upstreams["192.0.2.1:53"] == UpstreamSnap(5, 1, 2, [0] * len(snap.buckets[0]), 0.0, True)
+    assert snap.upstreams["192.0.2.1:53"] == UpstreamSnap(5, 1, 2, [0] * len(snap.buckets[0]), 0.0, True, 10.0)
     # A copy: what the server counts afterwards does not reach a snapshot already sent.
     stats.observe(UDP, 0, BLOCKED, 0.001)
     stats.blocked[("tiktok", "default")] = 2
@@ -124,3 +124,12 @@ def test_merge_adds_the_connection_and_descriptor_gauges_of_the_living_only() ->
     out = merge([replace(_snap(1), tcp_connections=3, open_fds=40), replace(_snap(1), tcp_connections=2,
                                                                              open_fds=30)], retired)
     assert out.tcp_connections == 5 and out.open_fds == 70
+
+
+def test_merge_keeps_the_freshest_good_reply_of_an_upstream() -> None:
+    """/readyz?verbose shows an upstream up when any worker heard from it lately: each asks it on its own."""
+    parts = [_snap(1), _snap(2), _snap(3)]
+    for part, ago in zip(parts, (40.0, 5.0, float("inf")), strict=True):
+        part.upstreams["u"].answered_ago = ago
+    assert merge(parts).upstreams["u"].answered_ago == 5.0
+    assert merge([parts[2]], retired=parts[1]).upstreams["u"].answered_ago == float("inf")  # the dead one's is old

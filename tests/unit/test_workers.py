@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,7 +19,7 @@ import pytest
 
 from resolver.config.model import Config
 from resolver.ops.snapshot import Snapshot
-from resolver.ops.workers import RESTART_BACKOFF, STOP_SECONDS, Supervisor
+from resolver.ops.workers import RESTART_BACKOFF, START_FAILURES, STOP_SECONDS, Supervisor
 
 
 @dataclass
@@ -113,7 +116,7 @@ def test_ready_only_when_every_worker_has_reported_ready(sup: Supervisor) -> Non
     sup.reported(0, snap(1))
     assert not sup.ready() and not sup.announced  # one worker bound its ports; the other may not yet
     sup.reported(1, snap(1, ready=False))
-    assert sup.announced and not sup.ready()  # both listen, but one has no healthy upstream yet
+    assert sup.announced and not sup.ready()  # both have bound, but one is already shutting down
     sup.reported(1, snap(1))
     assert sup.ready()
 
@@ -221,3 +224,59 @@ def test_sighup_reaches_a_restarted_worker(sup: Supervisor, clock: FakeClock, pl
 def test_no_snapshot_before_any_worker_reported(sup: Supervisor) -> None:
     with pytest.raises(RuntimeError):
         sup.snapshot()
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor_after_a_few_tries(sup: Supervisor, clock: FakeClock,
+                                                                           plant: Plant) -> None:
+    """Dying before its first report means it could not start (a config only a worker reads, a port only a worker
+    binds): the same again is no help, so after START_FAILURES in a row the service stops with that exit status."""
+    sup.reported(1, snap(1))  # the other worker is fine
+    for attempt in range(1, START_FAILURES):
+        sup.exited(0, 2)
+        assert not sup.stopping
+        clock.advance(RESTART_BACKOFF)
+        assert len(plant.of(0)) == attempt + 1
+    sup.exited(0, 2)
+    assert sup.stopping and sup.exit_code == 2
+    assert plant.of(1)[0].signals == [signal.SIGTERM]
+    clock.advance(RESTART_BACKOFF * 2)
+    assert len(plant.of(0)) == START_FAILURES  # no further try
+    sup.exited(1, 0)
+    assert sup.done
+
+
+def test_a_worker_killed_at_start_by_a_signal_stops_it_with_status_1(sup: Supervisor, clock: FakeClock) -> None:
+    for _ in range(START_FAILURES):
+        sup.exited(0, -9)
+        clock.advance(RESTART_BACKOFF)
+    assert sup.stopping and sup.exit_code == 1
+
+
+def test_a_worker_that_ran_is_restarted_however_often_it_dies(sup: Supervisor, clock: FakeClock,
+                                                              plant: Plant) -> None:
+    for _ in range(START_FAILURES * 2):
+        sup.reported(0, snap(1))
+        sup.exited(0, -9)
+        clock.advance(RESTART_BACKOFF)
+    assert not sup.stopping and len(plant.of(0)) == START_FAILURES * 2 + 1 and sup.exit_code == 0
+
+
+def test_failed_starts_count_only_in_a_row(sup: Supervisor, clock: FakeClock, plant: Plant) -> None:
+    for _ in range(2):
+        for _ in range(START_FAILURES - 1):
+            sup.exited(0, 2)
+            clock.advance(RESTART_BACKOFF)
+        sup.reported(0, snap(1))  # this start worked: the count begins again
+        sup.exited(0, -9)
+        clock.advance(RESTART_BACKOFF)
+    assert not sup.stopping and len(plant.of(0)) == 2 * START_FAILURES + 1
+
+
+def test_a_worker_follows_a_living_supervisor_only() -> None:
+    """``follow_supervisor`` in a child of this test: True under its real parent, False under a wrong pid (a
+    supervisor that died before the worker asked). Run in a child, since it asks for a signal on parent death."""
+    script = ("import os, sys\nfrom resolver.ops.workers import follow_supervisor\n"
+              "print(follow_supervisor(int(sys.argv[1])), follow_supervisor(int(sys.argv[1]) + 1))")
+    out = subprocess.run([sys.executable, "-c", script, str(os.getpid())], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.split() == ["True", "False"]
