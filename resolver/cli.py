@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import ipaddress
 import logging
 import os
@@ -22,7 +21,7 @@ from resolver.config.policy import parse_duration
 from resolver.core import order
 from resolver.core.client import canonical_client
 from resolver.core.guard import Approval
-from resolver.core.policy import ACTION_NAMES, BLOCK, Exemption, Policy, Verdict
+from resolver.core.policy import ACTION_NAMES, BLOCK, Exemption, Policy, Verdict, utc_text
 from resolver.errors import ConfigError, ListenError, ResolverError
 from resolver.lists.formats import normalise_name
 from resolver.lists.load import Loaded, load_policy
@@ -257,7 +256,7 @@ def _check(config: Config, loaded: Loaded) -> None:
     out("required for the default group: " + (", ".join(guard.required) + " (all blocked)" if guard.required
                                                 else "nothing (policy.required)") + "\n")
     out("approved changes: " + ("; ".join(f"{a.reference} ({_approved(a)}) by {a.approved_by}, until "
-                                           f"{_when(a.expires)}{' [expired]' if a.expires <= now else ''}"
+                                           f"{utc_text(a.expires)}{' [expired]' if a.expires <= now else ''}"
                                            for a in guard.approvals) or "none") + "\n")
     bypass = policy.spec.bypass
     out("bypass defences: " + ", ".join(f"{k} {'on' if getattr(bypass, k) else 'off'}" for k in
@@ -362,17 +361,13 @@ def _explain_exemptions(verdict: Verdict, exemption: Exemption | None, index: in
         applies = "applies" if e is exemption else "does not cover this client" if e.state(now) == "active" \
             else e.state(now)
         out(f"  {index + 1} exemption {e.reference} ({', '.join(sorted(e.platforms))}) approved by {e.approved_by}, "
-            f"{_when(e.starts)} to {_when(e.expires)}: {applies}{mark if e is exemption else ''}\n")
+            f"{utc_text(e.starts)} to {utc_text(e.expires)}: {applies}{mark if e is exemption else ''}\n")
 
 
 def _shown(path: str) -> str:
     """A file under the current directory as a relative path, as the operator would type it."""
     cwd = os.getcwd() + os.sep
     return path[len(cwd):] if path.startswith(cwd) else path
-
-
-def _when(moment: float) -> str:
-    return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _match_text(policy: Policy, entry: str) -> str:
@@ -407,8 +402,7 @@ def _exemptions(config: Config, loaded: Loaded, expiring: str | None) -> None:
         state = e.state(now)
         if horizon is not None and not (state != "expired" and e.expires - now <= horizon):
             continue
-        who = ", ".join([*sorted(e.clients), *(str(n) for n in e.networks), *(f"group:{g}" for g in sorted(e.groups)),
-                         *(f"id:{c}" for c in sorted(e.client_ids))])
+        who = ", ".join(e.who())
         rows.append((state, e, who))
     out = sys.stdout.write
     if not rows:
@@ -417,8 +411,8 @@ def _exemptions(config: Config, loaded: Loaded, expiring: str | None) -> None:
     for state, e, who in rows:
         left = e.expires - now
         due = f"expires in {left / 86400:.1f} days" if state != "expired" else "expired"
-        out(f"{state:<8} {e.reference:<14} {','.join(sorted(e.platforms)):<16} {_when(e.starts)} -> "
-            f"{_when(e.expires)}  ({due})\n         for {who}; approved by {e.approved_by}: {e.reason}\n")
+        out(f"{state:<8} {e.reference:<14} {','.join(sorted(e.platforms)):<16} {utc_text(e.starts)} -> "
+            f"{utc_text(e.expires)}  ({due})\n         for {who}; approved by {e.approved_by}: {e.reason}\n")
 
 
 def main_exit() -> None:

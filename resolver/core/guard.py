@@ -13,11 +13,10 @@ laxer group, is compared like any other group whose blocks shrank.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from resolver.core.policy import ALLOW, BLOCK, Exemption, Group, Policy
+from resolver.core.policy import ALLOW, BLOCK, Exemption, Group, Policy, utc_text
 
 BYPASS_SWITCHES = ("firefox_canary", "private_relay", "ddr", "doh_servers", "cname_cloaking")
 
@@ -273,12 +272,6 @@ def _exemption_key(e: Exemption) -> tuple[object, ...]:
 
 
 def _exemption_text(e: Exemption) -> str:
-    who = [*sorted(e.clients), *(str(n) for n in e.networks), *(f"group:{g}" for g in sorted(e.groups)),
-           *(f"id:{c}" for c in sorted(e.client_ids))]
-    return (f"{', '.join(sorted(e.platforms))} for {', '.join(who)}, approved by {e.approved_by}, "
-            f"until {_iso(e.expires)}")
-
-
-def _iso(moment: float) -> str:
-    return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (f"{', '.join(sorted(e.platforms))} for {', '.join(e.who())}, approved by {e.approved_by}, "
+            f"until {utc_text(e.expires)}")
 

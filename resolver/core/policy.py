@@ -10,6 +10,7 @@ walks it to make each Verdict, and ``resolver explain`` walks it to show the ste
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import struct
 from collections.abc import Iterable, Iterator, Sequence
@@ -76,6 +77,11 @@ class Group:
     client_ids: frozenset[str] = frozenset()
 
 
+def utc_text(moment: float) -> str:
+    """A Unix time as operators read and write it in configs: ISO 8601, UTC, to the second."""
+    return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def exemption_state(now: float, starts: float, expires: float) -> str:
     """pending before ``starts``, active until ``expires`` (exclusive), expired after."""
     return "pending" if now < starts else "expired" if now >= expires else "active"
@@ -99,6 +105,11 @@ class Exemption:
 
     def state(self, now: float) -> str:
         return exemption_state(now, self.starts, self.expires)
+
+    def who(self) -> list[str]:
+        """Whom it covers, as ``resolver exemptions`` and ``resolver diff`` print it."""
+        return [*sorted(self.clients), *(str(n) for n in self.networks), *(f"group:{g}" for g in sorted(self.groups)),
+                *(f"id:{c}" for c in sorted(self.client_ids))]
 
     def covers(self, client: str, group: str, client_id: str | None) -> bool:
         if client in self.clients or group in self.groups or (client_id is not None and client_id in self.client_ids):

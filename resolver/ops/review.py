@@ -7,7 +7,6 @@ it per group for a change-advisory board; ``audit_event`` is the one JSON record
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from resolver.config.changes import Guard
 from resolver.config.loader import load_config
 from resolver.config.model import Config
 from resolver.core.guard import Approval, Change, Side, approvals_used, categories_of, compare, unapproved
+from resolver.core.policy import utc_text
 from resolver.errors import ConfigError
 from resolver.lists.load import Loaded, load_policy
 
@@ -68,7 +68,7 @@ def audit_event(result: str, why: str, old_version: str, new_version: str | None
         event["changes"] = [{"kind": c.kind, "subject": c.subject, "group": c.group, "effect": c.effect,
                              "detail": c.detail, "reduction": c.reduction} for c in outcome.changes[:AUDIT_ITEMS]]
         event["approvals"] = [{"reference": a.reference, "approved_by": a.approved_by, "reason": a.reason,
-                               "expires": _iso(a.expires)} for a in outcome.approvals]
+                               "expires": utc_text(a.expires)} for a in outcome.approvals]
     return event
 
 
@@ -127,6 +127,3 @@ def _mark(change: Change, refused: bool) -> str:
         return ""
     return "  [reduction: NOT APPROVED]" if refused else "  [reduction: approved]"
 
-
-def _iso(moment: float) -> str:
-    return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
