@@ -92,15 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = make_config()
         if args.command == "serve":
             ensure_fds(config)  # before anything is bound or a worker started: workers inherit the raised limit
-            if args.check_against and args.worker is None:  # the supervisor checked for its workers
-                _check_against(args.check_against, config)
             if args.workers is None:
                 args.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             if args.workers < 1:
                 raise ConfigError("--workers", "must be at least 1")
             if args.workers > 1 and args.worker is None:
                 return _supervise(list(argv if argv is not None else sys.argv[1:]), config, args)
-            return _serve(make_config, config, args.log_level, args.log_format, args.worker)
+            return _serve(make_config, config, args.log_level, args.log_format, args.worker, args.check_against)
         loaded = load_policy(config, strict=args.command == "check")  # check: a public-suffix entry is an error
         if args.command == "check":
             _check(config, loaded)
@@ -136,11 +134,10 @@ def _diff(old_path: str, new_path: str) -> int:
     return 1 if outcome.refused else 0
 
 
-def _check_against(old_path: str, config: Config) -> None:
-    """``serve --check-against``: the first policy passes the same review as a reload would."""
+def _check_against(old_path: str, config: Config, loaded: Loaded) -> None:
+    """``serve --check-against``: the policy about to serve passes the same review as a reload would."""
     old_config, old = load_side(old_path)
-    outcome = review(old.side(), load_policy(config).side(), config.policy.guard, time.time(),
-                     old_config.policy.guard)
+    outcome = review(old.side(), loaded.side(), config.policy.guard, time.time(), old_config.policy.guard)
     if outcome.refused:
         raise ConfigError("--check-against", f"refusing to start against {old_path}: {outcome.refusal()}")
 
@@ -158,7 +155,9 @@ def _supervise(argv: list[str], config: Config, args: argparse.Namespace) -> int
     from resolver.ops.workers import Supervisor, pin_ports
 
     logs.setup(args.log_level, args.log_format)
-    load_policy(config)  # refuse a bad config here, once, rather than in N workers
+    loaded = load_policy(config)  # refuse a bad config here, once, rather than in N workers
+    if args.check_against:  # here too, once: the workers are not asked again
+        _check_against(args.check_against, config, loaded)
     config = pin_ports(config)
     _warn_if_open(config)
     worker_argv: list[str] = []
@@ -184,7 +183,7 @@ def _supervise(argv: list[str], config: Config, args: argparse.Namespace) -> int
 
 
 def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: str,
-           worker: str | None = None) -> int:
+           worker: str | None = None, check_against: str | None = None) -> int:
     logs.setup(level, fmt)
     from resolver.app import Server
     from resolver.ops.querylog import with_run_salt
@@ -204,6 +203,8 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
     # it; on failure the resolver still starts (without that list) and keeps trying.
     fetch_missing(config)
     loaded = load_policy(config)
+    if check_against and worker is None:  # a supervisor has checked for its workers
+        _check_against(check_against, config, loaded)
 
     async def run() -> None:
         server = Server(make_config, config, loaded, worker=index, snapshot_fd=fd)

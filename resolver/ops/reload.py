@@ -228,7 +228,7 @@ class Reloader:
         """A build succeeded: serve its policy from the next query on, and log what changed."""
         new = Summary.of(loaded)
         self._audit(audit_event("accepted", why, self.summary.version, new.version, outcome))
-        self.side = loaded.side()
+        self.side = outcome.new if outcome is not None else loaded.side()
         self.pipeline.swap(loaded.policy)  # only the policy is kept: the list summaries go with ``loaded``
         _settle()
         self.config = config

@@ -28,6 +28,7 @@ class Review:
     changes: list[Change]
     refused: list[Change]  # reductions that no active approval covers
     approvals: list[Approval]  # the approvals that covered some reduction
+    new: Side  # what was reviewed: kept by a reload that takes it, to compare the next one with
 
     @property
     def reductions(self) -> list[Change]:
@@ -48,7 +49,7 @@ def review(old: Side, new: Side, guard: Guard, now: float, old_guard: Guard | No
     changes = compare(old, new, limits)
     categories = categories_of(old.policy) | categories_of(new.policy)
     return Review(changes, unapproved(changes, guard.approvals, now, categories),
-                  approvals_used(changes, guard.approvals, now, categories))
+                  approvals_used(changes, guard.approvals, now, categories), new)
 
 
 def audit_event(result: str, why: str, old_version: str, new_version: str | None, outcome: Review | None,
