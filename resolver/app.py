@@ -25,6 +25,7 @@ from resolver.core.pipeline import Pipeline
 from resolver.core.stats import Stats
 from resolver.errors import ConfigError, ListenError
 from resolver.lists.load import Loaded
+from resolver.net.encrypted import EncryptedListeners, proxied_tcp
 from resolver.net.forwarder import Forwarder
 from resolver.net.listeners import TcpListener, UdpListener
 from resolver.net.sockets import bind_tcp, bind_udp
@@ -77,6 +78,7 @@ class Server:
         self.forwarder = Forwarder(self.pipeline, self.upstreams)
         self.tcp = TcpListener(self.pipeline, self.forwarder, config.tcp.idle_timeout, config.tcp.max_connections,
                                config.tcp.max_per_client)
+        self.encrypted = EncryptedListeners(config, self.pipeline, self.forwarder)  # DoT, DoH (none unless configured)
         self.tasks = TaskSet()  # reloads: drained on shutdown
         self.background = TaskSet()  # endless loops (watchers, refreshers): cancelled
         self.closers: list[Callable[[], None]] = []
@@ -104,11 +106,17 @@ class Server:
         # the hundreds of questions in flight survive and are promoted, to be walked again by the older
         # collections, a large share of a forwarded query's CPU (tests/load/RESULTS.md).
         gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
+        proxied = proxied_tcp(self.config, self.tcp.handle)  # PROXY v2 from trusted balancers
         for endpoint in self.config.listen:
             tcp, port = self._listen(endpoint)
-            server = await asyncio.start_server(self.tcp.handle, sock=tcp, backlog=1024)
+            if proxied is not None:
+                server = await loop.create_server(proxied, sock=tcp, backlog=1024)
+            else:
+                server = await asyncio.start_server(self.tcp.handle, sock=tcp, backlog=1024)
             self.servers.append(server)
             self.bound.append(str(Endpoint(endpoint.host, port)))
+        await self.encrypted.start(self.worker is not None)
+        self.servers += self.encrypted.servers
         if self.config.metrics is not None:
             metrics = MetricsServer(self.snapshot, self.ready)
             m = self.config.metrics
@@ -122,6 +130,8 @@ class Server:
             loop.add_signal_handler(getattr(signal, signame), self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self.tasks.spawn(self._reload("SIGHUP")))
         self.background.spawn(self.reloader.watch())
+        if self.encrypted.contexts is not None:
+            self.background.spawn(self.encrypted.contexts.watch())  # certificate rotation
         self.background.spawn(self._report_monitored())
         self.background.spawn(self._probe_upstreams())
         for source in self.config.policy.lists:
@@ -131,6 +141,8 @@ class Server:
             sender = SnapshotSender(self.snapshot_fd)
             self.background.spawn(sender.run(self.snapshot))
         what = "resolver ready" if self.worker is None else f"worker {self.worker} ready"
+        if self.encrypted.bound:
+            log.info("encrypted dns: %s", ", ".join(self.encrypted.bound))
         log.info("%s: dns %s (udp+tcp), upstreams %s, metrics %s, policy %s, build %s", what,
                  " ".join(self.bound), " ".join(str(e) for e in self.upstreams.endpoints),
                  self.config.metrics or "off", self.pipeline.policy.version, build())

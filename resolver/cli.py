@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--upstream", action="append", metavar="ADDR[:PORT]", help="upstream resolver (repeatable)")
     serve.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics over HTTP here")
     serve.add_argument("--blocklist", action="append", metavar="FILE", help="extra list blocked for every client")
+    serve.add_argument("--dot", action="append", metavar="ADDR:PORT", help="serve DNS over TLS here (repeatable)")
+    serve.add_argument("--doh", action="append", metavar="ADDR:PORT", help="serve DNS over HTTPS here (repeatable)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM) for --dot and --doh")
+    serve.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
                        help="stderr log format (auto: text on a terminal, JSON lines otherwise)")
@@ -84,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def make_config() -> Config:
         return with_overrides(load_config(args.config), listen=getattr(args, "listen", None),
                               upstreams=getattr(args, "upstream", None), metrics=getattr(args, "metrics", None),
-                              blocklists=args.blocklist)
+                              blocklists=args.blocklist,
+                              encrypted={k: getattr(args, k, None) for k in ("dot", "doh", "tls_cert", "tls_key")})
 
     def command() -> int:
         config = make_config()

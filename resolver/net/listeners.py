@@ -106,9 +106,11 @@ class TcpListener:
         self.by_client: dict[str, int] = {}
         self.rejected = 0
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     proxied: str | None = None) -> None:
+        """``proxied``: the client a trusted balancer's PROXY v2 header named (net/proxy.py), else the peer."""
         peer = writer.get_extra_info("peername")
-        client = canonical_client(peer[0]) if peer else ""  # the per-client cap counts the phone, not the form
+        client = proxied or (canonical_client(peer[0]) if peer else "")  # the per-client cap counts the phone
         # One client may not take the whole connection table: a per-client cap below the total one.
         if self.connections >= self.max_connections or self.by_client.get(client, 0) >= self.per_client:
             self.rejected += 1
