@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from resolver.config.model import Config, Endpoint
 from resolver.core.pipeline import Pipeline
+from resolver.net.doh import doh_session
 from resolver.net.dot import DotSession
 from resolver.net.listeners import Forwarder
 from resolver.net.proxy import Handler, ProxyTcp
@@ -45,6 +46,9 @@ class EncryptedListeners:
     def _dot(self, conn: TlsConnection, alpn: str | None) -> Session:
         return DotSession(conn, self.pipeline, self.forwarder)
 
+    def _doh(self, conn: TlsConnection, alpn: str | None) -> Session:
+        return doh_session(conn, alpn, self.pipeline, self.forwarder)
+
     async def start(self, shared: bool) -> None:
         """Bind every DoT and DoH address (``shared``: with SO_REUSEPORT, for --workers)."""
         contexts = self.contexts
@@ -52,7 +56,7 @@ class EncryptedListeners:
             return
         e = self.config.encrypted
         loop = asyncio.get_running_loop()
-        kinds = (("dot", e.dot, lambda: contexts.dot, self._dot),)
+        kinds = (("dot", e.dot, lambda: contexts.dot, self._dot), ("doh", e.doh, lambda: contexts.doh, self._doh))
         ports: dict[str, int] = {}
         for kind, endpoints, context, session in kinds:
             listener = TlsListener(context, e.tls.server_name, session, self.table, self.config.tcp.idle_timeout,
