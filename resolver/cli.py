@@ -93,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def command() -> int:
         config = make_config()
+        if args.command in ("serve", "check") and config.encrypted.listening:
+            from resolver.net.tlsconf import check_certificate
+            check_certificate(config.encrypted.tls)  # a bad certificate is one error line, before anything starts
         if args.command == "serve":
             if args.check_against and args.worker is None:  # the supervisor checked for its workers
                 _check_against(args.check_against, config)

@@ -65,6 +65,12 @@ def client_id_of(sni: str | None, server_name: str) -> str | None:
     return None
 
 
+def check_certificate(config: TlsConfig) -> None:
+    """Refuse, as one ``ConfigError``, a certificate pair the listeners could not serve (``serve``, ``check``)."""
+    if config.cert is not None and config.key is not None:
+        make_context(config.cert, config.key, DOT_ALPN)
+
+
 def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
