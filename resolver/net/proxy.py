@@ -74,6 +74,8 @@ def sniff(data: bytes) -> Sniffed:
 def header(client: str, port: int, server: str, server_port: int) -> bytes:
     """A PROXY v2 header for a TCP connection from ``client`` (what a balancer sends; for tests and tools)."""
     src, dst = ipaddress.ip_address(client), ipaddress.ip_address(server)
+    if src.version != dst.version:
+        raise ValueError("a PROXY v2 header's addresses are of one family")
     family = _INET if src.version == 4 else _INET6
     body = src.packed + dst.packed + port.to_bytes(2, "big") + server_port.to_bytes(2, "big")
     return SIGNATURE + bytes((_PROXY, family << 4 | 0x1)) + len(body).to_bytes(2, "big") + body
