@@ -12,6 +12,7 @@ import functools
 from collections.abc import Callable
 
 from resolver.config.model import Config, Endpoint
+from resolver.core.ddr import Ddr
 from resolver.core.pipeline import Pipeline
 from resolver.net.doh import doh_session
 from resolver.net.dot import DotSession
@@ -67,6 +68,8 @@ class EncryptedListeners:
                 ports.setdefault(kind, port)
                 self.servers.append(await loop.create_server(listener, sock=sock, backlog=1024))
                 self.bound.append(f"{kind} {Endpoint(endpoint.host, port)}")
+        if e.ddr_advertise:  # (the ports as bound)
+            self.pipeline.ddr = Ddr(e.tls.server_name, ports.get("dot"), ports.get("doh"))
 
     def close(self) -> None:
         for server in self.servers:
