@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
                                                  "blocklists directory under the built-in policy)")
     diff.add_argument("new", metavar="NEW", help="the same, for the proposed policy")
 
+    profile = sub.add_parser("profile", help="print a device profile that points a phone at this resolver over "
+                                             "DoH or DoT (apple: .mobileconfig); --csv writes one per row")
+    from resolver.ops.profile import add_arguments as profile_arguments
+    profile_arguments(profile)
+
     exemptions = sub.add_parser("exemptions", help="list exemptions with their state (pending, active, expired)")
     exemptions.add_argument("-c", "--config")
     exemptions.add_argument("--expiring", metavar="DURATION", help="only those expiring within DURATION (e.g. 7d)")
@@ -84,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "diff":
         return _guarded(lambda: _diff(args.old, args.new))
+    if args.command == "profile":
+        from resolver.ops.profile import command as profile_command
+        return _guarded(lambda: profile_command(args))
 
     def make_config() -> Config:
         return with_overrides(load_config(args.config), listen=getattr(args, "listen", None),
