@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("name")
     explain.add_argument("-c", "--config")
     explain.add_argument("--client", default="127.0.0.1", help="client address (default 127.0.0.1)")
+    explain.add_argument("--client-id", metavar="ID", help="the client id a DoT/DoH phone carries")
     explain.add_argument("--blocklist", action="append", metavar="FILE")
 
     diff = sub.add_parser("diff", help="what changes from OLD to NEW, per group; exits 1 on a reduction NEW does "
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "exemptions":
             _exemptions(config, loaded, args.expiring)
         else:
-            _explain(config, loaded, args.name, args.client)
+            _explain(config, loaded, args.name, args.client, args.client_id)
         return 0
 
     return _guarded(command)
@@ -289,7 +290,7 @@ def _summary(platform_ids: frozenset[str], loaded: Loaded) -> str:
     return ", ".join(parts + sorted(left))
 
 
-def _explain(config: Config, loaded: Loaded, name: str, client: str) -> None:
+def _explain(config: Config, loaded: Loaded, name: str, client: str, client_id: str | None = None) -> None:
     try:
         client = canonical_client(str(ipaddress.ip_address(client)))
     except ValueError:
@@ -300,11 +301,13 @@ def _explain(config: Config, loaded: Loaded, name: str, client: str) -> None:
         raise ConfigError("NAME", f"{name!r}: {err}") from None
     policy = loaded.policy
     out = sys.stdout.write
-    gi = policy.group_of(client)
+    gi = policy.group_of(client, client_id)
     group = policy.groups[gi]
-    why = next((f"network {n}" for n, i in policy.by_network if i == gi and ipaddress.ip_address(client) in n),
-               "in no group's networks")
-    out(f"name: {normal}\nclient: {client}\ngroup: {group.name} ({why})\n")
+    why = f"client id {client_id}" if client_id is not None and policy.by_client_id.get(client_id) == gi else next(
+        (f"network {n}" for n, i in policy.by_network if i == gi and ipaddress.ip_address(client) in n),
+        "in no group's networks")
+    out(f"name: {normal}\nclient: {client}\n" + (f"client id: {client_id}\n" if client_id is not None else "")
+        + f"group: {group.name} ({why})\n")
     along = policy.trie.along(normal.encode("ascii").split(b"."))
     if not along:
         out("steps: no special name, allow entry, platform or list covers this name\n"
@@ -316,7 +319,7 @@ def _explain(config: Config, loaded: Loaded, name: str, client: str) -> None:
     depth = min(d for d, v in along if v[gi] is verdict)
     entry = ".".join(normal.split(".")[-depth:])
     claims = verdict.rules
-    exemption = policy.exemption_for(verdict, client, None, time.time()) if verdict.action == BLOCK else None
+    exemption = policy.exemption_for(verdict, client, client_id, time.time()) if verdict.action == BLOCK else None
     decided = order.decide(claims, group, verdict.exemptions)[0]
     if exemption is not None:
         decided = order.EXEMPTIONS  # it lifts the block the later step gave
