@@ -89,7 +89,9 @@ class H2Session:
     def __init__(self, conn: TlsConnection, handler: DohHandler) -> None:
         self.conn = conn
         self.handler = handler
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # Our own response headers are fixed and well formed: h2 need not check and normalise them each time.
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(config)
         self.h2.local_settings.max_header_list_size = MAX_HEADERS
         self.h2.initiate_connection()

@@ -101,6 +101,9 @@ class TlsConnection(asyncio.Protocol):
         self.session: Session | None = None
         self.last = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        # While the session reads one batch of bytes, what it sends is gathered and written once at the end: one
+        # write (a system call) for a batch of pipelined answers rather than one each.
+        self.corked: list[bytes] | None = None
         self.loop = asyncio.get_running_loop()
 
     # -- asyncio ---------------------------------------------------------------------------------------------------
@@ -184,7 +187,8 @@ class TlsConnection(asyncio.Protocol):
             sni = tls.sni if isinstance(tls, PhoneSSLObject) else None
             self.client_id = client_id_of(sni, self.listener.server_name)
             self.session = self.listener.session(self, tls.selected_alpn_protocol())
-        while self.transport is not None:
+        chunks = []
+        while True:
             try:
                 chunk = tls.read(READ_CHUNK)
             except ssl.SSLWantReadError:
@@ -194,10 +198,18 @@ class TlsConnection(asyncio.Protocol):
                 break
             except (ssl.SSLError, OSError):
                 self.abort()
-                break
+                return
             if not chunk:
                 break
-            self.session.received(chunk)
+            chunks.append(chunk)  # (a record each: a client writing query by query sends many per read)
+        if chunks and self.transport is not None:
+            self.corked = []
+            try:
+                self.session.received(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+            finally:
+                corked, self.corked = self.corked, None
+            if corked:
+                self._write(corked)
         self._flush()
 
     def _flush(self) -> None:
@@ -209,10 +221,18 @@ class TlsConnection(asyncio.Protocol):
 
     def send(self, data: bytes) -> None:
         """Encrypt and write ``data`` (dropped once the connection is closing)."""
+        if self.corked is not None:
+            self.corked.append(data)
+            return
+        self._write((data,))
+
+    def _write(self, pieces: list[bytes] | tuple[bytes]) -> None:
+        """A TLS record per piece (a client may read one record per answer: dnsperf's DoH does), one write."""
         if self.transport is None or self.tls is None or self.transport.is_closing():
             return
         try:
-            self.tls.write(data)
+            for piece in pieces:
+                self.tls.write(piece)
         except (ssl.SSLError, OSError):
             self.abort()
             return
@@ -227,6 +247,9 @@ class TlsConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if self.corked:  # answers gathered before the session chose to close go out first
+            corked, self.corked = self.corked, None
+            self._write(corked)
         if self.tls is not None and self.session is not None:
             with contextlib.suppress(ssl.SSLError, OSError):  # (it waits for the client's close_notify: no)
                 self.tls.unwrap()

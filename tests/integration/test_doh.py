@@ -7,6 +7,7 @@ curl --doh-url connects to the address it resolved, so it is only ever given nam
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 
@@ -73,6 +74,27 @@ def test_dnspython_over_http2_the_path_client_id_lifts_the_exemption(server: tup
     assert addresses(https(port, WWW, certs[0]), "A") == [WWW_V4]
     assert addresses(proc.query("www.tiktok.com"), "A") == ["0.0.0.0"]
     assert 'resolver_queries_total{outcome="forwarded",qtype="A",transport="doh"}' in proc.metrics_text()
+
+
+def test_concurrent_streams_on_one_http2_connection(server: tuple[ResolverProcess, int],
+                                                    certs: tuple[Path, Path, Path]) -> None:
+    """dnspython's asynchronous client over one shared HTTP/2 connection: the questions are in flight together."""
+    import dns.asyncquery
+    import httpx2
+
+    _, port = server
+
+    async def ask() -> list[dns.message.Message]:
+        async with httpx2.AsyncClient(http2=True, verify=client_context(certs[0])) as session:
+            async def one(name: str) -> dns.message.Message:
+                # (by address: a client of our own resolves no name, and the certificate covers 127.0.0.1)
+                return await dns.asyncquery.https(dns.message.make_query(name, "A"),
+                                                  f"https://127.0.0.1:{port}/dns-query", timeout=10, client=session)
+            return list(await asyncio.gather(*(one(n) for n in ("www.tiktok.com", WWW, "short.example.test") * 10)))
+
+    answers = asyncio.run(ask())
+    assert [addresses(a, "A") for a in answers[:3]] == [["0.0.0.0"], [WWW_V4], [WWW_V4]]
+    assert all(a.rcode() == dns.rcode.NOERROR for a in answers) and len(answers) == 30
 
 
 @pytest.mark.skipif(tool("kdig") is None, reason="kdig (knot-dnsutils) is not installed")

@@ -104,6 +104,16 @@ def test_pipelined_questions_are_answered_out_of_order(server: tuple[ResolverPro
     assert second.id == slow.id and addresses(second, "A") == ["192.0.2.77"]
 
 
+def test_a_burst_of_pipelined_questions_gets_every_answer(server: tuple[ResolverProcess, int],
+                                                          certs: tuple[Path, Path, Path]) -> None:
+    _, port = server
+    queries = [dns.message.make_query(name, "A") for name in ("www.facebook.com", WWW) * 25]
+    with tls_connect(port, certs[0]) as conn:
+        conn.sendall(b"".join(len(w).to_bytes(2, "big") + w for w in (q.to_wire() for q in queries)))
+        answers = [read_message(conn) for _ in queries]
+    assert sorted(a.id for a in answers if a is not None) == sorted(q.id for q in queries)
+
+
 def test_openssl_sees_alpn_dot_and_a_certificate_that_verifies(server: tuple[ResolverProcess, int],
                                                                certs: tuple[Path, Path, Path]) -> None:
     _, port = server
