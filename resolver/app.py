@@ -25,8 +25,9 @@ from resolver.core.pipeline import Pipeline
 from resolver.core.stats import Stats
 from resolver.errors import ConfigError, ListenError
 from resolver.lists.load import Loaded
+from resolver.net.encrypted import EncryptedListeners, proxied_tcp
 from resolver.net.forwarder import Forwarder
-from resolver.net.limits import open_fds
+from resolver.net.limits import ConnectionTable, Gate, open_fds
 from resolver.net.listeners import TcpListener, UdpListener
 from resolver.net.sockets import bind_tcp, bind_udp, reason
 from resolver.net.upstream import UpstreamPool
@@ -81,7 +82,11 @@ class Server:
         self.servers: list[asyncio.Server] = []
         self.bound: list[str] = []
         self.pipeline.access = AccessList(config.access)
-        self.tcp = TcpListener(self.pipeline, self.forwarder, config.tcp, self.pipeline.access)
+        tcp = config.tcp
+        self.gate = Gate(ConnectionTable(tcp.max_connections, tcp.max_per_client, tcp.max_per_network),
+                         self.pipeline.access)
+        self.tcp = TcpListener(self.pipeline, self.forwarder, tcp, self.gate)
+        self.encrypted = EncryptedListeners(config, self.pipeline, self.forwarder, self.gate)  # DoT, DoH if set
         if config.rate_limit.qps > 0:
             self.pipeline.limiter = RateLimiter(config.rate_limit)
         self.reloader = Reloader(config_factory, config, self.pipeline, loaded)
@@ -103,11 +108,14 @@ class Server:
         # the hundreds of questions in flight survive and are promoted, to be walked again by the older
         # collections, a large share of a forwarded query's CPU (tests/load/RESULTS.md).
         gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
+        proxied = proxied_tcp(self.config, self.tcp.serve_proxied)  # PROXY v2 from trusted balancers
         for endpoint in self.config.listen:
             tcp, port = self._listen(endpoint)
-            server = await loop.create_server(self.tcp.protocol, sock=tcp, backlog=1024)
+            server = await loop.create_server(proxied or self.tcp.protocol, sock=tcp, backlog=1024)
             self.servers.append(server)
             self.bound.append(str(Endpoint(endpoint.host, port)))
+        await self.encrypted.start(self.worker is not None)
+        self.servers += self.encrypted.servers
         if self.config.metrics is not None:
             metrics = MetricsServer(self.snapshot, self.ready)
             m = self.config.metrics
@@ -121,6 +129,8 @@ class Server:
             loop.add_signal_handler(getattr(signal, signame), self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self.tasks.spawn(self._reload("SIGHUP")))
         self.background.spawn(self.reloader.watch())
+        if self.encrypted.contexts is not None:
+            self.background.spawn(self.encrypted.contexts.watch())  # certificate rotation
         self.background.spawn(self._report_monitored())
         self.background.spawn(self._probe_upstreams())
         for source in self.config.policy.lists:
@@ -130,6 +140,8 @@ class Server:
             sender = SnapshotSender(self.snapshot_fd)
             self.background.spawn(sender.run(self.snapshot))
         what = "resolver ready" if self.worker is None else f"worker {self.worker} ready"
+        if self.encrypted.bound:
+            log.info("encrypted dns: %s", ", ".join(self.encrypted.bound))
         log.info("%s: dns %s (udp+tcp), upstreams %s, metrics %s, policy %s, build %s", what,
                  " ".join(self.bound), " ".join(str(e) for e in self.upstreams.endpoints),
                  self.config.metrics or "off", self.pipeline.policy.version, build())
@@ -170,9 +182,9 @@ class Server:
     def snapshot(self) -> Snapshot:
         querylog = None if self.querylog is None else (self.querylog.written, self.querylog.dropped)
         return take(stats=self.stats, cache=self.cache, policy=self.pipeline.policy, reloads=self.reloader.stats,
-                    upstreams=self.upstreams.upstream_stats, loop_now=self.loop_time(), tcp_rejected=self.tcp.rejected,
+                    upstreams=self.upstreams.upstream_stats, loop_now=self.loop_time(), tcp_rejected=self.gate.rejected,
                     querylog=querylog, ready=self.ready(), started=self.started, worker=self.worker or 0,
-                    tcp_connections=self.tcp.connections, open_fds=open_fds())
+                    tcp_connections=self.gate.table.open, open_fds=open_fds())
 
     def ready(self) -> bool:
         """Listening, not shutting down, a policy loaded. Not upstream health: with every upstream down, serve-stale

@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--upstream", action="append", metavar="ADDR[:PORT]", help="upstream resolver (repeatable)")
     serve.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics over HTTP here")
     serve.add_argument("--blocklist", action="append", metavar="FILE", help="extra list blocked for every client")
+    serve.add_argument("--dot", action="append", metavar="ADDR:PORT", help="serve DNS over TLS here (repeatable)")
+    serve.add_argument("--doh", action="append", metavar="ADDR:PORT", help="serve DNS over HTTPS here (repeatable)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM) for --dot and --doh")
+    serve.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
                        help="stderr log format (auto: text on a terminal, JSON lines otherwise)")
@@ -63,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("name")
     explain.add_argument("-c", "--config")
     explain.add_argument("--client", default="127.0.0.1", help="client address (default 127.0.0.1)")
+    explain.add_argument("--client-id", metavar="ID", help="the client id a DoT/DoH phone carries")
     explain.add_argument("--blocklist", action="append", metavar="FILE")
 
     diff = sub.add_parser("diff", help="what changes from OLD to NEW, per group; exits 1 on a reduction NEW does "
@@ -70,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("old", metavar="OLD", help="config file, or a directory (its resolver.yaml, or else a "
                                                  "blocklists directory under the built-in policy)")
     diff.add_argument("new", metavar="NEW", help="the same, for the proposed policy")
+
+    profile = sub.add_parser("profile", help="print a device profile that points a phone at this resolver over "
+                                             "DoH or DoT (apple: .mobileconfig); --csv writes one per row")
+    from resolver.ops.profile import add_arguments as profile_arguments
+    profile_arguments(profile)
 
     exemptions = sub.add_parser("exemptions", help="list exemptions with their state (pending, active, expired)")
     exemptions.add_argument("-c", "--config")
@@ -82,14 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "diff":
         return _guarded(lambda: _diff(args.old, args.new))
+    if args.command == "profile":
+        from resolver.ops.profile import command as profile_command
+        return _guarded(lambda: profile_command(args))
 
     def make_config() -> Config:
         return with_overrides(load_config(args.config), listen=getattr(args, "listen", None),
                               upstreams=getattr(args, "upstream", None), metrics=getattr(args, "metrics", None),
-                              blocklists=args.blocklist)
+                              blocklists=args.blocklist,
+                              encrypted={k: getattr(args, k, None) for k in ("dot", "doh", "tls_cert", "tls_key")})
 
     def command() -> int:
         config = make_config()
+        if args.command in ("serve", "check") and config.encrypted.listening:
+            from resolver.net.tlsconf import check_certificate
+            check_certificate(config.encrypted.tls)  # a bad certificate is one error line, before anything starts
         if args.command == "serve":
             ensure_fds(config)  # before anything is bound or a worker started: workers inherit the raised limit
             if args.workers is None:
@@ -105,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "exemptions":
             _exemptions(config, loaded, args.expiring)
         else:
-            _explain(config, loaded, args.name, args.client)
+            _explain(config, loaded, args.name, args.client, args.client_id)
         return 0
 
     return _guarded(command)
@@ -296,7 +313,7 @@ def _summary(platform_ids: frozenset[str], loaded: Loaded) -> str:
     return ", ".join(parts + sorted(left))
 
 
-def _explain(config: Config, loaded: Loaded, name: str, client: str) -> None:
+def _explain(config: Config, loaded: Loaded, name: str, client: str, client_id: str | None = None) -> None:
     try:
         client = canonical_client(str(ipaddress.ip_address(client)))
     except ValueError:
@@ -307,11 +324,13 @@ def _explain(config: Config, loaded: Loaded, name: str, client: str) -> None:
         raise ConfigError("NAME", f"{name!r}: {err}") from None
     policy = loaded.policy
     out = sys.stdout.write
-    gi = policy.group_of(client)
+    gi = policy.group_of(client, client_id)
     group = policy.groups[gi]
-    why = next((f"network {n}" for n, i in policy.by_network if i == gi and ipaddress.ip_address(client) in n),
-               "in no group's networks")
-    out(f"name: {normal}\nclient: {client}\ngroup: {group.name} ({why})\n")
+    why = f"client id {client_id}" if client_id is not None and policy.by_client_id.get(client_id) == gi else next(
+        (f"network {n}" for n, i in policy.by_network if i == gi and ipaddress.ip_address(client) in n),
+        "in no group's networks")
+    out(f"name: {normal}\nclient: {client}\n" + (f"client id: {client_id}\n" if client_id is not None else "")
+        + f"group: {group.name} ({why})\n")
     along = policy.trie.along(normal.encode("ascii").split(b"."))
     if not along:
         out("steps: no special name, allow entry, platform or list covers this name\n"
@@ -323,7 +342,7 @@ def _explain(config: Config, loaded: Loaded, name: str, client: str) -> None:
     depth = min(d for d, v in along if v[gi] is verdict)
     entry = ".".join(normal.split(".")[-depth:])
     claims = verdict.rules
-    exemption = policy.exemption_for(verdict, client, None, time.time()) if verdict.action == BLOCK else None
+    exemption = policy.exemption_for(verdict, client, client_id, time.time()) if verdict.action == BLOCK else None
     decided = order.decide(claims, group, verdict.exemptions)[0]
     if exemption is not None:
         decided = order.EXEMPTIONS  # it lifts the block the later step gave

@@ -11,7 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from resolver.config.model import CLIENT_MODES, Config, Endpoint, QueryLogConfig, TcpConfig
+from resolver.config import encrypted as encrypted_section
+from resolver.config.model import CLIENT_MODES, Config, EncryptedConfig, Endpoint, QueryLogConfig, TcpConfig
 from resolver.config.policy import ListSource, parse_networks, parse_policy
 from resolver.config.yamlfile import Section, load_yaml
 from resolver.core.access import DEFAULT_ALLOWED, AccessSpec, RateSpec
@@ -74,7 +75,7 @@ def config_from_dict(raw: Any, file: str, base: Path) -> Config:
     top = Section(raw, file, "")
     top.check_keys(("listen", "upstreams", "upstream_strategy", "upstream_ca", "upstream_timeout", "query_timeout",
                     "metrics", "sinkhole", "cache",
-                    "tcp", "policy", "query_log", "access", "rate_limit"))
+                    "tcp", "policy", "query_log", "access", "rate_limit", *encrypted_section.KEYS))
     default = Config()
     listen = tuple(
         parse_endpoint(item, None, f"{top.where('listen')}[{i}]")
@@ -111,6 +112,7 @@ def config_from_dict(raw: Any, file: str, base: Path) -> Config:
         query_log=_query_log(top.section("query_log"), base),
         access=_access(top.section("access")),
         rate_limit=_rate_limit(top.section("rate_limit")),
+        encrypted=encrypted_section.parse_encrypted(top, base, parse_endpoint),
     )
 
 
@@ -246,8 +248,9 @@ def with_overrides(
     upstreams: list[str] | None = None,
     metrics: str | None = None,
     blocklists: list[str] | None = None,
+    encrypted: dict[str, Any] | None = None,
 ) -> Config:
-    """Apply command-line flags, which win over the file."""
+    """Apply command-line flags, which win over the file (``encrypted``: --dot, --doh, --tls-cert, --tls-key)."""
     if listen:
         config = replace(config, listen=tuple(parse_endpoint(x, None, "--listen") for x in listen))
     if upstreams:
@@ -263,7 +266,27 @@ def with_overrides(
             taken.add(name)
             extra.append(ListSource(name, path))
         config = replace(config, policy=replace(config.policy, lists=config.policy.lists + tuple(extra)))
+    if encrypted and any(encrypted.values()):
+        config = replace(config, encrypted=_encrypted_flags(config, encrypted))
     return config
+
+
+def _encrypted_flags(config: Config, flags: dict[str, Any]) -> EncryptedConfig:
+    e = config.encrypted
+    dot = tuple(parse_endpoint(x, 853, "--dot") for x in flags.get("dot") or ()) or e.dot
+    doh = tuple(parse_endpoint(x, 443, "--doh") for x in flags.get("doh") or ()) or e.doh
+    cert, key = (_flag_file(flags, name) for name in ("tls_cert", "tls_key"))
+    tls = replace(e.tls, cert=cert or e.tls.cert, key=key or e.tls.key)
+    return encrypted_section.check(replace(e, dot=dot, doh=doh, tls=tls), config.source)
+
+
+def _flag_file(flags: dict[str, Any], name: str) -> Path | None:
+    given = flags.get(name)
+    if not given:
+        return None
+    if not Path(given).is_file():
+        raise ConfigError(f"--{name.replace('_', '-')}", f"{given!r}: no such file")
+    return Path(given).resolve()
 
 
 def system_nameservers(path: str = "/etc/resolv.conf") -> tuple[Endpoint, ...]:

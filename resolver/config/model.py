@@ -12,7 +12,7 @@ from pathlib import Path
 from resolver.config.policy import PolicyConfig
 from resolver.core.access import AccessSpec, RateSpec
 from resolver.core.cache import CacheLimits
-from resolver.core.policy import SinkholeSpec
+from resolver.core.policy import IPNetwork, SinkholeSpec
 
 
 def _bundled_blocklists() -> Path:
@@ -72,6 +72,26 @@ class TcpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: Path | None = None  # PEM certificate chain, the server's first
+    key: Path | None = None  # PEM private key
+    server_name: str = ""  # the name phones ask for; ``<id>.<server_name>`` carries a client id
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptedConfig:
+    dot: tuple[Endpoint, ...] = ()  # DNS over TLS listeners (RFC 7858)
+    doh: tuple[Endpoint, ...] = ()  # DNS over HTTPS listeners (RFC 8484)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    proxy_trusted: tuple[IPNetwork, ...] = ()  # peers whose PROXY v2 header is believed (TCP, DoT, DoH)
+    ddr_advertise: bool = False  # answer _dns.resolver.arpa SVCB with our own DoT/DoH (RFC 9462)
+
+    @property
+    def listening(self) -> bool:
+        return bool(self.dot or self.doh)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str = DEFAULT_SOURCE
     listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 5353),)
@@ -88,3 +108,4 @@ class Config:
     query_log: QueryLogConfig = field(default_factory=QueryLogConfig)
     access: AccessSpec = field(default_factory=AccessSpec)
     rate_limit: RateSpec = field(default_factory=RateSpec)
+    encrypted: EncryptedConfig = field(default_factory=EncryptedConfig)  # dot, doh, tls, proxy_protocol, ddr

@@ -3,6 +3,8 @@
 Order, and why:
 1. parse the header and question only: a packet we cannot read is dropped or gets FORMERR (NOTIMP for an opcode
    other than QUERY) here;
+   then, with DDR advertised (core/ddr.py), the one question ``_dns.resolver.arpa`` SVCB gets our own DoT/DoH
+   endpoints, before the policy, whose bypass defence answers every other ``resolver.arpa`` name with NODATA;
 2. policy before cache (the order inside it is in core/policy.py), so a name blocked by a reload is blocked at
    once even if its answer is cached; the client's group is found first, from its address (memoised);
 3. cache, so a repeated allowed name never leaves the process;
@@ -25,6 +27,7 @@ from resolver.core import wire
 from resolver.core.access import AccessList, RateLimiter
 from resolver.core.cache import Cache, Entry
 from resolver.core.client import canonical_client
+from resolver.core.ddr import Ddr
 from resolver.core.forwarding import SHED, SHED_PENDING, Inflight, Prefetch
 from resolver.core.policy import BLOCK, MONITOR, Policy, Verdict
 from resolver.core.stats import (
@@ -69,6 +72,7 @@ class Pipeline:
         self.access: AccessList | None = None
         self.limiter: RateLimiter | None = None
         self.inflight = Inflight()  # cache misses waiting on upstreams
+        self.ddr: Ddr | None = None  # set when DDR is advertised (ddr.advertise): answers _dns.resolver.arpa SVCB
         # packet minus its ID -> (the query it parsed to, the policy that judged it, that policy's verdicts)
         self._parsed: dict[bytes, tuple[Query, Policy, tuple[Verdict, ...] | None]] = {}
         self._memo_hits = 0  # since the memo was last emptied
@@ -158,6 +162,10 @@ class Pipeline:
                               wire.simple_reply(query, wire.REFUSED) if refuse else wire.truncated(query), query)
         if query.qclass != wire.CLASS_IN:
             return self._done(transport, REFUSED, now, wire.simple_reply(query, wire.REFUSED), query)
+        if query.qtype == wire.TYPE_SVCB and self.ddr is not None:  # DDR advertised: our own DoT/DoH, not NODATA
+            advert = self.ddr.reply(query)
+            if advert is not None:
+                return self._done(transport, CACHED, now, advert, query)
         policy = self.policy
         group = query.group = policy.group_of(client, client_id) if policy.grouped else 0
         if hit is not None and hit[1] is policy:

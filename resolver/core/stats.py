@@ -9,9 +9,11 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Final
 
-TRANSPORTS: Final = ("udp", "tcp")
+TRANSPORTS: Final = ("udp", "tcp", "dot", "doh")
 UDP: Final = 0
 TCP: Final = 1
+DOT: Final = 2  # DNS over TLS (RFC 7858)
+DOH: Final = 3  # DNS over HTTPS (RFC 8484)
 # error: we could not answer (SERVFAIL); invalid: the client's query was (FORMERR, NOTIMP, BADVERS) - kept apart
 # so one broken app cannot page the on-call through the error-ratio alert.
 OUTCOMES: Final = ("blocked", "forwarded", "cached", "error", "refused", "stale", "invalid")

@@ -20,6 +20,7 @@ from typing import Final
 
 from resolver.config.loader import system_nameservers
 from resolver.config.model import Config
+from resolver.core.access import AccessList
 from resolver.errors import ConfigError
 
 # Per upstream: its UDP sockets in rotation (a fresh port at least every second, one per few dozen questions, each
@@ -81,11 +82,37 @@ class ConnectionTable:
                 del table[key]
 
 
+class Gate:
+    """Who may hold a stream connection (plain TCP, DoT, DoH: one table for all, so the file-descriptor budget
+    holds whichever transport the connections use): a client outside the access list, or over a cap, is refused.
+
+    Asked once per connection, with the client it serves: the peer, or the phone a trusted balancer's PROXY v2
+    header names, so the caps and the access list count phones, not the balancer."""
+
+    __slots__ = ("access", "rejected", "table")
+
+    def __init__(self, table: ConnectionTable, access: AccessList | None = None) -> None:
+        self.table = table
+        self.access = access
+        self.rejected = 0
+
+    def admit(self, client: str) -> bool:
+        """Take a slot for ``client`` (then ``release`` it at close), or refuse and count it."""
+        if (self.access is not None and not self.access.allows(client)) or not self.table.admit(client):
+            self.rejected += 1
+            return False
+        return True
+
+    def release(self, client: str) -> None:
+        self.table.release(client)
+
+
 def fd_budget(config: Config, upstreams: int) -> int:
-    """File descriptors one serving process may need: every TCP slot, the listen sockets, the upstream sockets and
-    the reserve (README, "File descriptors")."""
-    return (config.tcp.max_connections + FDS_PER_LISTEN * len(config.listen) + FDS_PER_UPSTREAM * upstreams
-            + FDS_RESERVE)
+    """File descriptors one serving process may need: every connection slot (TCP, DoT and DoH share them), the
+    listen sockets, the upstream sockets and the reserve (README, "File descriptors")."""
+    encrypted = len(config.encrypted.dot) + len(config.encrypted.doh)  # one TCP socket each
+    return (config.tcp.max_connections + FDS_PER_LISTEN * len(config.listen) + encrypted
+            + FDS_PER_UPSTREAM * upstreams + FDS_RESERVE)
 
 
 def raise_fd_limit() -> int:

@@ -20,14 +20,13 @@ from typing import Any, Final, Protocol
 from mypy_extensions import mypyc_attr
 
 from resolver.config.model import TcpConfig
-from resolver.core.access import AccessList
 from resolver.core.client import canonical_client
 from resolver.core.forwarding import Prefetch
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import TCP, UDP
 from resolver.core.wire import Query
 from resolver.net.framing import frame, read_frame
-from resolver.net.limits import ConnectionTable
+from resolver.net.limits import Gate
 
 log = logging.getLogger("resolver.transport")
 
@@ -113,21 +112,13 @@ class TcpListener:
     a client that stops reading its answers, ``max_lifetime`` for one that keeps the connection busy.
     """
 
-    def __init__(self, pipeline: Pipeline, forwarder: Forwarder, config: TcpConfig,
-                 access: AccessList | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, forwarder: Forwarder, config: TcpConfig, gate: Gate) -> None:
         self.pipeline = pipeline
         self.forwarder = forwarder
-        self.access = access
+        self.gate = gate
         self.idle_timeout = config.idle_timeout
         self.write_timeout = config.write_timeout
         self.max_lifetime = config.max_lifetime
-        self.table = ConnectionTable(config.max_connections, config.max_per_client, config.max_per_network)
-        self.rejected = 0
-
-    @property
-    def connections(self) -> int:
-        """Connections open now (the slots taken)."""
-        return self.table.open
 
     def protocol(self) -> asyncio.Protocol:
         """The protocol factory for ``loop.create_server``: one ``_Admission`` per accepted socket."""
@@ -140,10 +131,15 @@ class TcpListener:
         trickles a question it will be refused for."""
         peer = transport.get_extra_info("peername")
         client = canonical_client(peer[0]) if peer else ""  # the caps count the phone, not the address's spelling
-        if (self.access is not None and not self.access.allows(client)) or not self.table.admit(client):
-            self.rejected += 1
-            return None
-        return client
+        return client if self.gate.admit(client) else None
+
+    async def serve_proxied(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
+        """A connection whose trusted balancer's PROXY v2 header (net/proxy.py) named ``client``: admitted and
+        served as that phone."""
+        if not self.gate.admit(client):
+            writer.transport.abort()
+            return
+        await self.serve(reader, writer, client)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
         """Answer an admitted connection's queries until it ends, goes idle, outlives ``max_lifetime`` or stops
@@ -163,7 +159,7 @@ class TcpListener:
         finally:
             if not in_order:
                 _reset(transport)
-            self.table.release(client)
+            self.gate.release(client)
 
     async def _queries(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> bool:
         """Read and answer queries; True when the connection may close in order, False when the client stopped

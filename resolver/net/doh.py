@@ -1,0 +1,262 @@
+"""DNS over HTTPS (RFC 8484) over HTTP/2 (``h2``) and HTTP/1.1 (``h11``): both sans-IO libraries, driven here by
+the bytes a ``TlsConnection`` decrypts, their output written back through it.
+
+The sessions only speak HTTP: ``DohHandler`` takes each complete request to ``dohmsg.dns_request`` (RFC 8484's
+rules), the DNS message to ``Pipeline.on_query`` with the client id from the path (else the TLS server name),
+and the answer, now or when the upstream replies, back as a response. A bad request gets its HTTP error and
+the connection serves on; only a broken HTTP stream closes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Final
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h11
+
+from resolver.core.forwarding import Prefetch
+from resolver.core.pipeline import Pipeline
+from resolver.core.stats import DOH
+from resolver.core.wire import Query
+from resolver.net.dohmsg import MAX_MESSAGE, NOT_ANSWERED, TOO_LARGE, Headers, HttpError, dns_request, dns_response
+
+if TYPE_CHECKING:
+    from resolver.net.listeners import Forwarder
+    from resolver.net.tlsconn import Session, TlsConnection
+
+MAX_PENDING: Final = 64  # answers waiting on upstreams per connection; past it SERVFAIL at once (as TCP, DoT)
+MAX_HEADERS: Final = 16 * 1024  # request line and headers (HTTP/1.1), header list (HTTP/2)
+
+Respond = Callable[[int, Headers, bytes], None]
+
+
+class DohHandler:
+    """One connection's requests -> the pipeline -> responses, for either HTTP version."""
+
+    def __init__(self, conn: TlsConnection, pipeline: Pipeline, forwarder: Forwarder) -> None:
+        self.conn = conn
+        self.pipeline = pipeline
+        self.forwarder = forwarder
+        self.pending = 0
+
+    def handle(self, method: str, path: str, content_type: bytes | None, body: bytes, respond: Respond) -> None:
+        request = dns_request(method, path, content_type, body)
+        if isinstance(request, HttpError):
+            respond(*request.response())
+            return
+        message, client_id = request
+        conn = self.conn
+        conn.touch()
+        result = self.pipeline.on_query(message, DOH, conn.client, client_id or conn.client_id)
+        if result is None:
+            respond(*NOT_ANSWERED.response())
+        elif type(result) is bytes:
+            _answer(respond, result)
+        elif type(result) is Prefetch:
+            _answer(respond, result.answer)
+            self.forwarder.prefetch(result.query)
+        elif self.pending >= MAX_PENDING:
+            _answer(respond, self.pipeline.on_shed(result))  # type: ignore[arg-type]
+        else:
+            assert type(result) is Query
+            self.pending += 1
+            self.forwarder.forward(result, partial(self._forwarded, respond))
+
+    def _forwarded(self, respond: Respond, reply: bytes) -> None:
+        self.pending -= 1
+        _answer(respond, reply)
+
+
+def _answer(respond: Respond, answer: bytes) -> None:
+    response = dns_response(answer)
+    respond(*(response.response() if isinstance(response, HttpError) else response))
+
+
+def doh_session(conn: TlsConnection, alpn: str | None, pipeline: Pipeline, forwarder: Forwarder) -> Session:
+    """HTTP/2 when the client chose ``h2`` in ALPN, else HTTP/1.1."""
+    handler = DohHandler(conn, pipeline, forwarder)
+    return H2Session(conn, handler) if alpn == "h2" else H11Session(conn, handler)
+
+
+class H2Session:
+    def __init__(self, conn: TlsConnection, handler: DohHandler) -> None:
+        self.conn = conn
+        self.handler = handler
+        # Our own response headers are fixed and well formed: h2 need not check and normalise them each time.
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
+        self.h2 = h2.connection.H2Connection(config)
+        self.h2.local_settings.max_header_list_size = MAX_HEADERS
+        self.h2.initiate_connection()
+        self.requests: dict[int, tuple[dict[bytes, bytes], bytearray]] = {}  # streams still sending
+        self.unsent: dict[int, bytes] = {}  # response bodies waiting for flow-control window
+        self.gone = False
+        self._flush()
+
+    def received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._flush()  # the GOAWAY h2 wrote
+            self.conn.close()
+            return
+        for event in events:
+            self._event(event)
+        self._flush()
+
+    def _event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived) and event.stream_id is not None:
+            headers = {bytes(k): bytes(v) for k, v in event.headers or ()}
+            self.requests[event.stream_id] = (headers, bytearray())
+        elif isinstance(event, h2.events.DataReceived) and event.stream_id is not None:
+            self.h2.acknowledge_received_data(event.flow_controlled_length or 0, event.stream_id)
+            request = self.requests.get(event.stream_id)
+            if request is not None:
+                request[1].extend(event.data or b"")
+                if len(request[1]) > MAX_MESSAGE:
+                    del self.requests[event.stream_id]
+                    self._respond(event.stream_id, *TOO_LARGE.response())
+                    self._reset(event.stream_id)
+        elif isinstance(event, h2.events.StreamEnded) and event.stream_id is not None:
+            request = self.requests.pop(event.stream_id, None)
+            if request is not None:
+                headers, body = request
+                self.handler.handle(headers.get(b":method", b"").decode("latin-1"),
+                                    headers.get(b":path", b"").decode("latin-1"), headers.get(b"content-type"),
+                                    bytes(body), partial(self._respond, event.stream_id))
+        elif isinstance(event, h2.events.StreamReset) and event.stream_id is not None:
+            self.requests.pop(event.stream_id, None)
+            self.unsent.pop(event.stream_id, None)
+        elif isinstance(event, h2.events.WindowUpdated):
+            for stream_id in list(self.unsent):
+                self._send_body(stream_id)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.conn.close()
+
+    def _respond(self, stream_id: int, status: int, headers: Headers, body: bytes) -> None:
+        if self.gone:
+            return
+        try:
+            self.h2.send_headers(stream_id, [(b":status", str(status).encode()), *headers], end_stream=not body)
+        except h2.exceptions.H2Error:  # the client reset the stream meanwhile
+            return
+        if body:
+            self.unsent[stream_id] = body
+            self._send_body(stream_id)
+        self._flush()
+
+    def _send_body(self, stream_id: int) -> None:
+        data = self.unsent.pop(stream_id)
+        try:
+            while data:
+                window = min(self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
+                if window <= 0:
+                    self.unsent[stream_id] = data  # sent on the client's next WINDOW_UPDATE
+                    return
+                chunk, data = data[:window], data[window:]
+                self.h2.send_data(stream_id, chunk, end_stream=not data)
+        except h2.exceptions.H2Error:
+            return
+
+    def _reset(self, stream_id: int) -> None:
+        with contextlib.suppress(h2.exceptions.H2Error):  # the answer is sent: stop the upload
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.conn.send(data)
+
+    def busy(self) -> bool:
+        return self.handler.pending > 0 or bool(self.unsent)
+
+    def closed(self) -> None:
+        self.gone = True
+
+
+class H11Session:
+    """HTTP/1.1 keep-alive: requests are answered one at a time, in order, as the protocol requires."""
+
+    def __init__(self, conn: TlsConnection, handler: DohHandler) -> None:
+        self.conn = conn
+        self.handler = handler
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
+        self.request: h11.Request | None = None
+        self.body = bytearray()
+        self.waiting = False  # a request is with the handler
+        self.reading = False  # inside _next: a response given at once must not re-enter it
+        self.gone = False
+
+    def received(self, data: bytes) -> None:
+        self.h11.receive_data(data)
+        self._next()
+
+    def _next(self) -> None:
+        self.reading = True
+        try:
+            while not self.waiting and not self.gone:
+                try:
+                    event = self.h11.next_event()
+                except h11.RemoteProtocolError as err:
+                    self._respond(*HttpError(err.error_status_hint, "bad request").response(), close=True)
+                    return
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    return
+                self._event(event)
+        finally:
+            self.reading = False
+
+    def _event(self, event: object) -> None:
+        if isinstance(event, h11.Request):
+            self.request, self.body = event, bytearray()
+            length = dict(event.headers).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > MAX_MESSAGE:
+                self._respond(*TOO_LARGE.response(), close=True)
+        elif isinstance(event, h11.Data):
+            self.body.extend(event.data)
+            if len(self.body) > MAX_MESSAGE:
+                self._respond(*TOO_LARGE.response(), close=True)
+        elif isinstance(event, h11.EndOfMessage) and self.request is not None:
+            request, self.request = self.request, None
+            self.waiting = True
+            self.conn.touch()
+            self.handler.handle(request.method.decode("latin-1"), request.target.decode("latin-1"),
+                                dict(request.headers).get(b"content-type"), bytes(self.body), self._respond)
+        elif isinstance(event, h11.ConnectionClosed):
+            self.conn.close()
+
+    def _respond(self, status: int, headers: Headers, body: bytes, close: bool = False) -> None:
+        if self.gone:
+            return
+        if close:
+            headers = [*headers, (b"connection", b"close")]
+        try:
+            out = self.h11.send(h11.Response(status_code=status, headers=headers)) or b""
+            if body:
+                out += self.h11.send(h11.Data(data=body)) or b""
+            out += self.h11.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            close = True
+            out = b""
+        self.conn.send(out)
+        if close or self.h11.our_state is h11.MUST_CLOSE:
+            self.gone = True
+            self.conn.close()
+            return
+        self.h11.start_next_cycle()
+        self.waiting = False
+        if not self.reading:
+            self._next()
+
+    def busy(self) -> bool:
+        return self.waiting
+
+    def closed(self) -> None:
+        self.gone = True

@@ -1,0 +1,73 @@
+"""DNS over TLS (RFC 7858): inside the TLS connection, DNS messages framed as over TCP (RFC 7766), many per
+connection, pipelined and answered in whatever order their answers are ready.
+
+A session moves bytes: each whole message goes to ``Pipeline.on_query`` with the connection's client and client
+id (from the TLS server name) and the answer, now or when the upstream replies, goes back framed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from resolver.core.forwarding import Prefetch
+from resolver.core.pipeline import Pipeline
+from resolver.core.stats import DOT
+from resolver.core.wire import Query
+from resolver.net.framing import frame
+
+if TYPE_CHECKING:
+    from resolver.net.listeners import Forwarder
+    from resolver.net.tlsconn import TlsConnection
+
+# Answers one connection may have waiting on upstreams at once; past it a question gets SERVFAIL at once (as TCP).
+MAX_PENDING: Final = 64
+
+
+class DotSession:
+    def __init__(self, conn: TlsConnection, pipeline: Pipeline, forwarder: Forwarder) -> None:
+        self.conn = conn
+        self.pipeline = pipeline
+        self.forwarder = forwarder
+        self.buffer = b""
+        self.pending = 0
+        self.gone = False
+
+    def received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        pos, end = 0, len(buffer)
+        while end - pos >= 2:
+            size = buffer[pos] << 8 | buffer[pos + 1]
+            if end - pos - 2 < size:
+                break
+            self.conn.touch()
+            self._query(buffer[pos + 2:pos + 2 + size])
+            pos += 2 + size
+        self.buffer = buffer[pos:]
+
+    def _query(self, data: bytes) -> None:
+        conn = self.conn
+        result = self.pipeline.on_query(data, DOT, conn.client, conn.client_id)
+        if result is None:
+            return
+        if type(result) is bytes:
+            conn.send(frame(result))
+        elif type(result) is Prefetch:
+            conn.send(frame(result.answer))
+            self.forwarder.prefetch(result.query)
+        elif self.pending >= MAX_PENDING:
+            conn.send(frame(self.pipeline.on_shed(result)))  # type: ignore[arg-type]
+        else:
+            assert type(result) is Query
+            self.pending += 1
+            self.forwarder.forward(result, self._respond)
+
+    def _respond(self, reply: bytes) -> None:
+        self.pending -= 1
+        if not self.gone:
+            self.conn.send(frame(reply))
+
+    def busy(self) -> bool:
+        return self.pending > 0
+
+    def closed(self) -> None:
+        self.gone = True

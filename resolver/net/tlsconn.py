@@ -1,0 +1,246 @@
+"""One encrypted connection (DoT or DoH): an optional PROXY v2 header, TLS through memory buffers, plaintext to
+a session that speaks the protocol on top (``dot.DotSession``, ``doh.H2Session``, ``doh.H11Session``).
+
+TLS runs on an ``ssl.SSLObject`` over two memory BIOs rather than asyncio's own TLS transport, because the PROXY
+header comes *before* the TLS handshake: the bytes must be read raw first and then fed to TLS, which an asyncio
+TLS server (handshake before the handler runs) or ``start_tls`` (bytes already read are lost) cannot do. It is
+also how asyncio's TLS works inside, so nothing is paid for it.
+
+Limits are those of the TCP listener, in the same table (``limits.Gate``): the access list and the connection caps
+for the client as the PROXY header names it, and an idle timeout that closes a connection with nothing in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Final, Protocol, cast
+
+from resolver.core.client import canonical_client
+from resolver.core.policy import IPNetwork
+from resolver.net import proxy
+from resolver.net.limits import Gate
+from resolver.net.tlsconf import PhoneSSLObject, client_id_of
+
+log = logging.getLogger("resolver.transport")
+
+READ_CHUNK: Final = 65536
+HIGH_WATER: Final = 256 * 1024  # unsent bytes past which we stop reading the client (it is not reading us)
+
+
+class Session(Protocol):
+    """The protocol spoken inside TLS; ``conn.send`` carries its bytes out."""
+
+    def received(self, data: bytes) -> None: ...
+
+    def busy(self) -> bool: ...  # answers still owed: the idle timeout waits
+
+    def closed(self) -> None: ...  # the connection is gone: late answers are dropped
+
+
+SessionFactory = Callable[["TlsConnection", str | None], Session]  # (connection, negotiated ALPN) -> session
+
+
+class TlsListener:
+    """What every connection of one listener shares."""
+
+    def __init__(self, context: Callable[[], ssl.SSLContext], server_name: str, session: SessionFactory,
+                 gate: Gate, idle_timeout: float, proxy_trusted: tuple[IPNetwork, ...] = ()) -> None:
+        self.context = context  # the current context: a certificate rotation swaps it for new connections
+        self.server_name = server_name
+        self.session = session
+        self.gate = gate
+        self.idle_timeout = idle_timeout
+        self.proxy_trusted = proxy_trusted
+
+    def __call__(self) -> TlsConnection:
+        return TlsConnection(self)
+
+
+class TlsConnection(asyncio.Protocol):
+    def __init__(self, listener: TlsListener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.client = ""  # the canonical client address: the peer's, or the PROXY header's
+        self.client_id: str | None = None
+        self.admitted = False
+        self.sniffing = bool(listener.proxy_trusted)
+        self.raw = b""  # bytes before TLS, while a PROXY header may be coming
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls: ssl.SSLObject | None = None
+        self.session: Session | None = None
+        self.last = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        # While the session reads one batch of bytes, what it sends is gathered and written once at the end: one
+        # write (a system call) for a batch of pipelined answers rather than one each.
+        self.corked: list[bytes] | None = None
+        self.loop = asyncio.get_running_loop()
+
+    # -- asyncio ---------------------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
+        peer = transport.get_extra_info("peername")
+        self.client = canonical_client(peer[0]) if peer else ""
+        self.last = self.loop.time()
+        self.timer = self.loop.call_later(self.listener.idle_timeout, self._idle)
+        transport.set_write_buffer_limits(HIGH_WATER)
+        if not self.sniffing:
+            self._start_tls(self.client)
+
+    def data_received(self, data: bytes) -> None:
+        if self.sniffing:
+            self.raw += data
+            found = proxy.sniff(self.raw)
+            if found.kind == proxy.NEED_MORE:
+                return
+            self.sniffing = False
+            if found.kind == proxy.INVALID or (
+                    found.kind == proxy.HEADER and not proxy.trusted(self.client, self.listener.proxy_trusted)):
+                self.abort()
+                return
+            data, self.raw = self.raw[found.size:], b""
+            if not self._start_tls(found.client or self.client):
+                return
+        if self.tls is None:
+            return
+        self.incoming.write(data)
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        self.close()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.admitted:
+            self.admitted = False
+            self.listener.gate.release(self.client)
+        if self.session is not None:
+            self.session.closed()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()  # the client does not read its answers: stop taking its questions
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    # -- TLS --------------------------------------------------------------------------------------------------------
+
+    def _start_tls(self, client: str) -> bool:
+        self.client = client
+        if not self.listener.gate.admit(client):
+            self.abort()
+            return False
+        self.admitted = True
+        self.tls = self.listener.context().wrap_bio(self.incoming, self.outgoing, server_side=True)
+        return True
+
+    def _pump(self) -> None:
+        tls = self.tls
+        assert tls is not None
+        if self.session is None:
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                return
+            except (ssl.SSLError, OSError):
+                self._flush()  # the alert, if any
+                self.abort()
+                return
+            sni = tls.sni if isinstance(tls, PhoneSSLObject) else None
+            self.client_id = client_id_of(sni, self.listener.server_name)
+            self.session = self.listener.session(self, tls.selected_alpn_protocol())
+        chunks = []
+        while True:
+            try:
+                chunk = tls.read(READ_CHUNK)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify
+                self.close()
+                break
+            except (ssl.SSLError, OSError):
+                self.abort()
+                return
+            if not chunk:
+                break
+            chunks.append(chunk)  # (a record each: a client writing query by query sends many per read)
+        if chunks and self.transport is not None:
+            self.corked = []
+            try:
+                self.session.received(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+            finally:
+                corked, self.corked = self.corked, None
+            if corked:
+                self._write(corked)
+        self._flush()
+
+    def _flush(self) -> None:
+        pending = self.outgoing.read()
+        if pending and self.transport is not None:
+            self.transport.write(pending)
+
+    # -- for the session ----------------------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Encrypt and write ``data`` (dropped once the connection is closing)."""
+        if self.corked is not None:
+            self.corked.append(data)
+            return
+        self._write((data,))
+
+    def _write(self, pieces: list[bytes] | tuple[bytes]) -> None:
+        """A TLS record per piece (a client may read one record per answer: dnsperf's DoH does), one write."""
+        if self.transport is None or self.tls is None or self.transport.is_closing():
+            return
+        try:
+            for piece in pieces:
+                self.tls.write(piece)
+        except (ssl.SSLError, OSError):
+            self.abort()
+            return
+        self._flush()
+
+    def touch(self) -> None:
+        """A message came in: the idle timeout starts again."""
+        self.last = self.loop.time()
+
+    def close(self) -> None:
+        """Say goodbye properly (TLS close_notify), then close once what is written has gone out."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.corked:  # answers gathered before the session chose to close go out first
+            corked, self.corked = self.corked, None
+            self._write(corked)
+        if self.tls is not None and self.session is not None:
+            with contextlib.suppress(ssl.SSLError, OSError):  # (it waits for the client's close_notify: no)
+                self.tls.unwrap()
+            self._flush()
+        transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _idle(self) -> None:
+        self.timer = None
+        if self.transport is None:
+            return
+        due = self.last + self.listener.idle_timeout
+        now = self.loop.time()
+        if now < due or (self.session is not None and self.session.busy()):
+            self.timer = self.loop.call_later(max(due - now, 0.5), self._idle)
+            return
+        self.close()
