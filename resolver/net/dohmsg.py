@@ -50,7 +50,7 @@ TOO_LARGE: Final = HttpError(413, f"a DNS message is at most {MAX_MESSAGE} bytes
 UNSUPPORTED: Final = HttpError(415, "the body must be application/dns-message")
 BAD_PARAMETER: Final = HttpError(400, "the dns parameter must be a DNS message in base64url")
 BAD_MESSAGE: Final = HttpError(400, "not a DNS query")
-NOT_ANSWERED: Final = HttpError(403, "not answered for this client (access list or rate limit)")
+NOT_ANSWERED: Final = HttpError(403, "not answered for this client (rate limit)")
 
 
 def route(path: str) -> tuple[str | None, str] | HttpError:
