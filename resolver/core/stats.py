@@ -36,6 +36,9 @@ _NOUTCOMES: Final = len(OUTCOMES)
 # ``resolver.core.forwarding`` returns (SHED, SHED_CLIENT, SHED_HEAVY, SHED_PENDING): a bounded label, so the
 # on-call can tell one client's flood (client_quota, heaviest_client) from a slow upstream (inflight_full).
 SHED_REASONS: Final = ("inflight_full", "client_quota", "heaviest_client", "tcp_pending")
+# Why a TCP, DoT or DoH connection was closed at accept (``net.limits.Gate``): outside access.allow, or the cap
+# it reached (per address, per network, in total).
+REJECT_REASONS: Final = ("access", "client", "network", "total")
 # Seconds. Blocked and cached answers land in the first buckets, forwarded ones in the middle.
 LATENCY_BOUNDS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                          5.0)

@@ -21,6 +21,7 @@ from typing import Final
 from resolver.config.loader import system_nameservers
 from resolver.config.model import Config
 from resolver.core.access import AccessList
+from resolver.core.stats import REJECT_REASONS
 from resolver.errors import ConfigError
 
 # Per upstream: its UDP sockets in rotation (a fresh port at least every second, one per few dozen questions, each
@@ -60,16 +61,20 @@ class ConnectionTable:
         self.by_client: dict[str, int] = {}
         self.by_network: dict[str, int] = {}
 
-    def admit(self, client: str) -> bool:
-        """Take a slot for ``client``, or say no (nothing taken) when a cap is reached."""
+    def admit(self, client: str) -> str | None:
+        """Take a slot for ``client`` and return None, or take nothing and name the cap reached (a
+        ``REJECT_REASONS`` entry)."""
         network = network_of(client)
-        if self.open >= self.total or self.by_client.get(client, 0) >= self.per_client \
-                or self.by_network.get(network, 0) >= self.per_network:
-            return False
+        if self.open >= self.total:
+            return "total"
+        if self.by_client.get(client, 0) >= self.per_client:
+            return "client"
+        if self.by_network.get(network, 0) >= self.per_network:
+            return "network"
         self.open += 1
         self.by_client[client] = self.by_client.get(client, 0) + 1
         self.by_network[network] = self.by_network.get(network, 0) + 1
-        return True
+        return None
 
     def release(self, client: str) -> None:
         """Give back a slot ``admit`` gave; the tables keep only clients and networks that hold one."""
@@ -94,12 +99,13 @@ class Gate:
     def __init__(self, table: ConnectionTable, access: AccessList | None = None) -> None:
         self.table = table
         self.access = access
-        self.rejected = 0
+        self.rejected = dict.fromkeys(REJECT_REASONS, 0)  # why connections were refused: an ops team needs to know
 
     def admit(self, client: str) -> bool:
-        """Take a slot for ``client`` (then ``release`` it at close), or refuse and count it."""
-        if (self.access is not None and not self.access.allows(client)) or not self.table.admit(client):
-            self.rejected += 1
+        """Take a slot for ``client`` (then ``release`` it at close), or refuse and count why."""
+        reason = "access" if self.access is not None and not self.access.allows(client) else self.table.admit(client)
+        if reason is not None:
+            self.rejected[reason] += 1
             return False
         return True
 

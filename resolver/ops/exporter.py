@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from resolver import __version__, build
 from resolver.core.policy import exemption_state
-from resolver.core.stats import LATENCY_BOUNDS, OUTCOMES, QTYPES, SHED_REASONS, TRANSPORTS
+from resolver.core.stats import LATENCY_BOUNDS, OUTCOMES, QTYPES, REJECT_REASONS, SHED_REASONS, TRANSPORTS
 from resolver.ops.snapshot import Snapshot
 
 __all__ = ["ResolverCollector", "generate_latest", "make_registry"]
@@ -72,8 +72,6 @@ def _counters(snap: Snapshot) -> Iterator[Metric]:
          "rate_limited"),
         ("resolver_udp_send_dropped", "UDP answers the kernel refused: send buffer full, or the address unusable.",
          "send_dropped"),
-        ("resolver_tcp_rejected_connections", "TCP connections closed at accept: a client outside access.allow, "
-         "or a connection cap reached.", "tcp_rejected"),
         ("resolver_cache_hits", "Cache lookups that found a live answer.", "cache_hits"),
         ("resolver_cache_misses", "Cache lookups that found nothing live.", "cache_misses"),
         ("resolver_cache_evictions", "Answers evicted to keep the cache bounded.", "cache_evictions"),
@@ -87,6 +85,11 @@ def _counters(snap: Snapshot) -> Iterator[Metric]:
     for reason in SHED_REASONS:
         shed.add_metric([reason], c.get(f"shed_{reason}", 0))
     yield shed
+    rejected = CounterMetricFamily("resolver_tcp_rejected_connections", "TCP, DoT and DoH connections closed at "
+                                   "accept, by reason: outside access.allow, or the cap reached.", labels=["reason"])
+    for reason in REJECT_REASONS:
+        rejected.add_metric([reason], c.get(f"tcp_rejected_{reason}", 0))
+    yield rejected
     yield _gauge("resolver_tcp_connections", "Client TCP connections open now (summed over workers).",
                  snap.tcp_connections)
     yield _gauge("resolver_open_fds", "File descriptors open now (summed over workers).", snap.open_fds)

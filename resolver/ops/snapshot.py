@@ -65,7 +65,7 @@ class Snapshot:
 
 
 def take(*, stats: Stats, cache: Cache, policy: Policy, reloads: ReloadStats, upstreams: Mapping[str, UpstreamStats],
-         loop_now: float, tcp_rejected: int, querylog: tuple[int, int] | None, ready: bool,
+         loop_now: float, tcp_rejected: Mapping[str, int], querylog: tuple[int, int] | None, ready: bool,
          started: float, worker: int = 0, tcp_connections: int = 0, open_fds: int = 0) -> Snapshot:
     """Copy the numbers out now. ``loop_now`` is the event loop's clock, the one upstream health is kept on;
     ``querylog`` is (written, dropped), None without a query log; ``started`` is Unix time; ``worker`` is this
@@ -88,7 +88,8 @@ def take(*, stats: Stats, cache: Cache, policy: Policy, reloads: ReloadStats, up
             "acl_dropped": stats.acl_dropped, "rate_limited": stats.rate_limited, "send_dropped": stats.send_dropped,
             "cache_hits": cache.hits, "cache_misses": cache.misses, "cache_evictions": cache.evictions,
             "reloads_ok": reloads.ok, "reloads_failed": reloads.failed, "reloads_refused": reloads.refused,
-            "fetch_ok": reloads.fetch_ok, "fetch_failed": reloads.fetch_failed, "tcp_rejected": tcp_rejected,
+            "fetch_ok": reloads.fetch_ok, "fetch_failed": reloads.fetch_failed,
+            **{f"tcp_rejected_{reason}": n for reason, n in tcp_rejected.items()},
             **{f"shed_{reason}": n for reason, n in zip(SHED_REASONS, stats.shed_by, strict=True)},
         },
         cache_entries=len(cache),

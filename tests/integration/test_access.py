@@ -10,6 +10,7 @@ import pytest
 
 from tests.integration.test_metrics import parse_samples, total
 from tests.support.authserver import AuthServer
+from tests.support.prom import by_labels
 from tests.support.resolverproc import ResolverFactory, addresses, query
 from tests.support.zone import WWW, WWW_V4
 
@@ -92,4 +93,5 @@ def test_tcp_connections_are_capped_per_client(resolver_factory: ResolverFactory
     finally:
         for sock in held:
             sock.close()
-    assert total(parse_samples(server.metrics_text()), "resolver_tcp_rejected_connections_total") == 1
+    rejected = by_labels(parse_samples(server.metrics_text()), "resolver_tcp_rejected_connections_total", "reason")
+    assert rejected == {("access",): 0, ("client",): 1, ("network",): 0, ("total",): 0}

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
 
 import pytest
 
 from resolver.config.model import Config, Endpoint, TcpConfig
+from resolver.core.access import AccessList, AccessSpec
 from resolver.errors import ConfigError
 from resolver.net import limits
-from resolver.net.limits import ConnectionTable, fd_budget, network_of
+from resolver.net.limits import ConnectionTable, Gate, fd_budget, network_of
 
 
 @pytest.mark.parametrize(("client", "network"), [
@@ -23,27 +25,39 @@ def test_network_of(client: str, network: str) -> None:
     assert network_of(client) == network
 
 
-def test_each_cap_turns_away_only_what_is_over_it() -> None:
+def test_each_cap_turns_away_only_what_is_over_it_and_names_it() -> None:
     table = ConnectionTable(total=5, per_client=2, per_network=3)
-    assert table.admit("10.0.0.1") and table.admit("10.0.0.1")
-    assert not table.admit("10.0.0.1"), "a third from one address"
-    assert table.admit("10.0.0.2")
-    assert not table.admit("10.0.0.3"), "a fourth from one /24"
-    assert table.admit("10.0.1.1") and table.admit("10.0.2.1")
-    assert not table.admit("10.0.3.1"), "a sixth in all"
+    assert table.admit("10.0.0.1") is None and table.admit("10.0.0.1") is None
+    assert table.admit("10.0.0.1") == "client", "a third from one address"
+    assert table.admit("10.0.0.2") is None
+    assert table.admit("10.0.0.3") == "network", "a fourth from one /24"
+    assert table.admit("10.0.1.1") is None and table.admit("10.0.2.1") is None
+    assert table.admit("10.0.3.1") == "total", "a sixth in all"
     assert table.open == 5
     table.release("10.0.0.1")
-    assert table.admit("10.0.0.3"), "a slot given back is free again, in its network and in the total"
+    assert table.admit("10.0.0.3") is None, "a slot given back is free again, in its network and in the total"
     assert table.open == 5
 
 
 def test_released_clients_and_networks_leave_no_entry_behind() -> None:
     table = ConnectionTable(total=100, per_client=10, per_network=10)
     for n in range(50):
-        assert table.admit(f"2001:db8:0:{n:x}00::1")
+        assert table.admit(f"2001:db8:0:{n:x}00::1") is None
     for n in range(50):
         table.release(f"2001:db8:0:{n:x}00::1")
     assert table.open == 0 and not table.by_client and not table.by_network
+
+
+def test_the_gate_checks_the_access_list_first_and_counts_each_reason() -> None:
+    pools = AccessList(AccessSpec((ipaddress.ip_network("10.20.0.0/16"),)))
+    gate = Gate(ConnectionTable(total=10, per_client=1, per_network=10), pools)
+    assert gate.admit("10.20.8.15")
+    assert not gate.admit("10.20.8.15"), "a second from one address"
+    assert not gate.admit("192.0.2.7"), "outside the access list"
+    gate.release("10.20.8.15")
+    assert not gate.admit("192.0.2.7"), "a free slot does not let an outsider in"
+    assert gate.rejected == {"access": 2, "client": 1, "network": 0, "total": 0}
+    assert gate.table.open == 0
 
 
 def _config(max_connections: int, listen: int = 1) -> Config:

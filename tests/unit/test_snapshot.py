@@ -29,7 +29,8 @@ def _take(stats: Stats, *, loop_now: float = 100.0, down_until: float = 0.0, rea
     upstream = UpstreamStats(requests=5, errors=1, timeouts=2, down_until=down_until, last_ok=90.0)
     return take(stats=stats, cache=Cache(CacheLimits()), policy=_policy(),
                 reloads=ReloadStats(ok=3, failed=2, refused=1, loaded_at=50.0), upstreams={"192.0.2.1:53": upstream},
-                loop_now=loop_now, tcp_rejected=4, querylog=(7, 1), ready=ready, started=10.0, worker=worker)
+                loop_now=loop_now, tcp_rejected={"access": 4, "total": 1}, querylog=(7, 1), ready=ready, started=10.0,
+                worker=worker)
 
 
 def _snap(queries: int, *, loaded_at: float = 50.0, started: float = 10.0, ready: bool = True,
@@ -48,7 +49,8 @@ def test_take_copies_the_numbers_and_exports_every_blocked_platform_from_zero() 
     snap = _take(stats)
     assert sum(snap.queries) == 1
     assert snap.blocked == {("tiktok", "default"): 1, ("facebook", "default"): 0}
-    assert snap.counters["reloads_ok"] == 3 and snap.counters["tcp_rejected"] == 4
+    assert snap.counters["reloads_ok"] == 3
+    assert snap.counters["tcp_rejected_access"] == 4 and snap.counters["tcp_rejected_total"] == 1
     assert snap.counters["reloads_failed"] == 2 and snap.counters["reloads_refused"] == 1
     assert snap.querylog == (7, 1) and snap.loaded_at == 50.0 and snap.started == 10.0 and snap.ready
     assert {p[0]: p[2] for p in snap.platforms} == {"tiktok": True, "facebook": True, "travel": False}
