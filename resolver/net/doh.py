@@ -175,7 +175,9 @@ class H2Session:
             self.conn.send(data)
 
     def busy(self) -> bool:
-        return self.handler.pending > 0 or bool(self.unsent)
+        # Answers still with the upstreams only: an answer waiting for the client's flow-control window is up to
+        # the client, and a client that never opens its window must not keep the connection (and its slot).
+        return self.handler.pending > 0
 
     def closed(self) -> None:
         self.gone = True

@@ -60,8 +60,9 @@ class EncryptedListeners:
         kinds = (("dot", e.dot, lambda: contexts.dot, self._dot), ("doh", e.doh, lambda: contexts.doh, self._doh))
         ports: dict[str, int] = {}
         for kind, endpoints, context, session in kinds:
-            listener = TlsListener(context, e.tls.server_name, session, self.gate, self.config.tcp.idle_timeout,
-                                   e.proxy_trusted)
+            tcp = self.config.tcp
+            listener = TlsListener(context, e.tls.server_name, session, self.gate, tcp.idle_timeout,
+                                   tcp.max_lifetime, e.proxy_trusted)
             for endpoint in endpoints:
                 sock = bind_tcp(endpoint, shared)
                 port: int = sock.getsockname()[1]

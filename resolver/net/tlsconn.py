@@ -36,7 +36,7 @@ class Session(Protocol):
 
     def received(self, data: bytes) -> None: ...
 
-    def busy(self) -> bool: ...  # answers still owed: the idle timeout waits
+    def busy(self) -> bool: ...  # answers still with the upstreams: the idle timeout and max_lifetime wait
 
     def closed(self) -> None: ...  # the connection is gone: late answers are dropped
 
@@ -48,12 +48,14 @@ class TlsListener:
     """What every connection of one listener shares."""
 
     def __init__(self, context: Callable[[], ssl.SSLContext], server_name: str, session: SessionFactory,
-                 gate: Gate, idle_timeout: float, proxy_trusted: tuple[IPNetwork, ...] = ()) -> None:
+                 gate: Gate, idle_timeout: float, max_lifetime: float,
+                 proxy_trusted: tuple[IPNetwork, ...] = ()) -> None:
         self.context = context  # the current context: a certificate rotation swaps it for new connections
         self.server_name = server_name
         self.session = session
         self.gate = gate
         self.idle_timeout = idle_timeout
+        self.max_lifetime = max_lifetime
         self.proxy_trusted = proxy_trusted
 
     def __call__(self) -> TlsConnection:
@@ -74,6 +76,7 @@ class TlsConnection(asyncio.Protocol):
         self.tls: ssl.SSLObject | None = None
         self.session: Session | None = None
         self.last = 0.0
+        self.ends = 0.0  # tcp.max_lifetime: however busy, the connection is closed once its answers are out
         self.timer: asyncio.TimerHandle | None = None
         # While the session reads one batch of bytes, what it sends is gathered and written once at the end: one
         # write (a system call) for a batch of pipelined answers rather than one each.
@@ -87,6 +90,7 @@ class TlsConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = canonical_client(peer[0]) if peer else ""
         self.last = self.loop.time()
+        self.ends = self.last + self.listener.max_lifetime
         self.timer = self.loop.call_later(self.listener.idle_timeout, self._idle)
         transport.set_write_buffer_limits(HIGH_WATER)
         if not self.sniffing:
@@ -238,9 +242,14 @@ class TlsConnection(asyncio.Protocol):
         self.timer = None
         if self.transport is None:
             return
-        due = self.last + self.listener.idle_timeout
+        due = min(self.last + self.listener.idle_timeout, self.ends)
         now = self.loop.time()
+        if now >= self.ends:
+            self.transport.pause_reading()  # past max_lifetime: no new questions, only what is owed
         if now < due or (self.session is not None and self.session.busy()):
             self.timer = self.loop.call_later(max(due - now, 0.5), self._idle)
+            return
+        if self.transport.get_write_buffer_size():
+            self.abort()  # answers written long ago and still unread: a graceful close would wait on them for ever
             return
         self.close()
