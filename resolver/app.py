@@ -108,7 +108,7 @@ class Server:
         # the hundreds of questions in flight survive and are promoted, to be walked again by the older
         # collections, a large share of a forwarded query's CPU (tests/load/RESULTS.md).
         gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
-        proxied = proxied_tcp(self.config, self.tcp.serve_proxied)  # PROXY v2 from trusted balancers
+        proxied = proxied_tcp(self.config, self.tcp)  # PROXY v2 from trusted balancers
         for endpoint in self.config.listen:
             tcp, port = self._listen(endpoint)
             server = await loop.create_server(proxied or self.tcp.protocol, sock=tcp, backlog=1024)

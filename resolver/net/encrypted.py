@@ -18,19 +18,19 @@ from resolver.net.doh import doh_session
 from resolver.net.dot import DotSession
 from resolver.net.limits import Gate
 from resolver.net.listeners import Forwarder
-from resolver.net.proxy import Handler, ProxyTcp
+from resolver.net.proxy import ProxyTcp, StreamListener
 from resolver.net.sockets import bind_tcp
 from resolver.net.tlsconf import TlsContexts
 from resolver.net.tlsconn import Session, TlsConnection, TlsListener
 
 
-def proxied_tcp(config: Config, handler: Handler) -> Callable[[], asyncio.Protocol] | None:
+def proxied_tcp(config: Config, listener: StreamListener) -> Callable[[], asyncio.Protocol] | None:
     """A protocol factory for the plain TCP listener that honours PROXY v2 from trusted peers; None when no peer
     is trusted (then the listener takes connections as before)."""
     trusted = config.encrypted.proxy_trusted
     if not trusted:
         return None
-    return functools.partial(ProxyTcp, handler, trusted, config.tcp.idle_timeout)
+    return functools.partial(ProxyTcp, listener, trusted, config.tcp.idle_timeout)
 
 
 class EncryptedListeners:

@@ -5,19 +5,22 @@ are needed to tell, and where the client's own bytes begin. Only a trusted peer 
 believed; a header from anyone else closes the connection, since it is an attempt to choose one's own address.
 A trusted peer may also connect without a header (a health check), and is then the client itself.
 
-``ProxyTcp`` puts this in front of the plain TCP listener: it reads the header, then hands the connection to an
-asyncio stream handler with the header's address as the client.
+``ProxyTcp`` puts this in front of the plain TCP listener: it reads a trusted balancer's header, then hands the
+connection to the listener with the header's address as the client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Awaitable, Callable
-from typing import Final, cast
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from resolver.core.client import canonical_client
 from resolver.core.policy import IPNetwork
+
+if TYPE_CHECKING:
+    from resolver.net.limits import Gate
 
 SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
 HEADER_SIZE: Final = 16  # signature, version/command, family/protocol, length
@@ -89,27 +92,46 @@ def trusted(peer: str, networks: tuple[IPNetwork, ...]) -> bool:
     return any(address.version == n.version and address in n for n in networks)
 
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Awaitable[None]]
+class StreamListener(Protocol):
+    """What ``ProxyTcp`` needs of the plain TCP listener (``listeners.TcpListener``)."""
+
+    gate: Gate
+
+    def admit(self, transport: asyncio.BaseTransport) -> str | None: ...
+
+    def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> Awaitable[None]: ...
+
+    def serve_proxied(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      client: str) -> Awaitable[None]: ...
 
 
 class ProxyTcp(asyncio.Protocol):
-    """The first protocol of a plain TCP connection when ``proxy_protocol`` is on: sniffs for a header, then
-    passes the connection (and whatever followed the header) to a stream handler ``handler(reader, writer,
-    client)``. A connection that says nothing for ``timeout`` seconds is closed."""
+    """The first protocol of a plain TCP connection when ``proxy_protocol`` is on.
 
-    def __init__(self, handler: Handler, networks: tuple[IPNetwork, ...], timeout: float) -> None:
-        self.handler = handler
+    A trusted balancer's connection is sniffed for a header, then served as the client the header names (admitted
+    then, as that phone). Anyone else is admitted at accept, as without PROXY support, so untrusted peers never
+    hold a socket outside the connection table; a header from them closes the connection. A connection that says
+    nothing for ``timeout`` seconds before its first bytes is closed."""
+
+    def __init__(self, listener: StreamListener, networks: tuple[IPNetwork, ...], timeout: float) -> None:
+        self.listener = listener
         self.networks = networks
         self.timeout = timeout
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.admitted: str | None = None  # an untrusted peer's slot, taken at accept
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
         peer = transport.get_extra_info("peername")
         self.peer = canonical_client(peer[0]) if peer else ""
+        if not trusted(self.peer, self.networks):
+            self.admitted = self.listener.admit(transport)
+            if self.admitted is None:
+                transport.close()
+                return
         self.timer = asyncio.get_running_loop().call_later(self.timeout, transport.abort)
 
     def data_received(self, data: bytes) -> None:
@@ -118,7 +140,7 @@ class ProxyTcp(asyncio.Protocol):
         if found.kind == NEED_MORE:
             return
         assert self.transport is not None
-        if found.kind == INVALID or (found.kind == HEADER and not trusted(self.peer, self.networks)):
+        if found.kind == INVALID or (found.kind == HEADER and self.admitted is not None):
             self._stop()
             self.transport.abort()
             return
@@ -128,10 +150,13 @@ class ProxyTcp(asyncio.Protocol):
         self._stop()
         transport = self.transport
         assert transport is not None
-        handler = self.handler
+        admitted, listener = self.admitted, self.listener
+        self.admitted = None  # the listener gives the slot back from here on
 
         def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Awaitable[None]:
-            return handler(reader, writer, client)
+            if admitted is not None:
+                return listener.serve(reader, writer, admitted)
+            return listener.serve_proxied(reader, writer, client)
 
         reader = asyncio.StreamReader(limit=2**16)
         stream = asyncio.StreamReaderProtocol(reader, connected)
@@ -146,6 +171,9 @@ class ProxyTcp(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop()
+        if self.admitted is not None:  # closed before it was handed over
+            self.listener.gate.release(self.admitted)
+            self.admitted = None
 
     def _stop(self) -> None:
         if self.timer is not None:

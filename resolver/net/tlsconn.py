@@ -69,7 +69,7 @@ class TlsConnection(asyncio.Protocol):
         self.client = ""  # the canonical client address: the peer's, or the PROXY header's
         self.client_id: str | None = None
         self.admitted = False
-        self.sniffing = bool(listener.proxy_trusted)
+        self.sniffing = False  # reading a PROXY header: only from a trusted balancer (connection_made)
         self.raw = b""  # bytes before TLS, while a PROXY header may be coming
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
@@ -93,6 +93,10 @@ class TlsConnection(asyncio.Protocol):
         self.ends = self.last + self.listener.max_lifetime
         self.timer = self.loop.call_later(self.listener.idle_timeout, self._idle)
         transport.set_write_buffer_limits(HIGH_WATER)
+        # Anyone else is admitted (access list, caps) now, before a byte is read, as on TCP: waiting to see a header
+        # first would let untrusted peers hold sockets outside the connection table. A header they send is then
+        # fed to TLS, whose handshake fails on it, and the connection closes.
+        self.sniffing = proxy.trusted(self.client, self.listener.proxy_trusted)
         if not self.sniffing:
             self._start_tls(self.client)
 
@@ -103,8 +107,7 @@ class TlsConnection(asyncio.Protocol):
             if found.kind == proxy.NEED_MORE:
                 return
             self.sniffing = False
-            if found.kind == proxy.INVALID or (
-                    found.kind == proxy.HEADER and not proxy.trusted(self.client, self.listener.proxy_trusted)):
+            if found.kind == proxy.INVALID:
                 self.abort()
                 return
             data, self.raw = self.raw[found.size:], b""

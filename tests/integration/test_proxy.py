@@ -3,6 +3,7 @@ for groups and the access list, over TCP, DoT and DoH; a header from an untruste
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from pathlib import Path
@@ -12,8 +13,10 @@ import dns.rcode
 import pytest
 
 from resolver.net.proxy import header
+from tests.integration.test_metrics import parse_samples
 from tests.support.authserver import AuthServer
 from tests.support.phones import SERVER_NAME, client_context, exemption_config, make_certs, tool
+from tests.support.prom import by_labels
 from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, free_port
 from tests.support.zone import TIKTOK_V4
 
@@ -126,3 +129,31 @@ def test_a_header_from_an_untrusted_peer_closes_the_connection(
                     raise ConnectionError("closed")
     assert addresses(over_tcp(proc.port, None), "A") == ["0.0.0.0"]  # without a header it is a client as any
     assert addresses(over_dot(dot, None, certs[0]), "A") == ["0.0.0.0"]
+
+
+def test_untrusted_peers_take_their_slot_at_accept_on_every_listener(
+        resolver_factory: ResolverFactory, auth: AuthServer, certs: tuple[Path, Path, Path]) -> None:
+    """With PROXY support on, a peer that is not a trusted balancer is admitted at accept, before it sends a byte,
+    as without it: two silent connections from one address (tcp.max_per_client 2, shared by TCP, DoT and DoH)
+    fill its slots, and a third on any listener is closed at once, so silent peers cannot hold sockets outside
+    the connection table while the server waits for a header."""
+    dot, doh = free_port(udp=False), free_port(udp=False)
+    proc = resolver_factory(exemption_config(auth.address, {
+        "dot": [f"127.0.0.1:{dot}"], "doh": [f"127.0.0.1:{doh}"],
+        "tls": {"cert": str(certs[1]), "key": str(certs[2]), "server_name": SERVER_NAME},
+        "proxy_protocol": {"trusted": ["192.0.2.0/24"]}, "tcp": {"max_per_client": 2, "idle_timeout": 30}}),
+        metrics=True)
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.9", 0))
+              for port in (dot, proc.port)]
+    try:
+        for port in (proc.port, dot, doh):
+            with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.9", 0)) as extra:
+                extra.settimeout(5)
+                with contextlib.suppress(ConnectionResetError):
+                    assert extra.recv(1) == b"", f"a third connection from one address was kept on {port}"
+        assert addresses(over_tcp(proc.port, None), "A") == ["0.0.0.0"]  # another address is served
+    finally:
+        for sock in silent:
+            sock.close()
+    rejected = by_labels(parse_samples(proc.metrics_text()), "resolver_tcp_rejected_connections_total", "reason")
+    assert rejected[("client",)] == 3
