@@ -87,9 +87,10 @@ def bind_tcp(endpoint: Endpoint, shared: bool, listen: Iterable[Endpoint] = ()) 
     return socket.socket(fileno=raw.detach())
 
 
-def claim(listen: tuple[Endpoint, ...]) -> list[socket.socket]:
+def claim(listen: tuple[Endpoint, ...], streams: tuple[Endpoint, ...] = ()) -> list[socket.socket]:
     """For a supervisor about to start workers that bind with SO_REUSEPORT: refuse any listen address someone
-    already holds, over UDP or TCP, and keep holding them until the caller closes what this returns.
+    already holds, over UDP or TCP (``streams``, the DoT and DoH addresses: TCP only), and keep holding them until
+    the caller closes what this returns.
 
     The probe is a plain bind (no SO_REUSEPORT), which the kernel refuses while any socket holds the address,
     a running resolver's workers included. The hold is a bound TCP socket that never listens (so it is given no
@@ -99,9 +100,10 @@ def claim(listen: tuple[Endpoint, ...]) -> list[socket.socket]:
     """
     held: list[socket.socket] = []
     try:
-        for endpoint in listen:
+        for endpoint in (*listen, *streams):
             v6only = v6_only(endpoint, listen)
-            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            kinds = (socket.SOCK_DGRAM, socket.SOCK_STREAM) if endpoint in listen else (socket.SOCK_STREAM,)
+            for kind in kinds:
                 _socket_for(endpoint, kind, shared=False, v6only=v6only).close()
             hold = _socket_for(endpoint, socket.SOCK_STREAM, shared=True, v6only=v6only, reuse_address=False)
             held.append(socket.socket(fileno=hold.detach()))

@@ -124,7 +124,9 @@ class Supervisor:
             self.timers = loop
         if self.start_child is None:
             self.start_child = self._start_process
-        held = claim(self.config.listen)  # before anything starts: an address in use is one error line, exit 2
+        encrypted = self.config.encrypted
+        # Before anything starts: an address in use is one error line, exit 2.
+        held = claim(self.config.listen, encrypted.dot + encrypted.doh)
         try:
             finished = asyncio.Event()
             self.on_done = finished.set

@@ -20,9 +20,10 @@ import h2.connection
 import h2.settings
 import pytest
 
+from tests.integration.test_lifecycle import _error_lines, _serve_until_exit
 from tests.support.authserver import AuthServer
 from tests.support.phones import SERVER_NAME, client_context, dot_query, make_certs, tool
-from tests.support.resolverproc import ResolverFactory, addresses, free_port
+from tests.support.resolverproc import ResolverFactory, addresses, free_port, write_config
 from tests.support.zone import WWW, WWW_V4
 
 pytestmark = pytest.mark.skipif(tool("openssl") is None, reason="openssl makes the test CA")
@@ -118,4 +119,24 @@ def test_a_busy_dot_connection_ends_at_max_lifetime(resolver_factory: ResolverFa
             pass
         assert time.monotonic() < ends, "a busy connection outlived tcp.max_lifetime"
     assert answered >= 1
+    assert addresses(dot_query(dot, WWW, certs[0]), "A") == [WWW_V4]
+
+
+@pytest.mark.parametrize("kind", ["dot", "doh"])
+def test_a_second_supervisor_cannot_join_the_encrypted_ports(resolver_factory: ResolverFactory, auth: AuthServer,
+                                                             certs: tuple[Path, Path, Path], tmp_path: Path,
+                                                             kind: str) -> None:
+    """Both with several workers, so both would bind with SO_REUSEPORT: a second resolver on other plain ports but
+    the first's DoT or DoH port must be refused with one error line, not take a share of its phones."""
+    dot, doh = free_port(udp=False), free_port(udp=False)
+    tls = {"cert": str(certs[1]), "key": str(certs[2]), "server_name": SERVER_NAME}
+    config = {"upstreams": [auth.address], "dot": [f"127.0.0.1:{dot}"], "doh": [f"127.0.0.1:{doh}"], "tls": tls}
+    resolver_factory(config, ["--workers", "2"])
+    taken = dot if kind == "dot" else doh
+    other = write_config(tmp_path / "other.yaml", {**config, kind: [f"127.0.0.1:{taken}"],
+                                                   "dot" if kind == "doh" else "doh": []})
+    second = _serve_until_exit("-c", str(other), "--listen", f"127.0.0.1:{free_port()}", "--workers", "2")
+    assert second.returncode == 2, second.stderr
+    assert _error_lines(second.stderr) == [f"error: cannot listen on 127.0.0.1:{taken} (tcp): Address already in use"]
+    assert "Traceback" not in second.stderr
     assert addresses(dot_query(dot, WWW, certs[0]), "A") == [WWW_V4]
