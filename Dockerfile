@@ -6,7 +6,7 @@ FROM python:3.11-slim AS build
 # A C compiler for setup.py's mypyc build of the hot path; it stays in this stage, the image gets the wheel.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY resolver ./resolver
 COPY blocklists ./blocklists
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .

@@ -35,6 +35,7 @@ from resolver.ops.metrics import MetricsServer
 from resolver.ops.querylog import QueryLog
 from resolver.ops.reload import Reloader
 from resolver.ops.snapshot import Snapshot, take
+from resolver.ops.systemd import Notifier
 from resolver.ops.workers import SnapshotSender
 from resolver.tasks import TaskSet
 
@@ -97,6 +98,7 @@ class Server:
             self.pipeline.log_only_blocked = self.config.query_log.only_blocked
         self.stopping = asyncio.Event()
         self.started = time.time()
+        self.systemd = Notifier.from_env() if worker is None else Notifier()  # a worker's supervisor speaks
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -133,6 +135,7 @@ class Server:
             self.background.spawn(self.encrypted.contexts.watch())  # certificate rotation
         self.background.spawn(self._report_monitored())
         self.background.spawn(self._probe_upstreams())
+        self.background.spawn(self.systemd.watchdog())
         for source in self.config.policy.lists:
             if source.url is not None:
                 self.background.spawn(self._refresh(source))
@@ -160,7 +163,9 @@ class Server:
         return tcp, port
 
     async def _reload(self, why: str) -> None:
+        self.systemd.reloading()
         await self.reloader.reload(why)
+        self.systemd.ready(f"policy {self.pipeline.policy.version}")
 
     async def _refresh(self, source: ListSource) -> None:
         # A copy fetched at start-up (or by a previous run) is not fetched again before its refresh is due.
@@ -205,7 +210,9 @@ class Server:
 
     async def run(self) -> None:
         await self.start()
+        self.systemd.ready(f"dns {' '.join(self.bound)}, policy {self.pipeline.policy.version}")
         await self.stopping.wait()
+        self.systemd.stopping()
         await self.stop()
 
     async def stop(self) -> None:

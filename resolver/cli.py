@@ -169,6 +169,7 @@ def _run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 
 def _supervise(argv: list[str], config: Config, args: argparse.Namespace) -> int:
     from resolver.ops.querylog import run_salt_env
+    from resolver.ops.systemd import Notifier
     from resolver.ops.workers import Supervisor, pin_ports
 
     logs.setup(args.log_level, args.log_format)
@@ -193,7 +194,10 @@ def _supervise(argv: list[str], config: Config, args: argparse.Namespace) -> int
         worker_argv += ["--listen", str(endpoint)]
 
     async def main() -> int:
-        return await Supervisor(args.workers, worker_argv, config, env=run_salt_env(config.query_log)).run()
+        supervisor = Supervisor(args.workers, worker_argv, config, env=run_salt_env(config.query_log))
+        systemd = Notifier.from_env()  # before any worker starts: they must not inherit NOTIFY_SOCKET
+        supervisor.notify = systemd.send
+        return await systemd.watching(supervisor.run())
 
     result: int = _run(main)
     return result

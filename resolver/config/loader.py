@@ -68,7 +68,10 @@ def load_config(path: str | Path | None) -> Config:
     if path is None:
         return Config()
     raw, _ = load_yaml(path, MAX_CONFIG_BYTES, "; lists belong in list files")
-    return config_from_dict(raw, str(path), Path(path).resolve().parent)
+    # Relative to the directory the file is named in, not to where a symlink leads: a Kubernetes ConfigMap or Secret
+    # volume names its files through a ``..data`` symlink swapped at each update, so paths resolved through it would
+    # keep pointing into the old, deleted copy.
+    return config_from_dict(raw, str(path), Path(path).absolute().parent)
 
 
 def config_from_dict(raw: Any, file: str, base: Path) -> Config:
@@ -286,7 +289,7 @@ def _flag_file(flags: dict[str, Any], name: str) -> Path | None:
         return None
     if not Path(given).is_file():
         raise ConfigError(f"--{name.replace('_', '-')}", f"{given!r}: no such file")
-    return Path(given).resolve()
+    return Path(given).absolute()  # not resolved: a Secret volume's ``..data`` symlink is followed through rotations
 
 
 def system_nameservers(path: str = "/etc/resolv.conf") -> tuple[Endpoint, ...]:

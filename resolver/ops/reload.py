@@ -36,7 +36,9 @@ audit = logging.getLogger("resolver.audit")  # one JSON record per reload attemp
 WATCH_SECONDS = 2.0  # how often policy files are checked for changes
 FETCH_RETRY = 300.0  # after a failed fetch, try again this soon (or at the refresh interval if shorter)
 
-FileState = tuple[int, int]  # (mtime in ns, size); (-1, -1) for a file that cannot be read
+# (inode, mtime in ns, size); all -1 for a file that cannot be read. The inode: a symlink swapped to another file
+# (a Kubernetes ConfigMap update) is a change even if the new file has the old one's size and time.
+FileState = tuple[int, int, int]
 Build = Callable[[Callable[[], Config]], tuple[Config, Loaded]]  # config factory -> (config, policy); ConfigError
 Fetch = Callable[[ListSource, Path], bool]  # (URL list, cache file) -> content changed; ConfigError
 
@@ -261,9 +263,9 @@ class Reloader:
             try:
                 st = path.stat()
             except OSError:
-                out[path] = (-1, -1)
+                out[path] = (-1, -1, -1)
             else:
-                out[path] = (st.st_mtime_ns, st.st_size)
+                out[path] = (st.st_ino, st.st_mtime_ns, st.st_size)
         return out
 
     async def watch(self) -> None:

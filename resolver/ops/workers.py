@@ -117,6 +117,7 @@ class Supervisor:
         self.exit_code = 0
         self.on_done: Callable[[], None] = lambda: None
         self._kill_timer: Cancellable | None = None
+        self.notify: Callable[[str], None] = lambda line: None  # systemd's READY=1 / STOPPING=1 (ops/systemd.py)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -184,6 +185,7 @@ class Supervisor:
             self.announced = True
             log.info("resolver ready: dns %s (udp+tcp), %d workers, metrics %s",
                      " ".join(str(e) for e in self.config.listen), self.count, self.config.metrics or "off")
+            self.notify("READY=1")
 
     def exited(self, index: int, status: int | None) -> None:
         """Worker ``index`` is gone. Keep its counts, and start a new one unless we are stopping."""
@@ -224,6 +226,7 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
+        self.notify("STOPPING=1")
         log.info("shutting down %d workers", self.count)
         for worker in self.workers:
             if worker.child is not None:

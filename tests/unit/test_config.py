@@ -154,7 +154,8 @@ def test_defaults_bound_the_cache_and_cap_ttls() -> None:
     assert (cache.max_bytes, cache.max_answer_bytes, cache.max_ttl) == (64 << 20, 16 << 10, 86400)
 
 
-@pytest.mark.parametrize("name", ["example-force.yaml", "docker.yaml"])
+@pytest.mark.parametrize("name", ["example-force.yaml", "docker.yaml", "kubernetes/resolver.yaml",
+                                  "rollout/staging/resolver.yaml"])
 def test_shipped_configs_limit_each_phones_rate(name: str) -> None:
     limit = load_config(Path(resolver.config.__file__).parents[2] / "deploy" / name).rate_limit
     assert limit.qps > 0 and limit.burst >= limit.qps and limit.action == "truncate"
@@ -173,7 +174,8 @@ def test_tcp_limits_are_read_and_bounded(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the shipped configurations
 
 REPO = Path(resolver.__file__).resolve().parent.parent
-SHIPPED = sorted((REPO / "deploy").glob("*.yaml"))
+# Every resolver config under deploy/: the top level's, and those the Kubernetes ConfigMaps carry.
+SHIPPED = sorted([*(REPO / "deploy").glob("*.yaml"), *(REPO / "deploy").glob("*/**/resolver.yaml")])
 BROAD = set(AccessSpec().allow)  # the default: every private, CGNAT and link-local range
 
 
@@ -182,10 +184,11 @@ def inside(a: IPNetwork, b: IPNetwork) -> bool:
 
 
 def test_every_shipped_config_is_checked_here() -> None:
-    assert [p.name for p in SHIPPED] == ["docker.yaml", "example-force.yaml"]
+    assert [str(p.relative_to(REPO / "deploy")) for p in SHIPPED] == [
+        "docker.yaml", "example-force.yaml", "kubernetes/resolver.yaml", "rollout/staging/resolver.yaml"]
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+@pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO / "deploy")) for p in SHIPPED])
 def test_shipped_configs_answer_only_this_host_and_the_documented_vpn_pools(path: Path) -> None:
     config = load_config(path)
     pools = [n for n in config.access.allow if not n.is_loopback]
