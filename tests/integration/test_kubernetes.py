@@ -1,4 +1,4 @@
-"""deploy/kubernetes: every object valid offline (kubernetes-validate --strict for built-in kinds, the vendored CRD
+"""deploy/kubernetes: every object valid offline (kubernetes-validate --strict for built-in kinds, our strict
 schemas in tests/data/crd-schemas for the Prometheus Operator's), the PrometheusRule equal to alerts.yml, the
 promises the README makes about the manifests, and the ConfigMap's resolver.yaml served through a directory laid
 out the way kubelet lays out a ConfigMap or Secret volume, reloading when kubelet would swap it.
