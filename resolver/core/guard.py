@@ -196,16 +196,19 @@ def _groups(old: Side, new: Side, og: int, ng: int) -> Iterator[Change]:
 
 
 def _leaks(old: Side, new: Side, og: int, ng: int, label: str, reported: frozenset[str]) -> Iterator[Change]:
-    """Names the old group blocked and the new one lets through although their platform is still blocked:
-    an allow entry now covers them. The probes are every platform domain and every allow entry."""
+    """Names the old group blocked and the new one lets through although their platform is still blocked: an
+    allow entry now covers them, or the domain left the platform file. The probes are every platform domain and
+    every allow entry."""
     for pid, platform in sorted(old.policy.platforms.items()):
         if pid in reported or pid not in new.policy.platforms:
             continue
-        kept = set(new.policy.platforms[pid].domains)  # a domain taken out of the file counts in _shrunk
-        for domain in (d for d in platform.domains if d in kept):
+        kept = set(new.policy.platforms[pid].domains)
+        for domain in platform.domains:
             if old.blocks(domain, og) and not new.blocks(domain, ng):
-                yield Change("domain", domain, label, "allowed", f"{pid} domain now allowed by "
-                             f"{_decider(new, domain, ng)}", True, pid)
+                # One domain taken out of a platform file unblocks as surely as an allow entry does: each is a
+                # reduction of its own, however small a share of the platform it is.
+                how = f"now allowed by {_decider(new, domain, ng)}" if domain in kept else "removed from the platform"
+                yield Change("domain", domain, label, "allowed", f"{pid} domain {how}", True, pid)
     spec = new.policy.spec
     allows = [*spec.allow_domains, *(d for g in spec.groups for d in g.allow_domains), *new.allow_names]
     for name in dict.fromkeys(allows):

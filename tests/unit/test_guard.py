@@ -85,11 +85,20 @@ def test_a_category_typo_drops_the_platform_out_of_the_block() -> None:
 def test_a_platform_that_lost_more_than_the_limit_of_its_domains() -> None:
     fewer = replace(TIKTOK, domains=TIKTOK.domains[:8])  # 10 -> 8: -20%
     old, new = side(build()), side(build(platforms=[fewer, FACEBOOK, MAPS]))
-    assert reductions(old, new) == [
-        "platform tiktok: domains 10 -> 8 (-20%, more than the 10% allowed)"]
-    assert reductions(old, new, Limits(platform_shrink=0.25)) == []
+    gone = [f"domain {d} for group default: tiktok domain removed from the platform" for d in TIKTOK.domains[8:]]
+    assert reductions(old, new) == sorted([*gone, "platform tiktok: domains 10 -> 8 (-20%, more than the 10% allowed)"])
+    assert reductions(old, new, Limits(platform_shrink=0.25)) == sorted(gone), "the domains are still named"
+
+
+def test_every_domain_taken_out_of_a_platform_is_a_reduction_of_its_own() -> None:
+    """Within the shrink limit or not: one domain gone unblocks as surely as an allow entry over it (a platform
+    file losing its API domain would otherwise pass as "no change")."""
     nine = side(build(platforms=[replace(TIKTOK, domains=TIKTOK.domains[:9]), FACEBOOK, MAPS]))
-    assert reductions(old, nine) == [], "a 10% drop is within the default limit"
+    assert reductions(side(build()), nine) == [
+        f"domain {TIKTOK.domains[9]} for group default: tiktok domain removed from the platform"]
+    # A subdomain taken out while its parent stays listed is still blocked: nothing to approve.
+    listed = replace(TIKTOK, domains=(*TIKTOK.domains, "api.tiktok.com"))
+    assert reductions(side(build(platforms=[listed, FACEBOOK, MAPS])), side(build())) == []
 
 
 def test_a_change_is_judged_by_the_stricter_of_the_two_limits() -> None:
