@@ -109,8 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_certificate(config.encrypted.tls)  # a bad certificate is one error line, before anything starts
         if args.command == "serve":
             ensure_fds(config)  # before anything is bound or a worker started: workers inherit the raised limit
+            args.chosen = "--workers"
             if args.workers is None:
-                args.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+                from resolver.ops.cpus import cpu_budget
+                budget = cpu_budget()
+                args.workers, args.chosen = budget.workers, budget.describe()
             if args.workers < 1:
                 raise ConfigError("--workers", "must be at least 1")
             if args.workers > 1 and args.worker is None:
@@ -193,7 +196,8 @@ def _supervise(argv: list[str], config: Config, args: argparse.Namespace) -> int
         worker_argv += ["--listen", str(endpoint)]
 
     async def main() -> int:
-        return await Supervisor(args.workers, worker_argv, config, env=run_salt_env(config.query_log)).run()
+        return await Supervisor(args.workers, worker_argv, config, env=run_salt_env(config.query_log),
+                                chosen=args.chosen).run()
 
     result: int = _run(main)
     return result
@@ -203,15 +207,15 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
            worker: str | None = None, check_against: str | None = None) -> int:
     logs.setup(level, fmt)
     from resolver.app import Server
+    from resolver.ops.link import WorkerLink, follow_supervisor
     from resolver.ops.querylog import with_run_salt
     from resolver.ops.reload import fetch_missing
-    from resolver.ops.workers import follow_supervisor
 
-    index = fd = None
+    link = None
     if worker:
-        index, fd, supervisor = (int(x) for x in worker.split(":"))
-        if not follow_supervisor(supervisor):
-            log.error("worker %d: the supervisor is gone before this worker started; not starting", index)
+        link = WorkerLink.parse(worker)
+        if not follow_supervisor(link.supervisor):
+            log.error("worker %d: the supervisor is gone before this worker started; not starting", link.index)
             return 1
         config = replace(config, query_log=with_run_salt(config.query_log, os.environ))
     else:
@@ -224,7 +228,7 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
         _check_against(check_against, config, loaded)
 
     async def run() -> None:
-        server = Server(make_config, config, loaded, worker=index, snapshot_fd=fd)
+        server = Server(make_config, config, loaded, link)
         await server.run()
 
     _run(run)

@@ -59,10 +59,14 @@ class FakeClock:
 class FakeChild:
     index: int
     signals: list[int] = field(default_factory=list)
+    told: list[tuple[bytes, int]] = field(default_factory=list)
     killed: bool = False
 
     def signal(self, signum: int) -> None:
         self.signals.append(signum)
+
+    def tell(self, kind: bytes, number: int) -> None:
+        self.told.append((kind, number))
 
     def kill(self) -> None:
         self.killed = True
