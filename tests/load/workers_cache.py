@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import OUT, build_tree, export_revision, say  # noqa: E402
-from loadgen import ANSWER_V4, ZONE, Data  # noqa: E402
-from measure import dnsperf  # noqa: E402
-from procs import Proc, drive, free_port, wait_answer  # noqa: E402
-from servers import DEFAULT_RESOLVER_CONFIG, HOST, start_upstream  # noqa: E402
+from bench import OUT, build_tree, export_revision, say
+from loadgen import ANSWER_V4, ZONE, Data
+from measure import dnsperf
+from procs import Proc, drive, free_port, wait_answer
+from servers import DEFAULT_RESOLVER_CONFIG, HOST, start_upstream
 
 CPUS = os.environ.get("LOAD_SERVER_CPUS", "0,1")
 SIZE = 100_000
@@ -104,8 +104,9 @@ def main() -> int:
               "upstream queries per 1,000 client queries | answered (dnsperf) | counted (/metrics) |")
         print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
         for described, workers, got in rows:
-            print(f"| {described} | {workers} | {got['qps']:,.0f} | {got['cpu_us']:.1f} | {got['server_cpu_pct']:.0f} | "
-                  f"{got['hit_ratio']:.4f} | {got['upstream_per_1000']:.1f} | {got['answered']:,.0f} | "
+            print(f"| {described} | {workers} | {got['qps']:,.0f} | {got['cpu_us']:.1f} | "
+                  f"{got['server_cpu_pct']:.0f} | {got['hit_ratio']:.4f} | {got['upstream_per_1000']:.1f} | "
+                  f"{got['answered']:,.0f} | "
                   f"{got['counted']:,.0f} |")
         print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.seconds:g} s W4 runs, "
               f"{'pure' if args.pure else 'compiled'} build, CPUs {CPUS} shared by server, dnsperf and nsd")
