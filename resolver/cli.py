@@ -52,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
                        help="stderr log format (auto: text on a terminal, JSON lines otherwise)")
     serve.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="worker processes sharing the ports (SO_REUSEPORT); default: one per CPU this "
-                            "process may run on. Each worker has its own cache")
+                       help="worker processes sharing the ports and one cache; default: one per CPU this "
+                            "process may run on, within its cgroup's CPU quota")
     serve.add_argument("--check-against", metavar="OLD",
                        help="refuse to start when this policy unblocks anything, compared with OLD (a config or a "
                             "directory, as for `resolver diff`), that the config does not approve")
