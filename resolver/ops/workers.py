@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import resolver
+from resolver import build
 from resolver.config.model import Config, Endpoint
 from resolver.errors import ListenError
 from resolver.net.sockets import claim, reason
@@ -225,8 +226,8 @@ class Supervisor:
         # Once every worker has bound its listeners, the service is up.
         if not self.announced and all(w.latest is not None for w in self.workers):
             self.announced = True
-            log.info("resolver ready: dns %s (udp+tcp), %d workers, metrics %s",
-                     " ".join(str(e) for e in self.config.listen), self.count, self.config.metrics or "off")
+            log.info("resolver ready: dns %s (udp+tcp), %d workers, metrics %s, build %s",
+                     " ".join(str(e) for e in self.config.listen), self.count, self.config.metrics or "off", build())
 
     def exited(self, index: int, status: int | None) -> None:
         """Worker ``index`` is gone. Keep its counts, and start a new one unless we are stopping."""

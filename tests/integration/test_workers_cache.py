@@ -165,6 +165,6 @@ def test_workers_run_the_installed_build_not_a_copy_in_the_working_directory(tmp
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    ready = [line for line in lines if re.search(r"worker \d ready", line)]
-    assert len(ready) == 2, "".join(lines)
+    ready = [line for line in lines if re.search(r"(worker \d|resolver) ready", line)]
+    assert len(ready) == 3, "".join(lines)  # two workers and the supervisor
     assert all(f"build {build[1]}" in line for line in ready), "".join(ready)
