@@ -6,6 +6,7 @@ line. Shutdown: close listeners, let in-flight upstream queries finish for a bou
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import gc
 import logging
@@ -29,14 +30,15 @@ from resolver.net.encrypted import EncryptedListeners, proxied_tcp
 from resolver.net.forwarder import Forwarder
 from resolver.net.limits import ConnectionTable, Gate, open_fds
 from resolver.net.listeners import TcpListener, UdpListener
+from resolver.net.peers import Route
 from resolver.net.sockets import bind_tcp, bind_udp, reason
 from resolver.net.upstream import UpstreamPool
+from resolver.ops.link import SnapshotSender, WorkerLink
 from resolver.ops.metrics import MetricsServer
 from resolver.ops.querylog import QueryLog
 from resolver.ops.reload import Reloader
 from resolver.ops.snapshot import Snapshot, take
 from resolver.ops.systemd import Notifier
-from resolver.ops.workers import SnapshotSender
 from resolver.tasks import TaskSet
 
 log = logging.getLogger("resolver")
@@ -56,9 +58,9 @@ def _worker_log(config: QueryLogConfig, worker: int) -> QueryLogConfig:
 
 class Server:
     def __init__(self, config_factory: Callable[[], Config], config: Config, loaded: Loaded,
-                 worker: int | None = None, snapshot_fd: int | None = None) -> None:
-        self.worker = worker  # index when one of --workers N: share ports, report to the supervisor
-        self.snapshot_fd = snapshot_fd
+                 link: WorkerLink | None = None) -> None:
+        self.link = link  # one of --workers N: share ports, report to the supervisor, share one cache
+        worker = self.worker = None if link is None else link.index
         if worker is not None:
             config = replace(config, metrics=None, query_log=_worker_log(config.query_log, worker))
         self.config_factory = config_factory  # re-reads the file and applies the flags again, for reloads
@@ -76,7 +78,11 @@ class Server:
         self.upstreams = UpstreamPool(upstreams, config.upstream_timeout, config.query_timeout, self.stats,
                                       config.upstream_strategy, config.upstream_ca,
                                       avoid_ports=frozenset(e.port for e in config.listen))
-        self.forwarder = Forwarder(self.pipeline, self.upstreams)
+        self.route: Route | None = None  # with peer workers: a miss goes to its name's owner (net/peers.py)
+        if link is not None and link.peer_fds:
+            peers = {i: socket.socket(fileno=fd) for i, fd in link.peer_fds.items()}
+            self.route = Route(self.upstreams, self.pipeline, link.index, link.count, peers, config.query_timeout)
+        self.forwarder = Forwarder(self.pipeline, self.route or self.upstreams)
         self.tasks = TaskSet()  # reloads: drained on shutdown
         self.background = TaskSet()  # endless loops (watchers, refreshers): cancelled
         self.closers: list[Callable[[], None]] = []
@@ -111,8 +117,8 @@ class Server:
         # collections, a large share of a forwarded query's CPU (tests/load/RESULTS.md).
         gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
         proxied = proxied_tcp(self.config, self.tcp)  # PROXY v2 from trusted balancers
-        for endpoint in self.config.listen:
-            tcp, port = self._listen(endpoint)
+        for i, endpoint in enumerate(self.config.listen):
+            tcp, port = self._listen(endpoint, i)
             server = await loop.create_server(proxied or self.tcp.protocol, sock=tcp, backlog=1024)
             self.servers.append(server)
             self.bound.append(str(Endpoint(endpoint.host, port)))
@@ -139,8 +145,9 @@ class Server:
         for source in self.config.policy.lists:
             if source.url is not None:
                 self.background.spawn(self._refresh(source))
-        if self.snapshot_fd is not None:
-            sender = SnapshotSender(self.snapshot_fd)
+        if self.link is not None:
+            on_peer = None if self.route is None else self.route.peer_state
+            sender = SnapshotSender(self.link.snapshot_fd, self.link.control_fd, on_peer)
             self.background.spawn(sender.run(self.snapshot))
         what = "resolver ready" if self.worker is None else f"worker {self.worker} ready"
         if self.encrypted.bound:
@@ -149,10 +156,14 @@ class Server:
                  " ".join(self.bound), " ".join(str(e) for e in self.upstreams.endpoints),
                  self.config.metrics or "off", self.pipeline.policy.version, build())
 
-    def _listen(self, endpoint: Endpoint) -> tuple[socket.socket, int]:
-        """UDP and TCP on ``endpoint``; port 0 takes one free port for both."""
+    def _listen(self, endpoint: Endpoint, index: int) -> tuple[socket.socket, int]:
+        """UDP and TCP on ``endpoint``; port 0 takes one free port for both. A worker's UDP socket is the one its
+        supervisor bound for it (its place in the reuseport group steers queries to it: net/steer.py)."""
         shared = self.worker is not None
-        udp = bind_udp(endpoint, shared, self.config.listen)
+        if self.link is not None and index < len(self.link.udp_fds):
+            udp = _socket.socket(fileno=self.link.udp_fds[index])
+        else:
+            udp = bind_udp(endpoint, shared, self.config.listen)
         port: int = udp.getsockname()[1]
         try:
             tcp = bind_tcp(Endpoint(endpoint.host, port), shared, self.config.listen)
@@ -228,6 +239,8 @@ class Server:
         for close in self.closers:
             close()
         self.tasks.cancel()
+        if self.route is not None:
+            self.route.close()
         self.upstreams.close()
         if self.querylog is not None:
             self.querylog.close()

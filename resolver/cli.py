@@ -52,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
                        help="stderr log format (auto: text on a terminal, JSON lines otherwise)")
     serve.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="worker processes sharing the ports (SO_REUSEPORT); default: one per CPU this "
-                            "process may run on. Each worker has its own cache")
+                       help="worker processes sharing the ports and one cache; default: one per CPU this "
+                            "process may run on, within its cgroup's CPU quota")
     serve.add_argument("--check-against", metavar="OLD",
                        help="refuse to start when this policy unblocks anything, compared with OLD (a config or a "
                             "directory, as for `resolver diff`), that the config does not approve")
@@ -109,8 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_certificate(config.encrypted.tls)  # a bad certificate is one error line, before anything starts
         if args.command == "serve":
             ensure_fds(config)  # before anything is bound or a worker started: workers inherit the raised limit
+            args.chosen = "--workers"
             if args.workers is None:
-                args.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+                from resolver.ops.cpus import cpu_budget
+                budget = cpu_budget()
+                args.workers, args.chosen = budget.workers, budget.describe()
             if args.workers < 1:
                 raise ConfigError("--workers", "must be at least 1")
             if args.workers > 1 and args.worker is None:
@@ -194,7 +197,8 @@ def _supervise(argv: list[str], config: Config, args: argparse.Namespace) -> int
         worker_argv += ["--listen", str(endpoint)]
 
     async def main() -> int:
-        supervisor = Supervisor(args.workers, worker_argv, config, env=run_salt_env(config.query_log))
+        supervisor = Supervisor(args.workers, worker_argv, config, env=run_salt_env(config.query_log),
+                                chosen=args.chosen)
         systemd = Notifier.from_env()  # before any worker starts: they must not inherit NOTIFY_SOCKET
         supervisor.notify = systemd.send
         return await systemd.watching(supervisor.run())
@@ -207,15 +211,15 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
            worker: str | None = None, check_against: str | None = None) -> int:
     logs.setup(level, fmt)
     from resolver.app import Server
+    from resolver.ops.link import WorkerLink, follow_supervisor
     from resolver.ops.querylog import with_run_salt
     from resolver.ops.reload import fetch_missing
-    from resolver.ops.workers import follow_supervisor
 
-    index = fd = None
+    link = None
     if worker:
-        index, fd, supervisor = (int(x) for x in worker.split(":"))
-        if not follow_supervisor(supervisor):
-            log.error("worker %d: the supervisor is gone before this worker started; not starting", index)
+        link = WorkerLink.parse(worker)
+        if not follow_supervisor(link.supervisor):
+            log.error("worker %d: the supervisor is gone before this worker started; not starting", link.index)
             return 1
         config = replace(config, query_log=with_run_salt(config.query_log, os.environ))
     else:
@@ -228,7 +232,7 @@ def _serve(make_config: Callable[[], Config], config: Config, level: str, fmt: s
         _check_against(check_against, config, loaded)
 
     async def run() -> None:
-        server = Server(make_config, config, loaded, worker=index, snapshot_fd=fd)
+        server = Server(make_config, config, loaded, link)
         await server.run()
 
     _run(run)

@@ -8,19 +8,26 @@ and each waiter gets the pipeline's rendering of it.
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from resolver.core.forwarding import JOINED, START, Respond
 from resolver.core.pipeline import Pipeline
 from resolver.core.wire import Query
-from resolver.net.upstream import UpstreamPool
+from resolver.net.upstream import Answered
 
 log = logging.getLogger("resolver.forward")
+
+
+class Upstreams(Protocol):
+    """Where a question goes: the upstream pool, or with --workers the route to its name's owner (net/peers.py)."""
+
+    def resolve(self, query: Query, done: Answered) -> None: ...
 
 
 class Forwarder:
     __slots__ = ("inflight", "pipeline", "upstreams")
 
-    def __init__(self, pipeline: Pipeline, upstreams: UpstreamPool) -> None:
+    def __init__(self, pipeline: Pipeline, upstreams: Upstreams) -> None:
         self.pipeline = pipeline
         self.inflight = pipeline.inflight
         self.upstreams = upstreams

@@ -3,8 +3,13 @@
 The supervisor first claims the listen addresses (``net.sockets.claim``: refused when anyone holds one, held
 until it exits), then starts each worker as a fresh ``resolver serve`` process (no fork of a running event loop),
 restarts one that dies, forwards SIGHUP (every worker reloads) and SIGTERM (every worker drains, bounded), and
-serves the metrics: each worker sends a Snapshot down a pipe every SNAPSHOT_SECONDS, and the supervisor adds them
-up, keeping what dead workers had counted so no counter goes backwards.
+serves the metrics: each worker sends a Snapshot down a pipe every second and at once when a scrape asks for it
+(so a scrape counts every query answered before it), and the supervisor adds them up, keeping what dead workers
+had counted so no counter goes backwards.
+
+One cache for all of them: the supervisor binds the UDP sockets and hands them out (``ops/fabric.py``), so the
+kernel gives each query to the worker that owns its name (``net/steer.py``), and a worker asks a name's owner
+for what comes to it over TCP, DoT or DoH (``net/peers.py``).
 
 No orphans, no crash loop. A worker follows its supervisor out: the kernel sends it SIGTERM when the supervisor
 dies, even by SIGKILL (``follow_supervisor``), and the snapshot sender notices a closed pipe or a new parent
@@ -18,32 +23,41 @@ are tested on a fake clock without processes or sockets.
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import contextlib
 import logging
 import os
 import pickle
 import signal
 import socket
-import struct
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
+import resolver
+from resolver import build
 from resolver.config.model import Config, Endpoint
 from resolver.errors import ListenError
 from resolver.net.sockets import claim, reason
+from resolver.ops.fabric import Fabric
+from resolver.ops.link import CONTROL, FRAME, PEER_DOWN, PEER_UP, SNAPSHOT, WorkerLink
+from resolver.ops.link import SnapshotSender as SnapshotSender
+from resolver.ops.link import follow_supervisor as follow_supervisor
 from resolver.ops.metrics import MetricsServer
 from resolver.ops.snapshot import Snapshot, merge
 
 log = logging.getLogger("resolver.ops.workers")
-_FRAME = struct.Struct("!I")
-SNAPSHOT_SECONDS = 1.0
 RESTART_BACKOFF = 1.0
 STOP_SECONDS = 10.0
 START_FAILURES = 3  # exits in a row before a first report: the worker cannot start, restarting will not help
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+SCRAPE_WAIT = 1.0  # how long a scrape waits for every worker's fresh snapshot before it makes do with the last
+# A worker runs the resolver package its supervisor imported, never one that happens to sit in the working
+# directory (a source checkout's uncompiled copy next to the installed build): -P keeps the working directory
+# off sys.path, and the supervisor's own package directory goes first.
+_BOOT = ("import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'resolver'; "
+         "from resolver.cli import main; sys.exit(main())")
 
 
 def pin_ports(config: Config) -> Config:
@@ -68,9 +82,12 @@ def pin_ports(config: Config) -> Config:
 
 
 class Child(Protocol):
-    """A worker process as the supervisor sees it: something to signal, and to kill when it will not stop."""
+    """A worker process as the supervisor sees it: something to signal, to tell things over its control pipe
+    (``ops/link.py``), and to kill when it will not stop."""
 
     def signal(self, signum: int) -> None: ...
+
+    def tell(self, kind: bytes, number: int) -> None: ...
 
     def kill(self) -> None: ...
 
@@ -92,6 +109,7 @@ class Worker:
     latest: Snapshot | None = None
     up: bool = False  # has reported since it was last started
     failed_starts: int = 0  # exits in a row before a first report
+    scrape: int = 0  # the last scrape it answered
 
 
 class Supervisor:
@@ -101,8 +119,12 @@ class Supervisor:
 
     def __init__(self, count: int, argv: Sequence[str], config: Config, *,
                  start: Callable[[int], Child] | None = None, timers: Timers | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, chosen: str = "--workers") -> None:
         self.count = count
+        self.chosen = chosen  # where the count came from, for the log
+        self.fabric: Fabric | None = None  # the sockets held for the workers (``run``)
+        self.scrapes = 0
+        self._scrape_waits: list[tuple[int, asyncio.Future[None]]] = []
         self.argv = list(argv)
         self.config = config
         self.env = dict(env or {})  # added to the workers' environment (the query log's run salt)
@@ -129,6 +151,8 @@ class Supervisor:
         # Before anything starts: an address in use is one error line, exit 2.
         held = claim(self.config.listen, encrypted.dot + encrypted.doh)
         try:
+            log.info("starting %d workers (%s)", self.count, self.chosen)
+            self.fabric = Fabric(self.config.listen, self.count)
             finished = asyncio.Event()
             self.on_done = finished.set
             for signame in ("SIGTERM", "SIGINT"):
@@ -139,7 +163,8 @@ class Supervisor:
                 m = self.config.metrics
                 metrics = MetricsServer(self.snapshot, self.ready)
                 try:
-                    servers.append(await asyncio.start_server(metrics.handle, m.host, m.port, reuse_address=True))
+                    servers.append(await asyncio.start_server(self._scraped(metrics), m.host, m.port,
+                                                              reuse_address=True))
                 except OSError as err:
                     raise ListenError(f"cannot listen on {m} (metrics): {reason(err)}") from None
             self.start()
@@ -149,10 +174,20 @@ class Supervisor:
         finally:
             for sock in held:
                 sock.close()
+            if self.fabric is not None:
+                self.fabric.close()
         return self.exit_code
 
+    def _scraped(self, metrics: MetricsServer) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                                             Coroutine[Any, Any, None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self.fresh()
+            await metrics.handle(reader, writer)
+
+        return handle
+
     def _start_process(self, index: int) -> Child:
-        return WorkerProcess(index, self.argv, self.reported, self.exited, self.env)
+        return WorkerProcess(index, self.argv, self.reported, self.exited, self.env, self.fabric)
 
     def _timers(self) -> Timers:
         if self.timers is None:
@@ -170,21 +205,32 @@ class Supervisor:
             raise RuntimeError("the supervisor has no way to start a worker: give it one, or start it with run()")
         worker.latest = None
         worker.up = False
+        worker.scrape = self.scrapes
         worker.child = self.start_child(worker.index)
+        for other in self.workers:  # the peers it must not ask until they are back
+            if other.child is None and other is not worker:
+                worker.child.tell(PEER_DOWN, other.index)
 
-    def reported(self, index: int, snap: Snapshot) -> None:
-        """Worker ``index`` sent a snapshot (it does so only once its listeners are bound)."""
+    def reported(self, index: int, snap: Snapshot, scrape: int = 0) -> None:
+        """Worker ``index`` sent a snapshot (it does so only once its listeners are bound); ``scrape``: the
+        scrape it answers, 0 for a periodic one."""
         worker = self.workers[index]
         if worker.child is None:
             return
         worker.latest = snap
-        worker.up = True
+        worker.scrape = max(worker.scrape, scrape)
+        if not worker.up:
+            worker.up = True
+            self._tell_peers(index, PEER_UP)
+            if self.fabric is not None:
+                self.fabric.dead(w.index for w in self.workers if not w.up)
         worker.failed_starts = 0
+        self._scrape_answered()
         # Once every worker has bound its listeners, the service is up.
         if not self.announced and all(w.latest is not None for w in self.workers):
             self.announced = True
-            log.info("resolver ready: dns %s (udp+tcp), %d workers, metrics %s",
-                     " ".join(str(e) for e in self.config.listen), self.count, self.config.metrics or "off")
+            log.info("resolver ready: dns %s (udp+tcp), %d workers, metrics %s, build %s",
+                     " ".join(str(e) for e in self.config.listen), self.count, self.config.metrics or "off", build())
             self.notify("READY=1")
 
     def exited(self, index: int, status: int | None) -> None:
@@ -194,10 +240,16 @@ class Supervisor:
         if worker.latest is not None:
             self.retired = merge([], merge([worker.latest], self.retired))
             worker.latest = None
+        was_up, worker.up = worker.up, False
+        self._scrape_answered()
         if self.stopping:
             self._finish_if_all_gone()
             return
-        if not worker.up:
+        # Until it is back, its peers ask the upstream for its names, and its UDP share goes to a live worker.
+        self._tell_peers(index, PEER_DOWN)
+        if self.fabric is not None:
+            self.fabric.dead(w.index for w in self.workers if not w.up)
+        if not was_up:
             worker.failed_starts += 1
             if worker.failed_starts >= START_FAILURES:
                 log.error("worker %d could not start, %d times in a row (exit status %s; its error is above): "
@@ -214,6 +266,34 @@ class Supervisor:
                 self._spawn(worker)
 
         self._timers().call_later(RESTART_BACKOFF, restart)
+
+    def _tell_peers(self, index: int, kind: bytes) -> None:
+        for other in self.workers:
+            if other.child is not None and other.index != index:
+                other.child.tell(kind, index)
+
+    # -- exact scrapes --------------------------------------------------------------------------------------------
+
+    async def fresh(self) -> None:
+        """Ask every running worker for a snapshot now and wait (at most SCRAPE_WAIT) for them all, so a scrape
+        counts every query answered before it. A worker that does not answer in time is counted as last
+        reported."""
+        self.scrapes += 1
+        number = self.scrapes
+        for worker in self.workers:
+            if worker.child is not None and worker.up:
+                worker.child.tell(SNAPSHOT, number)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._scrape_waits.append((number, waiter))
+        self._scrape_answered()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), SCRAPE_WAIT)
+        self._scrape_waits = [(n, w) for n, w in self._scrape_waits if w is not waiter]
+
+    def _scrape_answered(self) -> None:
+        for number, waiter in self._scrape_waits:
+            if not waiter.done() and all(w.scrape >= number for w in self.workers if w.child is not None and w.up):
+                waiter.set_result(None)
 
     def hup(self) -> None:
         log.info("SIGHUP: every worker reloads")
@@ -265,26 +345,36 @@ class Supervisor:
 
 
 class WorkerProcess:
-    """The plumbing of one worker: a fresh ``resolver serve --worker INDEX:FD:PID`` process (never a fork of a
-    running event loop; PID is ours, for ``follow_supervisor``) and the pipe it sends its snapshots down. The pipe
-    closing is how its death is noticed."""
+    """The plumbing of one worker: a fresh ``resolver serve --worker SPEC`` process (never a fork of a running
+    event loop; the spec is ``ops/link.WorkerLink``), the pipe it sends its snapshots down and the control pipe we
+    write to. The snapshot pipe closing is how its death is noticed."""
 
-    def __init__(self, index: int, argv: Sequence[str], reported: Callable[[int, Snapshot], None],
-                 exited: Callable[[int, int | None], None], env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, index: int, argv: Sequence[str], reported: Callable[[int, Snapshot, int], None],
+                 exited: Callable[[int, int | None], None], env: Mapping[str, str] | None = None,
+                 fabric: Fabric | None = None) -> None:
         self.index = index
         self.reported = reported
         self.exited = exited
         self.buffer = bytearray()
         read_fd, write_fd = os.pipe()
-        args = [sys.executable, "-m", "resolver", *argv, "--worker", f"{index}:{write_fd}:{os.getpid()}"]
+        control_read, self.control = os.pipe()
+        if fabric is not None:
+            link = fabric.link(index, os.getpid(), write_fd, control_read)
+        else:
+            link = WorkerLink(index, 1, os.getpid(), write_fd, control_read)
+        package_dir = str(Path(resolver.__file__).resolve().parent.parent)
+        args = [sys.executable, "-P", "-c", _BOOT, package_dir, *argv, "--worker", link.encode()]
         try:
-            self.proc = subprocess.Popen(args, pass_fds=(write_fd,), env={**os.environ, **(env or {})})
+            self.proc = subprocess.Popen(args, pass_fds=link.fds(), env={**os.environ, **(env or {})})
         except BaseException:
             os.close(read_fd)
+            os.close(self.control)
             raise
         finally:
             os.close(write_fd)
+            os.close(control_read)
         os.set_blocking(read_fd, False)
+        os.set_blocking(self.control, False)
         self.fd = read_fd
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(read_fd, self._readable)
@@ -292,6 +382,11 @@ class WorkerProcess:
     def signal(self, signum: int) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signum)
+
+    def tell(self, kind: bytes, number: int) -> None:
+        if self.control >= 0:
+            with contextlib.suppress(OSError):  # full (it is stuck: a scrape makes do) or gone
+                os.write(self.control, CONTROL.pack(kind, number))
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -307,76 +402,22 @@ class WorkerProcess:
         if not data:
             self.loop.remove_reader(self.fd)
             os.close(self.fd)
+            os.close(self.control)
+            self.control = -1
             # The pipe closes as the process exits: this waits only for the kernel to finish the exit.
             self.exited(self.index, self.proc.wait())
             return
         buffer = self.buffer
         buffer += data
         latest: Snapshot | None = None
-        while len(buffer) >= 4:
-            size = _FRAME.unpack_from(buffer)[0]
-            if len(buffer) < 4 + size:
+        scrape = 0
+        while len(buffer) >= FRAME.size:
+            size, answers = FRAME.unpack_from(buffer)
+            if len(buffer) < FRAME.size + size:
                 break
             # The pipe comes from a child we started ourselves, so unpickling it is safe.
-            latest = pickle.loads(bytes(buffer[4 : 4 + size]))
-            del buffer[: 4 + size]
+            latest = pickle.loads(bytes(buffer[FRAME.size : FRAME.size + size]))
+            scrape = max(scrape, answers)
+            del buffer[: FRAME.size + size]
         if latest is not None:
-            self.reported(self.index, latest)
-
-
-def follow_supervisor(supervisor: int) -> bool:
-    """Worker side, first thing: ask the kernel for SIGTERM when our parent dies, whatever kills it (SIGKILL, the
-    OOM killer), so that no worker outlives its supervisor holding the port with an old policy. False when the
-    supervisor is already gone (it died before we asked): the caller exits."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # no prctl (not Linux): SnapshotSender's checks are what is left
-    return os.getppid() == supervisor
-
-
-class _PipeWatch(asyncio.Protocol):
-    def __init__(self, lost: Callable[[], None]) -> None:
-        self.lost = lost
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:  # the reader went away (None: we closed it ourselves, at shutdown)
-            self.lost()
-
-
-class SnapshotSender:
-    """Worker side: a Snapshot every SNAPSHOT_SECONDS down the pipe, skipped (never queued) while the supervisor
-    is behind, so a stalled supervisor cannot make a worker's memory grow.
-
-    It is also the fallback for ``follow_supervisor``: the pipe closing or our parent changing means the
-    supervisor is gone, and the worker stops as if told to (SIGTERM to itself: drain, then exit)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.parent = os.getppid()
-        self.transport: asyncio.WriteTransport | None = None
-        self.orphaned = False
-
-    async def run(self, take: Callable[[], Snapshot]) -> None:
-        loop = asyncio.get_running_loop()
-        pipe = os.fdopen(self.fd, "wb", buffering=0)
-        self.transport, _ = await loop.connect_write_pipe(lambda: _PipeWatch(self._supervisor_gone), pipe)
-        while True:
-            if os.getppid() != self.parent:
-                self._supervisor_gone()
-            self.send(take)
-            await asyncio.sleep(SNAPSHOT_SECONDS)
-
-    def _supervisor_gone(self) -> None:
-        if not self.orphaned:
-            self.orphaned = True
-            log.error("the supervisor is gone: stopping this worker")
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    def send(self, take: Callable[[], Snapshot]) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing() or transport.get_write_buffer_size() > 1 << 20:
-            return
-        data = pickle.dumps(take(), protocol=pickle.HIGHEST_PROTOCOL)
-        transport.write(_FRAME.pack(len(data)) + data)
+            self.reported(self.index, latest, scrape)

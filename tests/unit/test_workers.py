@@ -59,10 +59,14 @@ class FakeClock:
 class FakeChild:
     index: int
     signals: list[int] = field(default_factory=list)
+    told: list[tuple[bytes, int]] = field(default_factory=list)
     killed: bool = False
 
     def signal(self, signum: int) -> None:
         self.signals.append(signum)
+
+    def tell(self, kind: bytes, number: int) -> None:
+        self.told.append((kind, number))
 
     def kill(self) -> None:
         self.killed = True
@@ -280,3 +284,51 @@ def test_a_worker_follows_a_living_supervisor_only() -> None:
     out = subprocess.run([sys.executable, "-c", script, str(os.getpid())], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.split() == ["True", "False"]
+
+
+def test_peers_hear_when_a_worker_dies_and_when_it_is_back(sup: Supervisor, clock: FakeClock, plant: Plant) -> None:
+    """While a worker is dead its peers ask the upstream for the names it owns instead of waiting on it."""
+    sup.reported(0, snap(1))
+    sup.reported(1, snap(1))
+    other = plant.of(1)[0]
+    other.told.clear()
+    sup.exited(0, -9)
+    assert other.told == [(b"D", 0)]
+    clock.advance(RESTART_BACKOFF * 1.01)
+    replacement = plant.of(0)[1]
+    assert replacement.told == []  # its peer is alive: nothing to avoid
+    sup.reported(0, snap(0))
+    assert other.told == [(b"D", 0), (b"U", 0)]
+
+
+def test_a_worker_started_while_a_peer_is_dead_is_told_so(sup: Supervisor, clock: FakeClock, plant: Plant) -> None:
+    sup.reported(0, snap(1))
+    sup.reported(1, snap(1))
+    sup.exited(0, -9)
+    sup.exited(1, -9)
+    clock.advance(RESTART_BACKOFF * 1.01)
+    assert (b"D", 1) in plant.of(0)[1].told or (b"D", 0) in plant.of(1)[1].told
+
+
+def test_a_scrape_waits_for_every_running_worker_to_answer() -> None:
+    import asyncio
+
+    async def scenario() -> tuple[list[list[tuple[bytes, int]]], bool, bool]:
+        plant = Plant()
+        sup = Supervisor(2, ["serve"], Config(), start=plant.start, timers=FakeClock())
+        sup.start()
+        sup.reported(0, snap(1))
+        sup.reported(1, snap(1))
+        scrape = asyncio.ensure_future(sup.fresh())
+        await asyncio.sleep(0)
+        told = [[m for m in c.told if m[0] == b"S"] for c in plant.started]
+        sup.reported(0, snap(5), 1)
+        await asyncio.sleep(0)
+        waiting = not scrape.done()  # worker 1 has not answered scrape 1 yet
+        sup.reported(1, snap(7), 1)
+        await asyncio.wait_for(scrape, 1)
+        return told, waiting, sup.snapshot().queries == [12]
+
+    told, waiting, summed = asyncio.run(scenario())
+    assert told == [[(b"S", 1)], [(b"S", 1)]]
+    assert waiting and summed
