@@ -60,7 +60,7 @@ def scrape(url: str) -> dict[str, float]:
 
 
 class Sampler:
-    def __init__(self, pids: Callable[[], list[int]], metrics_url: str, interval: float = 2.0) -> None:
+    def __init__(self, pids: Callable[[], list[int]], metrics_url: str, interval: float = 1.0) -> None:
         self.pids = pids
         self.url = metrics_url
         self.interval = interval
