@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--server-cpus", default=os.environ.get("LOAD_SERVER_CPUS", "1"))
     p.add_argument("--client-cpus", default=os.environ.get("LOAD_CLIENT_CPUS", "0"))
     p.add_argument("--resolver-rev", metavar="REV", help="export REV and build it with mypyc (as pip install does)")
+    p.add_argument("--resolver-src", type=Path, metavar="DIR", help="serve from this tree instead (built already)")
     p.add_argument("--out", type=Path, default=HERE.parent / "out" / "forceday")
     p.add_argument("--write-results", action="store_true")
     return p.parse_args(argv)
@@ -122,7 +123,11 @@ def summary_rows(result: sim.Result, samples: list[Sample], day: world.Day,
 
 def run(args: argparse.Namespace, out: Path, argv: list[str]) -> int:
     began = time.time()
-    src, described = (export_and_build(args.resolver_rev, out) if args.resolver_rev else (world.REPO, "work tree"))
+    if args.resolver_rev:
+        src, described = export_and_build(args.resolver_rev, out)
+    else:
+        src = args.resolver_src or world.REPO
+        described = f"tree {src}"
     day = world.Day(phones=args.phones, queries_per_phone_day=args.queries_per_phone_day,
                     seconds_per_hour=args.seconds_per_hour, burst_seconds=args.burst_seconds)
     mix = world.Mix(tcp_share=args.tcp_share)

@@ -21,7 +21,8 @@ class Sample:
     t: float  # seconds since the replay started
     cpu: dict[int, float]  # pid -> utime+stime seconds so far
     counters: dict[str, float]
-    cpu_busy: dict[str, float] = field(default_factory=dict)  # /proc/stat "cpuN" -> busy seconds so far
+    # /proc/stat "cpuN" -> busy seconds so far (anyone's), and "simulator" -> this process's CPU seconds so far
+    cpu_busy: dict[str, float] = field(default_factory=dict)
 
 
 def process_cpu(pid: int) -> float | None:
@@ -76,7 +77,9 @@ class Sampler:
 
     def take(self) -> None:
         cpu = {pid: c for pid in self.pids() if (c := process_cpu(pid)) is not None}
-        self.samples.append(Sample(time.monotonic() - self.t0, cpu, scrape(self.url), cpu_busy()))
+        busy = cpu_busy()
+        busy["simulator"] = process_cpu(os.getpid()) or 0.0  # this process: the phones, all their threads
+        self.samples.append(Sample(time.monotonic() - self.t0, cpu, scrape(self.url), busy))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

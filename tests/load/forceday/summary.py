@@ -111,7 +111,9 @@ def day_lines(day: Day, mix: Mix, whole: report.Row, result: Result) -> list[str
         f"{whole.cpu_total:.1f} s ({report.fmt(whole.us_per_query, 0)} µs per answered query; per process: "
         + ", ".join(f"pid {pid} {cpu:.1f} s" for pid, cpu in sorted(whole.cpu.items()))
         + f"); cache hit ratio {whole.hit_ratio * 100:.1f}%; {whole.truncated:,} answers truncated by the rate "
-        f"limit; {whole.late:,} lookups sent late.",
+        f"limit; {whole.late:,} lookups sent late. The simulator used {whole.simulator:.1f} s of CPU "
+        f"({whole.simulator / sent * 1e6:.0f} µs per query sent, so about "
+        f"{sent / max(whole.simulator, 1e-9):,.0f} queries a second on a core of its own).",
     ]
 
 
@@ -125,8 +127,9 @@ def sizing_lines(day: Day, busy: report.Row, burst: report.Row, whole: report.Ro
         f"{busy_cores * 100:.0f}% of one core ({report.fmt(busy.us_per_query, 0)} µs per answered query), "
         f"p99 {busy.p99:.2f} ms, lost {busy.lost}.",
         f"- **Burst** ({burst.sent / burst.seconds:,.0f} qps offered): {burst_cores * 100:.0f}% of one core "
-        f"({report.fmt(burst.us_per_query, 0)} µs per query; per query it costs less as the rate rises, the loop "
-        f"reading more datagrams per wake-up), p99 {burst.p99:.2f} ms, p99.9 {burst.p999:.1f} ms, lost {burst.lost}.",
+        f"({report.fmt(burst.us_per_query, 0)} µs per answered query, against "
+        f"{report.fmt(busy.us_per_query, 0)} in the busy hour: a query costs less CPU the more come at once), "
+        f"p99 {burst.p99:.2f} ms, p99.9 {burst.p999:.1f} ms, lost {burst.lost}.",
         f"- **Workers**: at most {HEADROOM * 100:.0f}% busy at the burst, so that a slower host, a pure-Python "
         f"install or a slow upstream still leaves latency flat: {burst_cores:.2f} cores ÷ {HEADROOM:g} → "
         f"**{workers} worker{'s' if workers > 1 else ''}** carry the whole force's burst on one replica.",
