@@ -5,6 +5,7 @@ Starts, all on loopback: nsd (the upstream, a root zone holding every name the p
 other. Then 30,000 phones replay the day, every answer checked; the resolver's CPU and cache counters are sampled
 meanwhile. Writes plots and a summary to out/ and, with --write-results, the "Force day" section of
 tests/load/RESULTS.md and its plots (tests/load/forceday/plots/). Run it under ``flock /tmp/loadbench.lock``.
+Needs nsd (Debian's package) and matplotlib (``pip install -e '.[test,load]'``).
 """
 
 from __future__ import annotations

@@ -132,7 +132,8 @@ def sizing_lines(day: Day, busy: report.Row, burst: report.Row, whole: report.Ro
         f"p99 {burst.p99:.2f} ms, p99.9 {burst.p999:.1f} ms, lost {burst.lost}.",
         f"- **Workers**: at most {HEADROOM * 100:.0f}% busy at the burst, so that a slower host, a pure-Python "
         f"install or a slow upstream still leaves latency flat: {burst_cores:.2f} cores ÷ {HEADROOM:g} → "
-        f"**{workers} worker{'s' if workers > 1 else ''}** carry the whole force's burst on one replica.",
+        f"**{workers} worker{'s' if workers > 1 else ''}** {'carry' if workers > 1 else 'carries'} the whole "
+        "force's burst on one replica.",
         f"- **Replicas**: N+1, so that one replica may be down at the burst: **2 replicas of {workers} "
         f"worker{'s' if workers > 1 else ''}** (a core per worker) behind the phones' two DNS "
         "addresses; each alone carries the burst, and the busy hour uses "
