@@ -156,6 +156,19 @@ def start_dnsdist(setup: Setup, ports: Ports) -> Proc:
                 _log("dnsdist"))
 
 
+def start_py_spy(proc: Proc, stem: str, seconds: float) -> Proc | None:
+    """Sample the server's Python stacks for the run (``--py-spy``: collapsed stacks, for flame graphs and
+    ``pyspy_top.py``); py-spy reads the process's memory from CPU 0 without stopping it."""
+    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(binary).exists():
+        say("--py-spy: py-spy is not installed (pip install py-spy)")
+        return None
+    out = OUT / f"pyspy-{stem}.txt"
+    argv = [binary, "record", "--nonblocking", "-r", "250", "-d", f"{max(1, int(seconds) - 1)}",
+            "-f", "raw", "-o", str(out), "-p", str(proc.pid)]
+    return Proc("py-spy", argv, CLIENT_CPU, OUT / "logs" / f"pyspy-{stem}.log")
+
+
 STARTERS = {"resolver": start_resolver, "unbound": start_unbound, "dnsdist": start_dnsdist}
 
 
@@ -195,9 +208,13 @@ def measure(setup: Setup, name: str, args: argparse.Namespace) -> list[Row]:
                                 if mode == "handshake" else ())
                 outstanding = {"reused": args.outstanding, "serial": 8}.get(mode, args.handshake_outstanding)
                 seconds = args.handshake_duration if mode == "handshake" else args.duration
+                spy = start_py_spy(proc, f"{name}-{transport}-{mode}", seconds) if args.py_spy and name == "resolver" \
+                    and mode != "handshake" else None
                 try:
                     row.run = dnsperf(proc, port, setup.data.w2(), logs / f"enc-{name}-{transport}-{mode}.log",
                                       seconds=seconds, outstanding=outstanding, extra=more)
+                    if spy is not None:
+                        spy.popen.wait(30)
                     r = row.run
                     say(f"[{name}] {transport} {mode}: {r.qps:,.0f} qps, lost {r.lost_pct:.2f}%, "
                         f"{r.cpu_us_per_query:.1f} CPU µs/query, server CPU {r.server_cpu_pct:.0f}%, "
@@ -261,6 +278,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="dnsperf -c for the handshake runs (the resolver admits 32 connections per client)")
     parser.add_argument("--warm-outstanding", type=int, default=8, help="dnsperf -q for the warm-up pass")
     parser.add_argument("--doh-method", choices=("GET", "POST"), default="GET")
+    parser.add_argument("--py-spy", action="store_true", help="sample the resolver's stacks during its runs")
     parser.add_argument("--resolver-src", type=Path, default=HERE.parents[1])
     parser.add_argument("--resolver-rev", help="measure this git revision (exported) instead of the work tree")
     parser.add_argument("--pure", action="store_true", help="measure the interpreted build (no mypyc)")
