@@ -75,7 +75,11 @@ def dns_request(method: str, path: str, content_type: bytes | None,
         return routed
     client_id, query = routed
     if method == "GET":
-        values = parse_qs(query).get("dns")
+        # What every client sends (``dns=`` alone, nothing escaped) is taken as it is; anything else goes through
+        # the query-string parser: the same result, without its cost on each request.
+        plain = len(query) > 4 and query.startswith("dns=") and "&" not in query and "%" not in query \
+            and "+" not in query
+        values = [query[4:]] if plain else parse_qs(query).get("dns")
         if not values or len(values) != 1:
             return BAD_PARAMETER
         message = b64url(values[0])

@@ -68,8 +68,9 @@ class Run:
 
 
 def dnsperf(server: Proc, port: int, datafile: Path, log: Path, *, seconds: float, outstanding: int,
-            once: bool = False, rate: int | None = None, verbose: bool = False) -> Run:
-    """Run dnsperf on CPU 0 for at most ``seconds`` (``once``: stop at the end of the file too)."""
+            once: bool = False, rate: int | None = None, verbose: bool = False, extra: tuple[str, ...] = ()) -> Run:
+    """Run dnsperf on CPU 0 for at most ``seconds`` (``once``: stop at the end of the file too); ``extra``: more
+    arguments (``-m dot``, ``-O num-queries-per-conn=1``: encrypted.py)."""
     argv = ["dnsperf", "-s", HOST, "-p", str(port), "-d", str(datafile), "-l", f"{seconds:g}",
             "-q", str(outstanding), "-c", str(CLIENTS), "-t", str(DNSPERF_TIMEOUT)]
     if once:
@@ -78,6 +79,7 @@ def dnsperf(server: Proc, port: int, datafile: Path, log: Path, *, seconds: floa
         argv += ["-Q", str(rate)]
     if verbose:
         argv += ["-v"]
+    argv += extra
     before, busy_before, started = server.cpu_seconds(), cpu_busy_seconds(SERVER_CPU), time.monotonic()
     perf = Proc("dnsperf", argv, CLIENT_CPU, log)
     try:

@@ -2,6 +2,7 @@
 # The load benchmark (README "Load tests"): installs what it needs on a fresh machine, then runs bench.py.
 #   bash tests/load/run.sh [--quick] [--servers resolver,dnsmasq] [--workloads W1] [--sizes 100k] ...
 #   bash tests/load/run.sh --soak 10 [--rate 5000] [--write-results]   (soak.py: memory and answers over time)
+#   bash tests/load/run.sh --encrypted [--transports dot,doh]   (encrypted.py: DoT and DoH against unbound, dnsdist)
 # Loopback only; every process it starts is stopped on exit, on error and on Ctrl-C (bench.py does it, and the
 # trap below stops whatever a killed driver left behind, by the process-group ids it recorded).
 set -euo pipefail
@@ -10,7 +11,11 @@ PYTHON=${PYTHON:-python3}
 OUT=${LOAD_OUT:-tests/load/out}   # LOAD_OUT: a separate directory per concurrent run
 mkdir -p "$OUT"
 DRIVER=tests/load/bench.py
-for arg in "$@"; do [[ $arg == --soak* ]] && DRIVER=tests/load/soak.py; done
+ENCRYPTED=""
+for arg in "$@"; do
+    [[ $arg == --soak* ]] && DRIVER=tests/load/soak.py
+    [[ $arg == --encrypted ]] && DRIVER=tests/load/encrypted.py && ENCRYPTED=1
+done
 
 need=()
 command -v dnsperf >/dev/null 2>&1 || need+=(dnsperf)
@@ -19,6 +24,10 @@ command -v unbound >/dev/null 2>&1 || need+=(unbound)
 command -v nsd >/dev/null 2>&1 || need+=(nsd)
 command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+if [ -n "$ENCRYPTED" ]; then
+    command -v dnsdist >/dev/null 2>&1 || need+=(dnsdist)
+    command -v openssl >/dev/null 2>&1 || need+=(openssl)
+fi
 if ((${#need[@]})); then
     echo "run.sh: installing ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

@@ -22,6 +22,10 @@ DNS = b"application/dns-message"
     ("POST", "/dns-query", b"Application/DNS-Message; charset=x", QUERY, None),
     ("GET", "/dns-query?dns=***", None, b"", 400),
     ("GET", "/dns-query", None, b"", 400),
+    ("GET", "/dns-query?dns=", None, b"", 400),
+    ("GET", f"/dns-query?x=1&dns={B64}", None, b"", None),  # other parameters are ignored
+    ("GET", f"/dns-query?dns={B64}%3D", None, b"", None),  # percent-encoded padding
+    ("GET", f"/dns-query?dns=+{B64}", None, b"", 400),  # '+' is a space in a query string: not base64url
     ("GET", f"/dns-query?dns={B64}&dns={B64}", None, b"", 400),
     ("GET", "/dns-query?dns=AAAA", None, b"", 400),  # three bytes: no DNS header
     ("POST", "/dns-query", DNS, b"\x00\x01\x80" + QUERY[3:], 400),  # a response, not a query
