@@ -78,15 +78,20 @@ class UdpListener:
             return
         on_query = self.pipeline.on_query
         for position, (data, host) in enumerate(datagrams):
-            result = on_query(data, UDP, host)
-            if result is not None:
-                if type(result) is bytes:
-                    batch.reply(position, result)
-                elif type(result) is Query:
-                    self.forwarder.forward(result, partial(self._send_to, batch.peer(position)))
-                else:
-                    batch.reply(position, result.answer)  # type: ignore[union-attr]
-                    self.forwarder.prefetch(result.query)  # type: ignore[union-attr]
+            # The batch is read already: a bug one query trips must not lose the others (the plain reader leaves
+            # them in the kernel's queue), so it is logged here, as the event loop would, and the batch goes on.
+            try:
+                result = on_query(data, UDP, host)
+                if result is not None:
+                    if type(result) is bytes:
+                        batch.reply(position, result)
+                    elif type(result) is Query:
+                        self.forwarder.forward(result, partial(self._send_to, batch.peer(position)))
+                    else:
+                        batch.reply(position, result.answer)  # type: ignore[union-attr]
+                        self.forwarder.prefetch(result.query)  # type: ignore[union-attr]
+            except Exception:
+                log.exception("a UDP query from %s failed", host)
         dropped = batch.flush()
         if dropped or batch.truncated:
             self._count_drops(batch, dropped)

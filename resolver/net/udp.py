@@ -45,7 +45,7 @@ class RandomIds:
 
     def next(self) -> int:
         at = self._at
-        if at >= len(self._buffer):
+        if at + 2 > len(self._buffer):  # mixed_case takes an odd number of bytes at times: one may be left over
             self._buffer = os.urandom(4096)
             at = 0
         self._at = at + 2

@@ -193,6 +193,18 @@ def test_mixed_case_changes_only_the_case_of_letters() -> None:
     assert all(u > 0 for i, u in enumerate(upper) if 0x61 <= name[i] <= 0x7A)
 
 
+def test_ids_and_ports_drawn_between_odd_length_names_never_run_off_the_random_buffer() -> None:
+    """An odd-length name leaves the draw position odd; at the end of the 4 KiB buffer one byte is left over, and
+    an ID drawn there must come from a fresh buffer (it raised IndexError, and a whole batch of queries was lost)."""
+    ids = RandomIds()
+    name = wire.encode_name("abc.example")  # 13 bytes
+    assert len(name) % 2 == 1
+    for _ in range(3 * 4096):
+        ids.mixed_case(name)
+        assert 0 <= ids.next() <= 0xFFFF
+        assert FIRST_PORT <= ids.port() <= 0xFFFF
+
+
 async def test_a_failed_send_fails_the_attempt_later_not_inside_send(upstream: socket.socket) -> None:
     transport, _, _ = await setup(upstream)
     owner = Recorder()
