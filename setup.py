@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 # The per-query path and the list build; nothing here is monkeypatched by the tests or subclassed outside it
 # (a compiled class cannot be subclassed by interpreted code).
@@ -42,18 +42,24 @@ COMPILED = [
 ]
 
 
+# Hand-written C, not mypyc's: the UDP listener's recvmmsg/sendmmsg (resolver/net/mmsg.py says what it is for).
+# Linux only, like the syscalls; elsewhere the listener reads and answers a datagram at a time.
+HAND_WRITTEN = [Extension("resolver.net._mmsg", ["resolver/net/_mmsg.c"])] if sys.platform.startswith("linux") else []
+
+
 def _extensions() -> list[object]:
     if os.environ.get("RESOLVER_PURE") == "1":
         return []
+    extensions = list(HAND_WRITTEN)
     try:
         from mypyc.build import mypycify
     except ImportError as exc:  # only when built without build isolation and without mypy
-        print(f"setup.py: mypyc not available ({exc}); installing pure Python", file=sys.stderr)
-        return []
-    extensions = mypycify(COMPILED, opt_level="3", group_name="resolver")
+        print(f"setup.py: mypyc not available ({exc}); the hot path stays pure Python", file=sys.stderr)
+    else:
+        extensions += mypycify(COMPILED, opt_level="3", group_name="resolver")
     for ext in extensions:
         ext.optional = True  # no compiler: a warning and the pure-Python package, not a failed install
-    return list(extensions)
+    return extensions
 
 
 setup(ext_modules=_extensions())

@@ -21,7 +21,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Refuse to test a compiled module older than its source: Python would load the stale .so, not the edit."""
     package = Path(resolver.__file__).parent
     stale = [str(so.relative_to(package.parent)) for so in sorted(package.rglob("*.so"))
-             if (so.parent / (so.name.split(".")[0] + ".py")).stat().st_mtime > so.stat().st_mtime]
+             for source in (so.parent / (so.name.split(".")[0] + suffix) for suffix in (".py", ".c"))
+             if source.exists() and source.stat().st_mtime > so.stat().st_mtime]
     if stale:
         pytest.exit(f"compiled modules older than their source: {', '.join(stale)}. Rebuild with "
                     "`pip install -e .` (or delete them, or reinstall with RESOLVER_PURE=1, to test pure Python).",
