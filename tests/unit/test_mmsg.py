@@ -14,23 +14,15 @@ from collections.abc import Iterator
 import pytest
 
 from resolver.net import mmsg
+from tests.support.resolverproc import ipv6_loopback_available
 
 _mmsg = pytest.importorskip("resolver.net._mmsg", reason="the C extension is not built (pure-Python install)")
-
-
-def has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
 def server() -> Iterator[socket.socket]:
     """A dual-stack listening socket, as resolver/net/sockets.py makes for ``[::]``."""
-    family = socket.AF_INET6 if has_ipv6() else socket.AF_INET
+    family = socket.AF_INET6 if ipv6_loopback_available() else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -88,7 +80,7 @@ def test_datagrams_come_with_their_senders_address_and_replies_go_back_to_each_p
         assert two.recv(100) == b"re two"
 
 
-@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 on loopback")
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 on loopback")
 def test_an_ipv6_sender_is_named_as_recvfrom_names_it(server: socket.socket) -> None:
     port = server.getsockname()[1]
     batch = make(server)
