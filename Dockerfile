@@ -4,7 +4,7 @@
 # over /etc/resolver/resolver.yaml to change policy; send SIGHUP (docker kill -s HUP) to reload it.
 FROM python:3.11-slim AS build
 # A C compiler for setup.py's mypyc build of the hot path; it stays in this stage, the image gets the wheel.
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libnghttp2-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md LICENSE ./
 COPY resolver ./resolver
@@ -12,6 +12,8 @@ COPY blocklists ./blocklists
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
+# nghttp2's shared library: DoH's HTTP/2 (resolver/net/_h2.c) is linked against it.
+RUN apt-get update && apt-get install -y --no-install-recommends libnghttp2-14 && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10053 --no-create-home --shell /usr/sbin/nologin resolver
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels

@@ -45,6 +45,9 @@ COMPILED = [
 # Hand-written C, not mypyc's: the UDP listener's recvmmsg/sendmmsg (resolver/net/mmsg.py says what it is for).
 # Linux only, like the syscalls; elsewhere the listener reads and answers a datagram at a time.
 HAND_WRITTEN = [Extension("resolver.net._mmsg", ["resolver/net/_mmsg.c"])] if sys.platform.startswith("linux") else []
+# DoH's HTTP/2 on nghttp2 (resolver/net/_h2.c says why), where its headers are installed (Debian: libnghttp2-dev);
+# without them DoH speaks HTTP/2 through the pure-Python h2 library.
+HAND_WRITTEN.append(Extension("resolver.net._h2", ["resolver/net/_h2.c"], libraries=["nghttp2"]))
 
 
 def _extensions() -> list[object]:

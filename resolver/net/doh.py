@@ -1,5 +1,9 @@
-"""DNS over HTTPS (RFC 8484) over HTTP/2 (``h2``) and HTTP/1.1 (``h11``): both sans-IO libraries, driven here by
-the bytes a ``TlsConnection`` decrypts, their output written back through it.
+"""DNS over HTTPS (RFC 8484) over HTTP/2 (nghttp2 through ``_h2``, else ``h2``) and HTTP/1.1 (``h11``): all
+sans-IO libraries, driven here by the bytes a ``TlsConnection`` decrypts, their output written back through it.
+
+HTTP/2 is nghttp2's when the extension was built (setup.py, with libnghttp2's headers): the pure-Python ``h2`` costs
+several times the DNS work of a request (tests/load/RESULTS.md). ``RESOLVER_HTTP2=h2`` in the environment picks
+``h2`` all the same, to compare the two or to step around a fault in one.
 
 The sessions only speak HTTP: ``DohHandler`` takes each complete request to ``dohmsg.dns_request`` (RFC 8484's
 rules), the DNS message to ``Pipeline.on_query`` with the client id from the path (else the TLS server name),
@@ -10,8 +14,10 @@ the connection serves on; only a broken HTTP stream closes it.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from functools import partial
+from importlib.metadata import version
 from typing import TYPE_CHECKING, Final
 
 import h2.config
@@ -27,6 +33,12 @@ from resolver.core.stats import DOH
 from resolver.core.wire import Query
 from resolver.net.dohmsg import MAX_MESSAGE, NOT_ANSWERED, TOO_LARGE, Headers, HttpError, dns_request, dns_response
 
+try:
+    from resolver.net._h2 import NGHTTP2_VERSION
+    from resolver.net._h2 import Server as NgServer
+except ImportError:  # built without libnghttp2's headers, or pure Python
+    NgServer = None  # type: ignore[assignment,misc]
+
 if TYPE_CHECKING:
     from resolver.net.listeners import Forwarder
     from resolver.net.tlsconn import Session, TlsConnection
@@ -38,6 +50,9 @@ Respond = Callable[[int, Headers, bytes], None]
 _Request = tuple[str, str, bytes | None]  # method, path, content type
 _STATUS: Final = b":status"
 _CODES: Final = {code: str(code).encode() for code in (200, 400, 403, 404, 405, 413, 415)}
+MAX_STREAMS: Final = 100  # concurrent requests per connection (SETTINGS_MAX_CONCURRENT_STREAMS), as h2's default
+NGHTTP2: Final = NgServer is not None and os.environ.get("RESOLVER_HTTP2", "nghttp2") != "h2"
+HTTP2: Final = f"nghttp2 {NGHTTP2_VERSION}" if NGHTTP2 else f"h2 {version('h2')}"  # for the listener's log line
 
 
 class DohHandler:
@@ -85,7 +100,62 @@ def _answer(respond: Respond, answer: bytes) -> None:
 def doh_session(conn: TlsConnection, alpn: str | None, pipeline: Pipeline, forwarder: Forwarder) -> Session:
     """HTTP/2 when the client chose ``h2`` in ALPN, else HTTP/1.1."""
     handler = DohHandler(conn, pipeline, forwarder)
-    return H2Session(conn, handler) if alpn == "h2" else H11Session(conn, handler)
+    if alpn != "h2":
+        return H11Session(conn, handler)
+    return NgH2Session(conn, handler) if NGHTTP2 else H2Session(conn, handler)
+
+
+class NgH2Session:
+    """HTTP/2 on nghttp2: it hands over whole requests and takes whole responses, and does the rest (flow
+    control, window updates, stream limits, HPACK, the protocol's checks of each request) in C."""
+
+    def __init__(self, conn: TlsConnection, handler: DohHandler) -> None:
+        self.conn = conn
+        self.handler = handler
+        self.h2 = NgServer(MAX_STREAMS, MAX_HEADERS, MAX_MESSAGE)
+        self.reading = False  # answers given while a read's requests are handled go out in one write after it
+        self.gone = False
+        self._flush()
+
+    def received(self, data: bytes) -> None:
+        requests = self.h2.feed(data)
+        if requests is None:  # a broken HTTP/2 stream: nghttp2 said so in a GOAWAY
+            self._flush()
+            self.conn.close()
+            return
+        self.reading = True
+        try:
+            for stream_id, method, path, content_type, body in requests:
+                if body is None:
+                    self._respond(stream_id, *TOO_LARGE.response())
+                    self._flush()  # the 413 before the RST_STREAM that stops the upload
+                    self.h2.reset(stream_id)
+                else:
+                    self.handler.handle(method or "", path or "", content_type, body,
+                                        partial(self._respond, stream_id))
+        finally:
+            self.reading = False
+        self._flush()
+        if self.h2.done():
+            self.conn.close()
+
+    def _respond(self, stream_id: int, status: int, headers: Headers, body: bytes) -> None:
+        if self.gone:
+            return
+        self.h2.respond(stream_id, status, headers, body)
+        if not self.reading:
+            self._flush()
+
+    def _flush(self) -> None:
+        data = self.h2.output()
+        if data:
+            self.conn.send(data)
+
+    def busy(self) -> bool:
+        return self.handler.pending > 0  # as H2Session's
+
+    def closed(self) -> None:
+        self.gone = True
 
 
 class H2Session:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from resolver.config.model import Config, Endpoint
 from resolver.core.ddr import Ddr
 from resolver.core.pipeline import Pipeline
-from resolver.net.doh import doh_session
+from resolver.net.doh import HTTP2, doh_session
 from resolver.net.dot import DotSession
 from resolver.net.limits import Gate
 from resolver.net.listeners import Forwarder
@@ -68,7 +68,8 @@ class EncryptedListeners:
                 port: int = sock.getsockname()[1]
                 ports.setdefault(kind, port)
                 self.servers.append(await loop.create_server(listener, sock=sock, backlog=1024))
-                self.bound.append(f"{kind} {Endpoint(endpoint.host, port)}")
+                self.bound.append(f"{kind} {Endpoint(endpoint.host, port)}"
+                                  + (f" (HTTP/2 by {HTTP2})" if kind == "doh" else ""))
         if e.ddr_advertise:  # (the ports as bound)
             self.pipeline.ddr = Ddr(e.tls.server_name, ports.get("dot"), ports.get("doh"))
 

@@ -16,6 +16,7 @@ import dns.query
 import dns.rcode
 import pytest
 
+from resolver.net.doh import NGHTTP2
 from tests.support.authserver import AuthServer
 from tests.support.phones import SERVER_NAME, client_context, exemption_config, make_certs, run, tool
 from tests.support.resolverproc import ResolverFactory, ResolverProcess, addresses, free_port
@@ -31,16 +32,20 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return make_certs(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture(scope="module")
-def server(module_resolver_factory: ResolverFactory, module_auth: AuthServer,
+# HTTP/2 is nghttp2's where the extension is built (as CI builds it) and the pure-Python h2 elsewhere: every test
+# here runs against both. The server's log line says which one it speaks.
+@pytest.fixture(scope="module", params=["nghttp2", "h2"])
+def server(request: pytest.FixtureRequest, module_resolver_factory: ResolverFactory, module_auth: AuthServer,
            certs: tuple[Path, Path, Path]) -> tuple[ResolverProcess, int]:
     module_auth.add(LOOP, "A", "127.0.0.1")
     module_auth.add("short.example.test", "CNAME", f"{WWW}.", ttl=30)
     port = free_port(udp=False)
     config = exemption_config(module_auth.address, {
         "doh": [f"127.0.0.1:{port}"], "tls": {"cert": str(certs[1]), "key": str(certs[2]), "server_name": SERVER_NAME}})
-    proc = module_resolver_factory.shared(config, metrics=True)
-    assert proc.wait_stderr(f"doh 127.0.0.1:{port}")
+    if request.param == "nghttp2" and not NGHTTP2:
+        pytest.skip("built without libnghttp2's headers: DoH's HTTP/2 is h2's only")
+    proc = module_resolver_factory.shared(config, metrics=True, env={"RESOLVER_HTTP2": request.param})
+    assert proc.wait_stderr(f"doh 127.0.0.1:{port} (HTTP/2 by {request.param} ")
     return proc, port
 
 

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +122,10 @@ class ResolverProcess:
         port: int | None = None,
         workers: int | None = 1,
         preexec_fn: Callable[[], None] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.preexec_fn = preexec_fn  # run in the child before exec: e.g. lower its open-file limit
+        self.env = {**_child_env(), **(env or {})}
         self.config = config
         self.tmp_path = tmp_path
         self.host = listen_host
@@ -159,7 +161,7 @@ class ResolverProcess:
         self.proc = subprocess.Popen(
             self.args,
             cwd=REPO_ROOT,
-            env=_child_env(),
+            env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -281,6 +283,7 @@ class ResolverFactory:
         port: int | None = None,
         workers: int | None = 1,
         preexec_fn: Callable[[], None] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ResolverProcess:
         proc = ResolverProcess(
             config,
@@ -292,6 +295,7 @@ class ResolverFactory:
             port=port,
             workers=workers,
             preexec_fn=preexec_fn,
+            env=env,
         )
         self.started.append(proc)
         return proc.start()
@@ -304,13 +308,14 @@ class ResolverFactory:
         upstreams: Sequence[str] | None = None,
         metrics: bool = False,
         listen_host: str = "127.0.0.1",
+        env: Mapping[str, str] | None = None,
     ) -> ResolverProcess:
         """Like calling the factory, but reuse the server already started with the same arguments."""
         extra = list(extra_args)
-        key = yaml.safe_dump([config, extra, upstreams, metrics, listen_host], sort_keys=True)
+        key = yaml.safe_dump([config, extra, upstreams, metrics, listen_host, dict(env or {})], sort_keys=True)
         proc = self._shared.get(key)
         if proc is None or not proc.alive():
-            proc = self(config, extra, upstreams=upstreams, metrics=metrics, listen_host=listen_host)
+            proc = self(config, extra, upstreams=upstreams, metrics=metrics, listen_host=listen_host, env=env)
             self._shared[key] = proc
         return proc
 
