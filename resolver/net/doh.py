@@ -113,7 +113,6 @@ class NgH2Session:
         self.conn = conn
         self.handler = handler
         self.h2 = NgServer(MAX_STREAMS, MAX_HEADERS, MAX_MESSAGE)
-        self.reading = False  # answers given while a read's requests are handled go out in one write after it
         self.gone = False
         self._flush()
 
@@ -123,18 +122,12 @@ class NgH2Session:
             self._flush()
             self.conn.close()
             return
-        self.reading = True
-        try:
-            for stream_id, method, path, content_type, body in requests:
-                if body is None:
-                    self._respond(stream_id, *TOO_LARGE.response())
-                    self._flush()  # the 413 before the RST_STREAM that stops the upload
-                    self.h2.reset(stream_id)
-                else:
-                    self.handler.handle(method or "", path or "", content_type, body,
-                                        partial(self._respond, stream_id))
-        finally:
-            self.reading = False
+        for stream_id, method, path, content_type, body in requests:
+            if body is None:
+                self._respond(stream_id, *TOO_LARGE.response())  # written before the RST_STREAM that stops the upload
+                self.h2.reset(stream_id)
+            else:
+                self.handler.handle(method or "", path or "", content_type, body, partial(self._respond, stream_id))
         self._flush()
         if self.h2.done():
             self.conn.close()
@@ -142,9 +135,10 @@ class NgH2Session:
     def _respond(self, stream_id: int, status: int, headers: Headers, body: bytes) -> None:
         if self.gone:
             return
+        # Written at once, one TLS record per answer, as unbound does: some clients (dnsperf's DoH among them) take
+        # only the first answer from a record that carries several.
         self.h2.respond(stream_id, status, headers, body)
-        if not self.reading:
-            self._flush()
+        self._flush()
 
     def _flush(self) -> None:
         data = self.h2.output()

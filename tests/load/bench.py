@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -199,6 +200,22 @@ def export_revision(rev: str, pure: bool = False) -> tuple[Path, str]:
     return target, f"git {sha[:12]} ({rev}, exported)"
 
 
+def build_python(source: Path) -> str:
+    """A Python with the tree's build requirements (pyproject.toml), as pip's isolated build would have: the
+    interpreter running the kit may have an older setuptools than the tree needs. Kept under out/ between runs."""
+    requires = tomllib.loads((source / "pyproject.toml").read_text())["build-system"]["requires"]
+    venv = OUT / "build-venv"
+    python = venv / "bin" / "python"
+    marker = venv / "requires.txt"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    if not marker.exists() or marker.read_text() != "\n".join(requires):
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *requires],
+                       check=True)
+        marker.write_text("\n".join(requires))
+    return str(python)
+
+
 def build_tree(source: Path, pure: bool) -> None:
     """Build the tree as `pip install` would: the hot path compiled by setup.py (mypyc), every module byte-compiled.
 
@@ -210,7 +227,7 @@ def build_tree(source: Path, pure: bool) -> None:
         raise SystemExit(f"--pure, but {source} holds compiled modules ({compiled[0].name}, ...): use --resolver-rev")
     if not pure and not compiled and (source / "setup.py").is_file():
         say(f"compiling the hot path with mypyc in {source} (about a minute)")
-        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=source, check=True,
+        subprocess.run([build_python(source), "setup.py", "-q", "build_ext", "--inplace"], cwd=source, check=True,
                        stdout=subprocess.DEVNULL)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(source / "resolver")], check=True)
 
