@@ -16,6 +16,9 @@ from pathlib import Path
 
 # Checked from the leaf up: the first that matches names the part.
 PARTS = (
+    ("nghttp2 (HTTP/2 in C)", "libnghttp2"),
+    ("OpenSSL (TLS records, handshakes)", "libssl"),
+    ("OpenSSL crypto", "libcrypto"),
     ("hpack (header compression)", "hpack/"),
     ("hyperframe (frame encode/decode)", "hyperframe/"),
     ("h2 (streams, state machine, flow control)", "h2/"),
@@ -26,6 +29,7 @@ PARTS = (
     ("DoT session", "resolver/net/dot.py"),
     ("TLS connection (ssl, records, writes)", "resolver/net/tlsconn.py"),
     ("other resolver code", "resolver/"),
+    ("resolver code compiled by mypyc (native frames)", "resolver__mypyc"),
     ("event loop", "uvloop/"),
 )
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]+)(?::\d+)?\)$")
