@@ -32,6 +32,7 @@ COMPILED = [
     "resolver/core/wire.py",
     "resolver/lists/stream.py",
     "resolver/net/attempt.py",
+    "resolver/net/dohmsg.py",
     "resolver/net/framing.py",
     "resolver/net/health.py",
     "resolver/net/streamconn.py",

@@ -159,14 +159,14 @@ def start_dnsdist(setup: Setup, ports: Ports) -> Proc:
 
 def start_py_spy(proc: Proc, stem: str, seconds: float) -> Proc | None:
     """Sample the server's Python stacks for the run (``--py-spy``: collapsed stacks, for flame graphs and
-    ``pyspy_top.py``); py-spy reads the process's memory from CPU 0 without stopping it. With native frames:
+    ``pyspy_top.py``); py-spy samples from CPU 0, pausing the process for each sample (native frames need it):
     time in C libraries (nghttp2, OpenSSL) shows as theirs, and mypyc's compiled functions by their C names."""
     binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(binary).exists():
         say("--py-spy: py-spy is not installed (pip install py-spy)")
         return None
     out = OUT / f"pyspy-{stem}.txt"
-    argv = [binary, "record", "--nonblocking", "--native", "-r", "250", "-d", f"{max(1, int(seconds) - 1)}",
+    argv = [binary, "record", "--native", "-r", "250", "-d", f"{max(1, int(seconds) - 1)}",
             "-f", "raw", "-o", str(out), "-p", str(proc.pid)]
     return Proc("py-spy", argv, CLIENT_CPU, OUT / "logs" / f"pyspy-{stem}.log")
 
