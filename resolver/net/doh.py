@@ -27,10 +27,8 @@ import h2.events
 import h2.exceptions
 import h11
 
-from resolver.core.forwarding import Prefetch
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import DOH
-from resolver.core.wire import Query
 from resolver.net.dohmsg import MAX_MESSAGE, NOT_ANSWERED, TOO_LARGE, Headers, HttpError, dns_request, dns_response
 
 try:
@@ -39,11 +37,11 @@ try:
 except ImportError:  # built without libnghttp2's headers, or pure Python
     NgServer = None  # type: ignore[assignment,misc]
 
+from resolver.net.listeners import Forwarder, deliver
+
 if TYPE_CHECKING:
-    from resolver.net.listeners import Forwarder
     from resolver.net.tlsconn import Session, TlsConnection
 
-MAX_PENDING: Final = 64  # answers waiting on upstreams per connection; past it SERVFAIL at once (as TCP, DoT)
 MAX_HEADERS: Final = 16 * 1024  # request line and headers (HTTP/1.1), header list (HTTP/2)
 
 Respond = Callable[[int, Headers, bytes], None]
@@ -75,17 +73,9 @@ class DohHandler:
         result = self.pipeline.on_query(message, DOH, conn.client, client_id or conn.client_id)
         if result is None:
             respond(*NOT_ANSWERED.response())
-        elif type(result) is bytes:
-            _answer(respond, result)
-        elif type(result) is Prefetch:
-            _answer(respond, result.answer)
-            self.forwarder.prefetch(result.query)
-        elif self.pending >= MAX_PENDING:
-            _answer(respond, self.pipeline.on_shed(result))  # type: ignore[arg-type]
-        else:
-            assert type(result) is Query
+        elif deliver(result, self.pipeline, self.forwarder, self.pending, partial(_answer, respond),
+                     partial(self._forwarded, respond)):
             self.pending += 1
-            self.forwarder.forward(result, partial(self._forwarded, respond))
 
     def _forwarded(self, respond: Respond, reply: bytes) -> None:
         self.pending -= 1
@@ -129,8 +119,6 @@ class NgH2Session:
             else:
                 self.handler.handle(method or "", path or "", content_type, body, partial(self._respond, stream_id))
         self._flush()
-        if self.h2.done():
-            self.conn.close()
 
     def _respond(self, stream_id: int, status: int, headers: Headers, body: bytes) -> None:
         if self.gone:
@@ -144,6 +132,8 @@ class NgH2Session:
         data = self.h2.output()
         if data:
             self.conn.send(data)
+        if self.h2.done():  # a GOAWAY either way and every stream answered: nothing more will happen here
+            self.conn.close()
 
     def busy(self) -> bool:
         return self.handler.pending > 0  # as H2Session's

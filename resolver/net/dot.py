@@ -7,20 +7,15 @@ id (from the TLS server name) and the answer, now or when the upstream replies, 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from resolver.core.forwarding import Prefetch
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import DOT
-from resolver.core.wire import Query
 from resolver.net.framing import frame
+from resolver.net.listeners import Forwarder, deliver
 
 if TYPE_CHECKING:
-    from resolver.net.listeners import Forwarder
     from resolver.net.tlsconn import TlsConnection
-
-# Answers one connection may have waiting on upstreams at once; past it a question gets SERVFAIL at once (as TCP).
-MAX_PENDING: Final = 64
 
 
 class DotSession:
@@ -47,19 +42,12 @@ class DotSession:
     def _query(self, data: bytes) -> None:
         conn = self.conn
         result = self.pipeline.on_query(data, DOT, conn.client, conn.client_id)
-        if result is None:
-            return
-        if type(result) is bytes:
-            conn.send(frame(result))
-        elif type(result) is Prefetch:
-            conn.send(frame(result.answer))
-            self.forwarder.prefetch(result.query)
-        elif self.pending >= MAX_PENDING:
-            conn.send(frame(self.pipeline.on_shed(result)))  # type: ignore[arg-type]
-        else:
-            assert type(result) is Query
+        if result is not None and deliver(result, self.pipeline, self.forwarder, self.pending, self._send,
+                                          self._respond):
             self.pending += 1
-            self.forwarder.forward(result, self._respond)
+
+    def _send(self, reply: bytes) -> None:
+        self.conn.send(frame(reply))
 
     def _respond(self, reply: bytes) -> None:
         self.pending -= 1

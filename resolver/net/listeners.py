@@ -32,8 +32,9 @@ from resolver.net.mmsg import BATCH
 
 log = logging.getLogger("resolver.transport")
 
-# Replies on one TCP connection that may wait for upstreams at once; past it the client gets SERVFAIL.
-MAX_TCP_PENDING: Final = 64
+# Answers one stream connection (TCP, DoT, DoH) may have waiting on upstreams at once; past it a question gets
+# SERVFAIL at once (``Pipeline.on_shed``).
+MAX_PENDING: Final = 64
 # Answers buffered for one TCP client beyond what the kernel holds: past it the connection reads no more queries
 # until its client reads. Several large answers' worth, so a client that reads slowly is never held up.
 OUTPUT_CAP: Final = 64 * 1024
@@ -44,6 +45,24 @@ class Forwarder(Protocol):
     def forward(self, query: Query, respond: Callable[[bytes], None]) -> None: ...
 
     def prefetch(self, query: Query) -> None: ...
+
+
+def deliver(result: bytes | Query | Prefetch, pipeline: Pipeline, forwarder: Forwarder, pending: int,
+            now: Callable[[bytes], None], later: Callable[[bytes], None]) -> bool:
+    """Carry out what ``Pipeline.on_query`` decided for a question on a stream connection with ``pending``
+    answers waiting on upstreams: an answer goes to ``now``; a question to forward goes upstream with ``later``
+    to call, unless the connection is at MAX_PENDING. True when it went upstream (the caller counts it)."""
+    if type(result) is bytes:
+        now(result)
+    elif type(result) is Prefetch:
+        now(result.answer)
+        forwarder.prefetch(result.query)
+    elif pending >= MAX_PENDING:
+        now(pipeline.on_shed(result))  # type: ignore[arg-type]
+    else:
+        forwarder.forward(result, later)  # type: ignore[arg-type]
+        return True
+    return False
 
 
 class UdpListener:
@@ -219,6 +238,9 @@ class TcpListener:
         drained = asyncio.Event()
         drained.set()
 
+        def send(reply: bytes) -> None:
+            writer.write(frame(reply))
+
         def respond(reply: bytes) -> None:
             nonlocal pending
             pending -= 1
@@ -246,17 +268,9 @@ class TcpListener:
             result = self.pipeline.on_query(data, TCP, client)
             if result is None:
                 continue
-            if type(result) is bytes:
-                writer.write(frame(result))
-            elif type(result) is Prefetch:
-                writer.write(frame(result.answer))
-                self.forwarder.prefetch(result.query)
-            elif pending >= MAX_TCP_PENDING:
-                writer.write(frame(self.pipeline.on_shed(result)))  # type: ignore[arg-type]
-            else:
+            if deliver(result, self.pipeline, self.forwarder, pending, send, respond):
                 pending += 1
                 drained.clear()
-                self.forwarder.forward(result, respond)  # type: ignore[arg-type]
             if transport.get_write_buffer_size() > OUTPUT_CAP:
                 try:
                     async with asyncio.timeout(self.write_timeout):
