@@ -37,7 +37,7 @@ try:
 except ImportError:  # built without libnghttp2's headers, or pure Python
     NgServer = None  # type: ignore[assignment,misc]
 
-from resolver.net.listeners import Forwarder, deliver
+from resolver.net.listeners import Forwarder, settle
 
 if TYPE_CHECKING:
     from resolver.net.tlsconn import Session, TlsConnection
@@ -73,9 +73,13 @@ class DohHandler:
         result = self.pipeline.on_query(message, DOH, conn.client, client_id or conn.client_id)
         if result is None:
             respond(*NOT_ANSWERED.response())
-        elif deliver(result, self.pipeline, self.forwarder, self.pending, partial(_answer, respond),
-                     partial(self._forwarded, respond)):
-            self.pending += 1
+        else:
+            answer = settle(result, self.pipeline, self.forwarder, self.pending)
+            if type(answer) is bytes:
+                _answer(respond, answer)
+            else:
+                self.pending += 1
+                self.forwarder.forward(answer, partial(self._forwarded, respond))  # type: ignore[arg-type]
 
     def _forwarded(self, respond: Respond, reply: bytes) -> None:
         self.pending -= 1

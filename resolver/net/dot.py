@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import DOT
 from resolver.net.framing import frame
-from resolver.net.listeners import Forwarder, deliver
+from resolver.net.listeners import Forwarder, settle
 
 if TYPE_CHECKING:
     from resolver.net.tlsconn import TlsConnection
@@ -42,12 +42,14 @@ class DotSession:
     def _query(self, data: bytes) -> None:
         conn = self.conn
         result = self.pipeline.on_query(data, DOT, conn.client, conn.client_id)
-        if result is not None and deliver(result, self.pipeline, self.forwarder, self.pending, self._send,
-                                          self._respond):
+        if result is None:
+            return
+        answer = settle(result, self.pipeline, self.forwarder, self.pending)
+        if type(answer) is bytes:
+            conn.send(frame(answer))
+        else:
             self.pending += 1
-
-    def _send(self, reply: bytes) -> None:
-        self.conn.send(frame(reply))
+            self.forwarder.forward(answer, self._respond)  # type: ignore[arg-type]
 
     def _respond(self, reply: bytes) -> None:
         self.pending -= 1

@@ -47,22 +47,18 @@ class Forwarder(Protocol):
     def prefetch(self, query: Query) -> None: ...
 
 
-def deliver(result: bytes | Query | Prefetch, pipeline: Pipeline, forwarder: Forwarder, pending: int,
-            now: Callable[[bytes], None], later: Callable[[bytes], None]) -> bool:
-    """Carry out what ``Pipeline.on_query`` decided for a question on a stream connection with ``pending``
-    answers waiting on upstreams: an answer goes to ``now``; a question to forward goes upstream with ``later``
-    to call, unless the connection is at MAX_PENDING. True when it went upstream (the caller counts it)."""
+def settle(result: bytes | Query | Prefetch, pipeline: Pipeline, forwarder: Forwarder, pending: int) -> bytes | Query:
+    """What a stream connection (TCP, DoT, DoH) with ``pending`` answers waiting on upstreams does with
+    ``Pipeline.on_query``'s result: the bytes to send now (an answer; a prefetch's answer, its question sent
+    upstream; SERVFAIL at MAX_PENDING), or the Query for the caller to forward and count."""
     if type(result) is bytes:
-        now(result)
-    elif type(result) is Prefetch:
-        now(result.answer)
+        return result
+    if type(result) is Prefetch:
         forwarder.prefetch(result.query)
-    elif pending >= MAX_PENDING:
-        now(pipeline.on_shed(result))  # type: ignore[arg-type]
-    else:
-        forwarder.forward(result, later)  # type: ignore[arg-type]
-        return True
-    return False
+        return result.answer
+    if pending >= MAX_PENDING:
+        return pipeline.on_shed(result)  # type: ignore[arg-type]
+    return result  # type: ignore[return-value]
 
 
 class UdpListener:
@@ -238,9 +234,6 @@ class TcpListener:
         drained = asyncio.Event()
         drained.set()
 
-        def send(reply: bytes) -> None:
-            writer.write(frame(reply))
-
         def respond(reply: bytes) -> None:
             nonlocal pending
             pending -= 1
@@ -268,9 +261,13 @@ class TcpListener:
             result = self.pipeline.on_query(data, TCP, client)
             if result is None:
                 continue
-            if deliver(result, self.pipeline, self.forwarder, pending, send, respond):
+            answer = settle(result, self.pipeline, self.forwarder, pending)
+            if type(answer) is bytes:
+                writer.write(frame(answer))
+            else:
                 pending += 1
                 drained.clear()
+                self.forwarder.forward(answer, respond)  # type: ignore[arg-type]
             if transport.get_write_buffer_size() > OUTPUT_CAP:
                 try:
                     async with asyncio.timeout(self.write_timeout):
