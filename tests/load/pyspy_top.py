@@ -25,11 +25,11 @@ PARTS = (
     ("h11", "h11/"),
     ("core pipeline (policy, cache, answer)", "resolver/core/"),
     ("DoH request and answer rules", "resolver/net/dohmsg.py"),
-    ("DoH session (ours, around h2)", "resolver/net/doh.py"),
+    ("DoH session (ours, around the HTTP/2 library)", "resolver/net/doh.py"),
     ("DoT session", "resolver/net/dot.py"),
     ("TLS connection (ssl, records, writes)", "resolver/net/tlsconn.py"),
     ("other resolver code", "resolver/"),
-    ("resolver code compiled by mypyc (native frames)", "resolver__mypyc"),
+    ("resolver code compiled by mypyc (native frames)", "__native_resolver"),
     ("event loop", "uvloop/"),
 )
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]+)(?::\d+)?\)$")
