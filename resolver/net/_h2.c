@@ -101,12 +101,15 @@ on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *use
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     st->id = frame->hd.stream_id;
+    if (nghttp2_session_set_stream_user_data(session, st->id, st) != 0) {
+        stream_free(st);  /* no such stream (refused): nothing will report it closed, so nothing is kept */
+        return 0;
+    }
     st->next = self->streams;
     if (st->next != NULL) {
         st->next->prev = st;
     }
     self->streams = st;
-    nghttp2_session_set_stream_user_data(session, st->id, st);
     return 0;
 }
 

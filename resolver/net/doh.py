@@ -30,14 +30,13 @@ import h11
 from resolver.core.pipeline import Pipeline
 from resolver.core.stats import DOH
 from resolver.net.dohmsg import MAX_MESSAGE, NOT_ANSWERED, TOO_LARGE, Headers, HttpError, dns_request, dns_response
+from resolver.net.listeners import Forwarder, settle
 
 try:
     from resolver.net._h2 import NGHTTP2_VERSION
     from resolver.net._h2 import Server as NgServer
 except ImportError:  # built without libnghttp2's headers, or pure Python
     NgServer = None  # type: ignore[assignment,misc]
-
-from resolver.net.listeners import Forwarder, settle
 
 if TYPE_CHECKING:
     from resolver.net.tlsconn import Session, TlsConnection
