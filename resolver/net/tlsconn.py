@@ -129,8 +129,14 @@ class TlsConnection(asyncio.Protocol):
         if self.admitted:
             self.admitted = False
             self.listener.gate.release(self.client)
-        if self.session is not None:
-            self.session.closed()
+        # The session and this connection refer to each other. Dropped here, both go now, by reference counting.
+        # Otherwise the cycle waits for a full garbage collection. That can be thousands of connections away,
+        # because a connection allocates few Python objects, and meanwhile each one holds its TLS state and
+        # nghttp2's in C memory that the collector does not see.
+        session, self.session = self.session, None
+        if session is not None:
+            session.closed()
+        self.tls = None
         self.transport = None
 
     def pause_writing(self) -> None:
