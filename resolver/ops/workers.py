@@ -16,7 +16,12 @@ dies, even by SIGKILL (``follow_supervisor``), and the snapshot sender notices a
 where that is not available. A worker that exits START_FAILURES times in a row before it ever reported (it could
 not start: its error line is above) stops the supervisor instead of being restarted for ever.
 
-``Supervisor`` holds the decisions and ``WorkerProcess`` the plumbing (a process and its pipe), so the decisions
+A worker alive but stuck (its event loop blocked, the process stopped) would keep its share of the names and
+answer none of them. Every worker reports at least once a second, from its event loop; one silent for
+SILENT_SECONDS is treated as dead for the steering and by its peers, so its names are answered by the others at
+once, and it is back as soon as it reports again. One silent for HANG_SECONDS is killed and restarted.
+
+``Supervisor`` holds the decisions and ``WorkerProcess`` (``ops/workerproc.py``) the plumbing, so the decisions
 are tested on a fake clock without processes or sockets.
 """
 
@@ -25,39 +30,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import pickle
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Protocol
 
-import resolver
 from resolver import build
 from resolver.config.model import Config, Endpoint
 from resolver.errors import ListenError
 from resolver.net.sockets import claim, reason
 from resolver.ops.fabric import Fabric
-from resolver.ops.link import CONTROL, FRAME, PEER_DOWN, PEER_UP, SNAPSHOT, WorkerLink
+from resolver.ops.link import PEER_DOWN, PEER_UP, SNAPSHOT
 from resolver.ops.link import SnapshotSender as SnapshotSender
 from resolver.ops.link import follow_supervisor as follow_supervisor
 from resolver.ops.metrics import MetricsServer
 from resolver.ops.snapshot import Snapshot, merge
+from resolver.ops.workerproc import WorkerProcess
 
 log = logging.getLogger("resolver.ops.workers")
 RESTART_BACKOFF = 1.0
 STOP_SECONDS = 10.0
 START_FAILURES = 3  # exits in a row before a first report: the worker cannot start, restarting will not help
 SCRAPE_WAIT = 1.0  # how long a scrape waits for every worker's fresh snapshot before it makes do with the last
-# A worker runs the resolver package its supervisor imported, never one that happens to sit in the working
-# directory (a source checkout's uncompiled copy next to the installed build): -P keeps the working directory
-# off sys.path, and the supervisor's own package directory goes first.
-_BOOT = ("import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'resolver'; "
-         "from resolver.cli import main; sys.exit(main())")
+# A worker reports every SNAPSHOT_SECONDS (ops/link.py). Silence this long means its loop is not running: a reload's
+# build runs beside the loop, not in it, so no healthy worker is ever this quiet.
+SILENT_SECONDS = 3.0
+HANG_SECONDS = 20.0  # silent this long: stuck for good, killed (below systemd's WatchdogSec, which sees only us)
+CHECK_SECONDS = 1.0
 
 
 def pin_ports(config: Config) -> Config:
@@ -101,6 +101,8 @@ class Timers(Protocol):
 
     def call_later(self, delay: float, callback: Callable[[], None], /) -> Cancellable: ...
 
+    def time(self) -> float: ...
+
 
 @dataclass(slots=True)
 class Worker:
@@ -110,6 +112,8 @@ class Worker:
     up: bool = False  # has reported since it was last started
     failed_starts: int = 0  # exits in a row before a first report
     scrape: int = 0  # the last scrape it answered
+    heard: float = 0.0  # when it last reported (the supervisor's clock)
+    silent: bool = False  # up, but has not reported for SILENT_SECONDS: its names go to the others meanwhile
 
 
 class Supervisor:
@@ -131,6 +135,7 @@ class Supervisor:
         self.start_child = start  # index -> a started worker; by default a real process, made in ``run``
         self.timers = timers
         self.workers = [Worker(i) for i in range(count)]
+        self._last_check = 0.0
         self.retired: Snapshot | None = None
         self.restarts = 0
         self.stopping = False
@@ -199,12 +204,14 @@ class Supervisor:
     def start(self) -> None:
         for worker in self.workers:
             self._spawn(worker)
+        self._last_check = self._timers().time()
+        self._timers().call_later(CHECK_SECONDS, self._check_silence)
 
     def _spawn(self, worker: Worker) -> None:
         if self.start_child is None:
             raise RuntimeError("the supervisor has no way to start a worker: give it one, or start it with run()")
         worker.latest = None
-        worker.up = False
+        worker.up = worker.silent = False
         worker.scrape = self.scrapes
         worker.child = self.start_child(worker.index)
         for other in self.workers:  # the peers it must not ask until they are back
@@ -219,11 +226,13 @@ class Supervisor:
             return
         worker.latest = snap
         worker.scrape = max(worker.scrape, scrape)
-        if not worker.up:
-            worker.up = True
+        worker.heard = self._timers().time()
+        if worker.silent:
+            log.warning("worker %d reports again: its names are its own again", index)
+        if not worker.up or worker.silent:
+            worker.up, worker.silent = True, False
             self._tell_peers(index, PEER_UP)
-            if self.fabric is not None:
-                self.fabric.dead(w.index for w in self.workers if not w.up)
+            self._steer()
         worker.failed_starts = 0
         self._scrape_answered()
         # Once every worker has bound its listeners, the service is up.
@@ -240,15 +249,16 @@ class Supervisor:
         if worker.latest is not None:
             self.retired = merge([], merge([worker.latest], self.retired))
             worker.latest = None
-        was_up, worker.up = worker.up, False
+        was_up, was_silent = worker.up, worker.silent
+        worker.up = worker.silent = False
         self._scrape_answered()
         if self.stopping:
             self._finish_if_all_gone()
             return
         # Until it is back, its peers ask the upstream for its names, and its UDP share goes to a live worker.
-        self._tell_peers(index, PEER_DOWN)
-        if self.fabric is not None:
-            self.fabric.dead(w.index for w in self.workers if not w.up)
+        if not was_silent:  # a silent one's peers have been told already
+            self._tell_peers(index, PEER_DOWN)
+            self._steer()
         if not was_up:
             worker.failed_starts += 1
             if worker.failed_starts >= START_FAILURES:
@@ -266,6 +276,39 @@ class Supervisor:
                 self._spawn(worker)
 
         self._timers().call_later(RESTART_BACKOFF, restart)
+
+    def _steer(self) -> None:
+        """Give the UDP shares of the workers not answering now (starting, dead or silent) to live ones."""
+        if self.fabric is not None:
+            self.fabric.dead(w.index for w in self.workers if not w.up or w.silent)
+
+    def _check_silence(self) -> None:
+        """Every CHECK_SECONDS: a worker that has gone quiet loses its names to the others, then its life."""
+        if self.stopping:
+            return
+        now = self._timers().time()
+        # If this check itself comes late, our own loop was stalled, and the workers' reports wait unread in
+        # their pipes: that silence is ours, so nobody is blamed for it.
+        stalled = now - self._last_check > 2 * CHECK_SECONDS
+        self._last_check = now
+        for worker in self.workers:
+            if worker.child is None or not worker.up:
+                continue  # starting (a first report can take as long as the policy takes to load) or gone
+            quiet = now - worker.heard
+            if stalled:
+                worker.heard = now
+            elif quiet >= HANG_SECONDS:
+                log.error("worker %d has not reported for %.0fs: it is stuck; killing it (it will be restarted)",
+                          worker.index, HANG_SECONDS)
+                worker.child.kill()
+                worker.heard = now  # killed once; its exit brings the restart
+            elif quiet >= SILENT_SECONDS and not worker.silent:
+                worker.silent = True
+                self._tell_peers(worker.index, PEER_DOWN)
+                self._steer()
+                log.warning("worker %d has not reported for %.0fs: its names go to the other workers until it "
+                            "does", worker.index, SILENT_SECONDS)
+        self._timers().call_later(CHECK_SECONDS, self._check_silence)
 
     def _tell_peers(self, index: int, kind: bytes) -> None:
         for other in self.workers:
@@ -292,7 +335,9 @@ class Supervisor:
 
     def _scrape_answered(self) -> None:
         for number, waiter in self._scrape_waits:
-            if not waiter.done() and all(w.scrape >= number for w in self.workers if w.child is not None and w.up):
+            # A silent worker is not waited for: it would only make every scrape wait the whole SCRAPE_WAIT.
+            if not waiter.done() and all(w.scrape >= number for w in self.workers
+                                         if w.child is not None and w.up and not w.silent):
                 waiter.set_result(None)
 
     def hup(self) -> None:
@@ -342,82 +387,3 @@ class Supervisor:
             raise RuntimeError("no worker has reported yet")
         snap.counters["worker_restarts"] = self.restarts
         return snap
-
-
-class WorkerProcess:
-    """The plumbing of one worker: a fresh ``resolver serve --worker SPEC`` process (never a fork of a running
-    event loop; the spec is ``ops/link.WorkerLink``), the pipe it sends its snapshots down and the control pipe we
-    write to. The snapshot pipe closing is how its death is noticed."""
-
-    def __init__(self, index: int, argv: Sequence[str], reported: Callable[[int, Snapshot, int], None],
-                 exited: Callable[[int, int | None], None], env: Mapping[str, str] | None = None,
-                 fabric: Fabric | None = None) -> None:
-        self.index = index
-        self.reported = reported
-        self.exited = exited
-        self.buffer = bytearray()
-        read_fd, write_fd = os.pipe()
-        control_read, self.control = os.pipe()
-        if fabric is not None:
-            link = fabric.link(index, os.getpid(), write_fd, control_read)
-        else:
-            link = WorkerLink(index, 1, os.getpid(), write_fd, control_read)
-        package_dir = str(Path(resolver.__file__).resolve().parent.parent)
-        args = [sys.executable, "-P", "-c", _BOOT, package_dir, *argv, "--worker", link.encode()]
-        try:
-            self.proc = subprocess.Popen(args, pass_fds=link.fds(), env={**os.environ, **(env or {})})
-        except BaseException:
-            os.close(read_fd)
-            os.close(self.control)
-            raise
-        finally:
-            os.close(write_fd)
-            os.close(control_read)
-        os.set_blocking(read_fd, False)
-        os.set_blocking(self.control, False)
-        self.fd = read_fd
-        self.loop = asyncio.get_running_loop()
-        self.loop.add_reader(read_fd, self._readable)
-
-    def signal(self, signum: int) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-
-    def tell(self, kind: bytes, number: int) -> None:
-        if self.control >= 0:
-            with contextlib.suppress(OSError):  # full (it is stuck: a scrape makes do) or gone
-                os.write(self.control, CONTROL.pack(kind, number))
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.fd, 1 << 16)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.loop.remove_reader(self.fd)
-            os.close(self.fd)
-            os.close(self.control)
-            self.control = -1
-            # The pipe closes as the process exits: this waits only for the kernel to finish the exit.
-            self.exited(self.index, self.proc.wait())
-            return
-        buffer = self.buffer
-        buffer += data
-        latest: Snapshot | None = None
-        scrape = 0
-        while len(buffer) >= FRAME.size:
-            size, answers = FRAME.unpack_from(buffer)
-            if len(buffer) < FRAME.size + size:
-                break
-            # The pipe comes from a child we started ourselves, so unpickling it is safe.
-            latest = pickle.loads(bytes(buffer[FRAME.size : FRAME.size + size]))
-            scrape = max(scrape, answers)
-            del buffer[: FRAME.size + size]
-        if latest is not None:
-            self.reported(self.index, latest, scrape)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from resolver.ops.workers import START_FAILURES
+from resolver.ops.workers import HANG_SECONDS, START_FAILURES
 from tests.integration.test_metrics import by_label, parse_samples, total
 from tests.support.approvals import approval
 from tests.support.resolverproc import (
@@ -84,6 +84,39 @@ def test_a_killed_worker_is_restarted_and_nothing_is_lost(resolver_factory: Reso
     # What the dead worker answered after its last report (at most one report interval of traffic) is the only
     # count that can be lost.
     assert wait_for(counted, timeout=10), server.metrics_text()[-2000:]
+
+
+def test_a_frozen_worker_loses_its_names_at_once_and_is_replaced(resolver_factory: ResolverFactory,
+                                                                  tmp_path: Path) -> None:
+    """SIGSTOP: the worker's process lives and holds its socket, but nothing runs, as in a stuck event loop. Its
+    share of the names (the kernel steers by name) would go unanswered; once it has been quiet a few seconds the
+    other worker answers them, and once it has been quiet HANG_SECONDS it is killed and replaced."""
+    querylog = tmp_path / "queries.jsonl"
+    server = resolver_factory({"query_log": {"path": str(querylog), "client": "none"}}, ["--workers", "2"],
+                              metrics=True)
+    names = [f"s{i}.tiktok.com" for i in range(40)]
+    _answered_all(server, names, "0.0.0.0")
+    owned = querylog.with_name("queries.w0.jsonl")
+    assert wait_for(lambda: owned.exists() and "s" in owned.read_text(), timeout=5)
+    mine = [name for name in names if f'"{name}' in owned.read_text()]
+    assert mine, "worker 0 answered none of the names: the test would prove nothing"
+    victim = next(pid for pid in _workers(server) if b"--worker\x000:" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        assert server.wait_stderr("worker 0 has not reported for", timeout=10), server.stderr_text()[-2000:]
+        _answered_all(server, mine, "0.0.0.0")  # worker 0's names, answered by worker 1 while worker 0 is frozen
+        assert wait_for(lambda: victim not in _workers(server) and len(_workers(server)) == 2,
+                        timeout=HANG_SECONDS + 15), server.stderr_text()[-2000:]
+    finally:
+        if _running(victim):
+            os.kill(victim, signal.SIGCONT)
+    # The lines README ("Workers") quotes.
+    assert server.stderr_lines("its names go to the other workers until it does")
+    assert server.stderr_lines("worker 0 has not reported for 20s: it is stuck; killing it")
+    assert wait_for(lambda: server.stderr_text().count(" ready: dns") >= 4, timeout=15), server.stderr_text()
+    assert wait_for(lambda: total(parse_samples(server.metrics_text()), "resolver_worker_restarts_total") == 1, 10)
+    _answered_all(server, names, "0.0.0.0")
+    assert "Traceback" not in server.stderr_text()
 
 
 def test_sighup_reloads_every_worker_and_sigterm_stops_them(resolver_factory: ResolverFactory) -> None:

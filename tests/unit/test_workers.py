@@ -12,14 +12,21 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import pytest
 
 from resolver.config.model import Config
 from resolver.ops.snapshot import Snapshot
-from resolver.ops.workers import RESTART_BACKOFF, START_FAILURES, STOP_SECONDS, Supervisor
+from resolver.ops.workers import (
+    HANG_SECONDS,
+    RESTART_BACKOFF,
+    SILENT_SECONDS,
+    START_FAILURES,
+    STOP_SECONDS,
+    Supervisor,
+)
 
 
 @dataclass
@@ -53,6 +60,17 @@ class FakeClock:
             if not timer.cancelled:
                 timer.callback()
         self.now = until
+
+    def time(self) -> float:
+        return self.now
+
+    def stall(self, seconds: float) -> None:
+        """Our own loop was blocked for ``seconds``: every timer due meanwhile fires late, all at the end."""
+        self.now += seconds
+        while self._queue and self._queue[0][0] <= self.now:
+            _, _, timer = heapq.heappop(self._queue)
+            if not timer.cancelled:
+                timer.callback()
 
 
 @dataclass
@@ -332,3 +350,125 @@ def test_a_scrape_waits_for_every_running_worker_to_answer() -> None:
     told, waiting, summed = asyncio.run(scenario())
     assert told == [[(b"S", 1)], [(b"S", 1)]]
     assert waiting and summed
+
+
+# ------------------------------------------------------------------------------------------- a worker gone quiet
+
+
+class FakeFabric:
+    """Records which workers the steering was last told are not answering."""
+
+    def __init__(self) -> None:
+        self.not_answering: list[int] = []
+
+    def dead(self, workers: Iterable[int]) -> None:
+        self.not_answering = sorted(workers)
+
+
+def _both_up(sup: Supervisor) -> FakeFabric:
+    fabric = FakeFabric()
+    sup.fabric = fabric  # type: ignore[assignment]
+    sup.reported(0, snap(1))
+    sup.reported(1, snap(1))
+    return fabric
+
+
+def _keep_reporting(sup: Supervisor, clock: FakeClock, index: int, seconds: float) -> None:
+    """Worker ``index`` reports every second (as ops/link.py does) while ``seconds`` go by."""
+    for _ in range(int(seconds)):
+        clock.advance(1.0)
+        sup.reported(index, snap(1))
+
+
+def test_a_quiet_worker_loses_its_names_to_the_others_until_it_reports_again(sup: Supervisor, clock: FakeClock,
+                                                                              plant: Plant) -> None:
+    """Its UDP share is steered to the live worker and its peers stop asking it; nothing is killed. Its next
+    report gives it all back."""
+    fabric = _both_up(sup)
+    other = plant.of(1)[0]
+    other.told.clear()
+    _keep_reporting(sup, clock, 1, SILENT_SECONDS - 1)
+    assert fabric.not_answering == [] and other.told == []
+    _keep_reporting(sup, clock, 1, 1)
+    assert fabric.not_answering == [0]
+    assert other.told == [(b"D", 0)]
+    sup.reported(0, snap(2))
+    assert fabric.not_answering == []
+    assert other.told == [(b"D", 0), (b"U", 0)]
+    assert not any(c.killed for c in plant.started)
+
+
+def test_a_worker_quiet_for_good_is_killed_once_and_restarted(sup: Supervisor, clock: FakeClock,
+                                                              plant: Plant) -> None:
+    fabric = _both_up(sup)
+    stuck, other = plant.of(0)[0], plant.of(1)[0]
+    _keep_reporting(sup, clock, 1, HANG_SECONDS - 1)
+    assert not stuck.killed and fabric.not_answering == [0]
+    _keep_reporting(sup, clock, 1, 1)
+    assert stuck.killed and not other.killed
+    other.told.clear()
+    sup.exited(0, -9)  # the kill lands
+    assert other.told == []  # it was told when the worker went quiet
+    clock.advance(RESTART_BACKOFF)
+    assert len(plant.of(0)) == 2 and sup.restarts == 1
+    sup.reported(0, snap(0))
+    assert fabric.not_answering == [] and other.told == [(b"U", 0)]
+
+
+def test_workers_that_report_every_second_are_left_alone(sup: Supervisor, clock: FakeClock, plant: Plant) -> None:
+    fabric = _both_up(sup)
+    for child in plant.started:
+        child.told.clear()
+    for _ in range(int(HANG_SECONDS * 3)):
+        clock.advance(1.0)
+        sup.reported(0, snap(1))
+        sup.reported(1, snap(1))
+    assert fabric.not_answering == []
+    assert not any(c.killed for c in plant.started) and not any(c.told for c in plant.started)
+
+
+def test_when_the_supervisor_itself_was_stalled_nobody_is_blamed(sup: Supervisor, clock: FakeClock,
+                                                                 plant: Plant) -> None:
+    """Our loop blocked: the workers' reports wait unread in their pipes. The silence is ours."""
+    fabric = _both_up(sup)
+    clock.stall(HANG_SECONDS * 2)
+    assert fabric.not_answering == [] and not any(c.killed for c in plant.started)
+    sup.reported(0, snap(1))  # the reports read once we run again
+    sup.reported(1, snap(1))
+    _keep_reporting(sup, clock, 1, SILENT_SECONDS)
+    assert fabric.not_answering == [0]  # but a worker quiet since is judged as usual
+
+
+def test_a_starting_worker_is_not_judged_by_its_silence(sup: Supervisor, clock: FakeClock, plant: Plant) -> None:
+    """A first report comes once the policy is loaded and the sockets are bound, which can take a while."""
+    told = [list(c.told) for c in plant.started]
+    clock.advance(HANG_SECONDS * 3)
+    assert not any(c.killed for c in plant.started)
+    assert [c.told for c in plant.started] == told
+
+
+def test_nobody_is_killed_for_silence_while_stopping(sup: Supervisor, clock: FakeClock, plant: Plant) -> None:
+    _both_up(sup)
+    sup.stop()
+    clock.advance(STOP_SECONDS * 0.9)
+    assert not any(c.killed for c in plant.started)
+
+
+def test_a_scrape_does_not_wait_for_a_quiet_worker() -> None:
+    import asyncio
+
+    async def scenario() -> bool:
+        clock = FakeClock()
+        sup = Supervisor(2, ["serve"], Config(), start=Plant().start, timers=clock)
+        sup.start()
+        sup.reported(0, snap(1))
+        sup.reported(1, snap(1))
+        _keep_reporting(sup, clock, 1, SILENT_SECONDS)
+        scrape = asyncio.ensure_future(sup.fresh())
+        await asyncio.sleep(0)
+        sup.reported(1, snap(7), 1)
+        for _ in range(10):  # a few turns of the loop, far less than SCRAPE_WAIT
+            await asyncio.sleep(0)
+        return scrape.done()
+
+    assert asyncio.run(scenario())
