@@ -12,8 +12,8 @@ and DoH, for prefetches of entries a worker holds for a stream client, and for e
 be set up. A worker's questions in flight are bounded by its in-flight table, so what an owner holds for its
 peers is bounded by the number of workers times that table.
 
-A dead owner (the supervisor says so, ``down``) is not asked: its questions go upstream from here until it is
-back. A question an owner never answers (it died with it) is given up after the query deadline, as an upstream's.
+A dead owner, or one that has stopped reporting to the supervisor (it says so, ``down``), is not asked: its
+questions, those already asked included, go upstream from here until it is back. A question an owner never answers (it died with it) is given up after the query deadline, as an upstream's.
 
 Messages, one per datagram: a question is ``Q`` + request id + refresh flag + the query as we would send it
 upstream; an answer is ``A`` + request id + the reply, or nothing when the owner got none.
