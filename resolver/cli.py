@@ -22,7 +22,7 @@ from resolver.core import order
 from resolver.core.client import canonical_client
 from resolver.core.guard import Approval
 from resolver.core.policy import ACTION_NAMES, BLOCK, Exemption, Policy, Verdict, utc_text
-from resolver.errors import ConfigError, ListenError, ResolverError
+from resolver.errors import ConfigError, ListenError, ResolverError, one_line
 from resolver.lists.formats import normalise_name
 from resolver.lists.load import Loaded, load_policy
 from resolver.lists.platforms import line_of
@@ -136,14 +136,15 @@ def _guarded(command: Callable[[], int]) -> int:
     try:
         return command()
     except (ConfigError, ListenError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2
-    except ResolverError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     except BrokenPipeError:  # `resolver check | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as err:  # ResolverError, or input nobody foresaw (named as such): one line, status 1
+        internal = "" if isinstance(err, ResolverError) else f"internal error: {err.__class__.__name__}: "
+        print(f"error: {internal}{one_line(str(err))}", file=sys.stderr)
+        return 1
 
 
 def _diff(old_path: str, new_path: str) -> int:

@@ -34,3 +34,9 @@ class UpstreamError(ResolverError):
 
 class UpstreamTimeout(UpstreamError):
     """An upstream did not answer within its timeout."""
+
+
+def one_line(text: str) -> str:
+    """An error as one line that cannot drive the terminal: a newline or an escape sequence in a user's key or value
+    is shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

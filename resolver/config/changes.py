@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,8 +49,8 @@ def _share(s: Section, key: str, default: float) -> float:
 
 
 def _approval(a: Section, parse_time: TimeParser) -> Approval:
-    a.check_keys(("platforms", "lists", "domains", "bypass", "groups", "approved_by", "reason", "reference",
-                  "expires"))
+    a.check_keys(("platforms", "lists", "domains", "bypass", "sinkhole", "groups", "approved_by", "reason",
+                  "reference", "expires"))
     for key in ("approved_by", "reason", "reference"):
         value = a.raw.get(key)
         if not isinstance(value, str) or not value.strip():
@@ -57,10 +58,10 @@ def _approval(a: Section, parse_time: TimeParser) -> Approval:
                                             "and the change reference")
     if a.raw.get("expires") is None:
         raise ConfigError(a.where("expires"), "required: until when the approval is valid (ISO 8601)")
-    kinds = {key: frozenset(a.strings(key, ())) for key in ("platforms", "lists", "domains", "bypass")}
+    kinds = {key: frozenset(a.strings(key, ())) for key in ("platforms", "lists", "domains", "bypass", "sinkhole")}
     if not any(kinds.values()):
         raise ConfigError(a.where("platforms"), "an approved change names what may stop being blocked: "
-                                                "platforms, lists, domains or bypass")
+                                                "platforms, lists, domains, bypass or sinkhole")
     for i, switch in enumerate(sorted(kinds["bypass"])):
         if switch not in BYPASS_SWITCHES:
             raise ConfigError(f"{a.where('bypass')}[{i}]", f"unknown bypass defence {switch!r} "
@@ -68,4 +69,16 @@ def _approval(a: Section, parse_time: TimeParser) -> Approval:
     domains = frozenset(d.lower().rstrip(".") for d in kinds["domains"])
     return Approval(a.raw["approved_by"].strip(), a.raw["reason"].strip(), a.raw["reference"].strip(),
                     parse_time(a.raw["expires"], a.where("expires")), kinds["platforms"], kinds["lists"], domains,
-                    kinds["bypass"], frozenset(a.strings("groups", ())), where=f"{a.file}: {a.path}")
+                    kinds["bypass"], frozenset(a.strings("groups", ())), where=f"{a.file}: {a.path}",
+                    sinkhole=_addresses(a, sorted(kinds["sinkhole"])))
+
+
+def _addresses(a: Section, texts: list[str]) -> frozenset[str]:
+    """Spelt as the review spells them (``2001:db8::1``, not ``2001:DB8:0::1``), or the approval would not match."""
+    out = set()
+    for i, text in enumerate(texts):
+        try:
+            out.add(str(ipaddress.ip_address(text.strip())))
+        except ValueError:
+            raise ConfigError(f"{a.where('sinkhole')}[{i}]", f"{text!r} is not an IP address") from None
+    return frozenset(out)

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Final
 
+from resolver.config.files import is_file
 from resolver.config.model import EncryptedConfig, TlsConfig
 from resolver.config.policy import parse_networks
 from resolver.config.yamlfile import Section
@@ -57,7 +58,7 @@ def _path(s: Section, key: str, base: Path) -> Path | None:
     if raw is None:
         return None
     path = base / str(raw)
-    if not path.is_file():
+    if not is_file(path):
         raise ConfigError(s.where(key), f"{raw!r}: no such file")
     return path
 

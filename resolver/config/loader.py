@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from resolver.config import encrypted as encrypted_section
+from resolver.config.files import is_file
 from resolver.config.model import CLIENT_MODES, Config, EncryptedConfig, Endpoint, QueryLogConfig, TcpConfig
 from resolver.config.policy import ListSource, parse_networks, parse_policy
 from resolver.config.yamlfile import Section, load_yaml
@@ -58,7 +59,7 @@ def parse_endpoint(text: str, default_port: int | None, where: str) -> Endpoint:
         if default_port is None:
             raise ConfigError(where, f"{text!r} needs a port (ADDR:PORT)")
         return Endpoint(host, default_port)
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ConfigError(where, f"{port_text!r} is not a port number")
     return Endpoint(host, int(port_text))
 
@@ -94,7 +95,7 @@ def config_from_dict(raw: Any, file: str, base: Path) -> Config:
     if strategy not in ("strict", "random", "parallel_best"):
         raise ConfigError(top.where("upstream_strategy"), f"must be strict, random or parallel_best, got {strategy!r}")
     ca_file = top.raw.get("upstream_ca")
-    if ca_file is not None and not (base / str(ca_file)).is_file():
+    if ca_file is not None and not is_file(base / str(ca_file)):
         raise ConfigError(top.where("upstream_ca"), f"{ca_file!r}: no such file")
     metrics_raw = top.raw.get("metrics")
     metrics = None if metrics_raw is None else parse_endpoint(metrics_raw, None, top.where("metrics"))
@@ -158,10 +159,10 @@ def byte_size(s: Section, key: str, default: int, minimum: int, maximum: int) ->
     value: int | None = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
     if isinstance(raw, str):
         number, unit = raw.strip(), ""
-        while number and not number[-1].isdigit():
+        while number and not (number[-1].isascii() and number[-1].isdigit()):
             number, unit = number[:-1], number[-1] + unit
         scale = _UNITS.get(unit.strip().upper())
-        if number.isdigit() and scale is not None:
+        if number.isascii() and number.isdigit() and scale is not None:
             value = int(number) * scale
     if value is None:
         raise ConfigError(s.where(key), f"must be a size in bytes (an integer, or e.g. 64MiB, 512KiB), got {raw!r}")
@@ -287,7 +288,7 @@ def _flag_file(flags: dict[str, Any], name: str) -> Path | None:
     given = flags.get(name)
     if not given:
         return None
-    if not Path(given).is_file():
+    if not is_file(given):
         raise ConfigError(f"--{name.replace('_', '-')}", f"{given!r}: no such file")
     return Path(given).absolute()  # not resolved: a Secret volume's ``..data`` symlink is followed through rotations
 

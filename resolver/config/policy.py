@@ -9,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from resolver.config.changes import GUARD_KEYS, Guard, parse_guard
-from resolver.config.yamlfile import Section
+from resolver.config.yamlfile import Section, short
 from resolver.core.client import canonical_client
 from resolver.core.policy import DEFAULT_GROUP, Bypass, Exemption, GroupSpec, IPNetwork, PolicySpec
 from resolver.errors import ConfigError
@@ -24,7 +25,8 @@ LIST_FORMATS = ("auto", "hosts", "domains", "adblock", "rpz", "wildcard")
 _SHA256 = re.compile(r"^[0-9A-Fa-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # spelt like a platform id
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.UTC).timestamp()
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.ASCII)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 DEFAULT_LIST_CACHE = Path.home() / ".cache" / "resolver" / "lists"
 
@@ -67,6 +69,8 @@ class PolicyConfig:
 def parse_duration(value: Any, where: str) -> float:
     """``90``, ``30s``, ``15m``, ``6h``, ``7d``, ``2w`` -> seconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # .inf would never refresh, and .nan would fail every comparison with it
+            raise ConfigError(where, f"{value!r} is not a duration (e.g. 30s, 15m, 6h, 7d)")
         return float(value)
     match = _DURATION.match(str(value))
     if match is None:
@@ -89,7 +93,15 @@ def parse_time(value: Any, where: str) -> float:
         raise ConfigError(where, f"must be a date-time, got {value!r}")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
+    try:
+        stamp = moment.timestamp()
+    except (OverflowError, ValueError):
+        stamp = -1.0
+    # Every instant is printed back in UTC later (logs, `resolver exemptions`): one near year 1 or 9999 with an
+    # offset has no UTC year to print, so the range is checked here, where the error can name the key.
+    if not 0 <= stamp < _LATEST:
+        raise ConfigError(where, f"{short(value)} is out of range (1970 to 8999)")
+    return stamp
 
 
 def parse_networks(items: tuple[str, ...], where: str) -> tuple[IPNetwork, ...]:
@@ -128,8 +140,15 @@ def parse_policy(s: Section, base: Path) -> PolicyConfig:
     raw_exemptions = s.raw.get("exemptions") or []
     if not isinstance(raw_exemptions, list):
         raise ConfigError(s.where("exemptions"), "must be a list of exemption records")
+    references: dict[str, int] = {}
     for i, raw in enumerate(raw_exemptions):
-        exemptions.append(_exemption(s, raw, f"exemptions[{i}]", max_days, group_names))
+        exemption = _exemption(s, raw, f"exemptions[{i}]", max_days, group_names)
+        # A reference names one signed record: a second exemption under it would pass for the first one.
+        first = references.setdefault(exemption.reference, i)
+        if first != i:
+            raise ConfigError(s.where(f"exemptions[{i}].reference"), f"{exemption.reference!r} is already the "
+                              f"reference of {s.path}.exemptions[{first}]: each exemption has its own reference")
+        exemptions.append(exemption)
 
     bypass = s.section("bypass")
     bypass.check_keys(("firefox_canary", "private_relay", "ddr", "doh_servers", "cname_cloaking"))

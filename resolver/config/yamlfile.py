@@ -9,11 +9,43 @@ from typing import Any
 
 import yaml
 
+from resolver.config.files import open_regular
 from resolver.errors import ConfigError
 
 # libyaml's C loader when PyYAML was built with it (much faster on big platform files), else the Python one;
 # both are the *safe* loader: no Python objects from tags.
-SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BASE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BASE_LOADER):  # type: ignore[misc]
+    """The safe loader, stricter where a silent choice would change a policy: a key given twice in one mapping is
+    an error (``block:`` twice would keep only the last, perhaps empty, one), and a value its tag cannot build
+    (``!!timestamp garbage``, an offset of 99 hours) is an error at its line, not an exception from inside."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # ``<<: *base`` merges are meant to be overridden
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) or key is None:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"{short(key)} given twice in one mapping", key_node.start_mark)
+                    seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, AttributeError, OverflowError) as err:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this {node.tag.rpartition(':')[2] or 'value'}: {err.__class__.__name__}",
+                node.start_mark) from None
+
+
+SAFE_LOADER: Any = _Loader
 MAX_NODES = 200_000  # values in one YAML document, counting every use of an alias
 MAX_DEPTH = 64
 _SHORT = reprlib.Repr()
@@ -58,25 +90,46 @@ def load_yaml(path: str | os.PathLike[str], max_bytes: int, hint: str = "") -> t
     later). Refused with ``ConfigError`` naming the file, and the line for a syntax error: unreadable, too big
     (``hint`` is added to that message), not UTF-8, not YAML, or a shape ``check_shape`` refuses."""
     file = os.fspath(path)
-    try:
-        with open(path, "rb") as handle:
+    with open_regular(path, file) as handle:
+        try:
             data = handle.read(max_bytes + 1)
-    except OSError as err:
-        raise ConfigError(file, err.strerror or str(err)) from None
+        except OSError as err:
+            raise ConfigError(file, err.strerror or str(err)) from None
     if len(data) > max_bytes:
         raise ConfigError(file, f"larger than {max_bytes} bytes{hint}")
     try:
         text = data.decode("utf-8")
+        check_depth(text, file)
         raw: Any = yaml.load(text, Loader=SAFE_LOADER)
     except UnicodeDecodeError as err:
         raise ConfigError(file, f"not UTF-8 text at byte {err.start}") from None
     except yaml.MarkedYAMLError as err:
         line = f":{err.problem_mark.line + 1}" if err.problem_mark is not None else ""
         raise ConfigError(f"{file}{line}", f"YAML syntax: {err.problem}") from None
+    except yaml.reader.ReaderError as err:  # a control character: named by its line and code, never echoed
+        code = ord(err.character) if isinstance(err.character, str) else int(err.character)
+        at = text.count("\n", 0, err.position) + 1
+        raise ConfigError(f"{file}:{at}", f"YAML: character {code:#x} is not allowed") from None
     except (yaml.YAMLError, RecursionError, ValueError) as err:  # ValueError: an int too long to read
         raise ConfigError(file, f"YAML: {err.__class__.__name__}") from None
     check_shape(raw, file)
     return raw, text
+
+
+def check_depth(text: str, file: str) -> None:
+    """Refuse nesting past MAX_DEPTH before anything builds the document: building recurses once per level, and
+    in libyaml's loader a deep enough document overflows the C stack and kills the process, which no exception
+    handler sees. The parser's events come from a loop, not recursion, so counting them is safe at any depth."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_BASE_LOADER):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                where = f"{file}:{mark.line + 1}" if mark is not None else file
+                raise ConfigError(where, f"nested more than {MAX_DEPTH} levels deep: refused")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
 
 
 class Section:

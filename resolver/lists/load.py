@@ -37,8 +37,12 @@ class Loaded:
     def side(self) -> Side:
         """What the reduction check compares (``resolver.core.guard``): small, so a server keeps it."""
         names = self.policy.lists
+        # The allow names kept are the first MAX_ALLOW_NAMES of a list; the ones past them are only counted.
+        unchecked = {name: len(parsed.entries) - parsed.blocking - len(parsed.allow_names)
+                     for name, parsed in zip(names, self.lists, strict=True)}
         return Side(self.policy, {name: parsed.blocking for name, parsed in zip(names, self.lists, strict=True)},
-                    tuple(n for parsed in self.lists for n in parsed.allow_names))
+                    tuple(n for parsed in self.lists for n in parsed.allow_names),
+                    {name: count for name, count in unchecked.items() if count > 0})
 
 
 def load_policy(config: Config, strict: bool = False) -> Loaded:
@@ -92,7 +96,12 @@ def open_list(source: ListSource, cache_dir: Path) -> ListStream:
         return ListStream(source.path, fmt, str(source.path), allowlist=source.allowlist,  # type: ignore[arg-type]
                           sha256=source.sha256)
     cached = source.cache_path(cache_dir)
-    if not cached.exists():
+    try:
+        present = cached.exists()
+    except (OSError, ValueError) as err:  # a cache directory no file can be in: too long, a NUL byte
+        raise ConfigError(str(source.url), f"list_cache_dir is not a usable path: "
+                          f"{getattr(err, 'strerror', None) or err}") from None
+    if not present:
         return ListStream(None, fmt, str(source.url), note=SkippedLine(0, "not fetched yet: no copy on disk", ""))  # type: ignore[arg-type]
     return ListStream(cached, fmt, str(source.url), allowlist=source.allowlist,  # type: ignore[arg-type]
                       sha256=source.sha256)

@@ -30,7 +30,11 @@ BUNDLED_CATEGORIES: Final = ("social", "messaging", *DEFAULT_ALWAYS_ALLOW, DOH_C
 def load_platforms(directory: Path, extra_categories: Iterable[str] = ()) -> list[Platform]:
     """Every platform file in ``directory``; ``extra_categories`` are the config's ``policy.categories``, allowed
     beside BUNDLED_CATEGORIES."""
-    if not directory.is_dir():
+    try:
+        found = directory.is_dir()
+    except (OSError, ValueError) as err:  # a path no directory can have: too long, a NUL byte
+        raise ConfigError(str(directory), f"not a usable path: {getattr(err, 'strerror', None) or err}") from None
+    if not found:
         raise ConfigError(str(directory), "blocklists directory not found")
     files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     if not files:

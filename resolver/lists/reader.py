@@ -1,18 +1,18 @@
 """The one reader of a list's bytes: a file read whole, a file streamed block by block, or a download in memory.
 
-A list path may be wrong (a disk image, /dev/zero, a FIFO) and a URL may serve anything, so before any parsing
-the bytes are checked to be a text list, with one set of messages wherever they come from: the size cap
-("larger than N bytes"), NUL bytes ("not a text list: contains NUL bytes") and UTF-8 ("not UTF-8 text at byte
-N", counted from the start of the file whatever block it falls in).
+A list path may be wrong (a disk image, a FIFO, /dev/zero: only a regular file is opened) and a URL may serve
+anything, so before any parsing the bytes are checked to be a text list, with one set of messages wherever they
+come from: the size cap ("larger than N bytes"), NUL bytes ("not a text list: contains NUL bytes") and UTF-8
+("not UTF-8 text at byte N", counted from the start of the file whatever block it falls in).
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from resolver.config.files import open_regular
 from resolver.errors import ConfigError
 
 MAX_LIST_BYTES = 256 * 1024 * 1024
@@ -28,22 +28,18 @@ class ListReader:
     def __init__(self, where: str, max_bytes: int = MAX_LIST_BYTES) -> None:
         self.where = where
         self.max_bytes = max_bytes
-        self.size = 0  # of the file, when it is a regular one (known before reading it)
+        self.size = 0  # of the file (known before reading it); 0 for a download
         self._read = 0  # bytes read so far, against the cap
         self._decoded = 0  # bytes decoded so far, so a UTF-8 error names its byte in the file
 
     def open(self, path: str | os.PathLike[str]) -> BinaryIO:
-        """Open a list file; a regular file over the cap is refused before anything is read."""
-        try:
-            handle = open(path, "rb")  # noqa: SIM115 - the caller closes it (a with block round the reads)
-        except OSError as err:
-            raise ConfigError(self.where, err.strerror or str(err)) from None
-        info = os.fstat(handle.fileno())
-        if stat.S_ISREG(info.st_mode):
-            self.size = info.st_size
-            if info.st_size > self.max_bytes:
-                handle.close()
-                raise ConfigError(self.where, f"larger than {self.max_bytes} bytes")
+        """Open a list file (a regular one: ``files.open_regular``); one over the cap is refused before anything is
+        read."""
+        handle = open_regular(path, self.where)  # the caller closes it (a with block round the reads)
+        self.size = os.fstat(handle.fileno()).st_size
+        if self.size > self.max_bytes:
+            handle.close()
+            raise ConfigError(self.where, f"larger than {self.max_bytes} bytes")
         return handle
 
     def check(self, data: bytes) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from resolver.config.model import BUNDLED_BLOCKLISTS, DEFAULT_SOURCE, Config
 from resolver.config.policy import ListSource
 from resolver.core.pipeline import Pipeline
+from resolver.core.scope import grant_key, sinkhole_text
 from resolver.errors import ConfigError
 from resolver.lists.fetch import fetch_list, needs_fetch, restore_previous
 from resolver.lists.load import Loaded, load_policy, trim_memory
@@ -79,8 +80,9 @@ class Summary:
     version: str
     platforms: dict[str, int]  # id -> domains
     lists: dict[str, int]  # name -> entries
-    exemptions: frozenset[str]  # references
+    exemptions: dict[str, str]  # reference -> what it grants, to whom, until when
     groups: dict[str, str]  # name -> what it blocks, allows and monitors
+    sinkhole: str = ""  # what a blocked name is answered with
 
     @staticmethod
     def of(loaded: Loaded) -> Summary:
@@ -89,9 +91,10 @@ class Summary:
             policy.version,
             {p.id: len(p.domains) for p in loaded.platforms},
             {name: len(parsed.entries) for name, parsed in zip(policy.lists, loaded.lists, strict=True)},
-            frozenset(e.reference for e in policy.exemptions),
+            dict(grant_key(e) for e in policy.exemptions),
             {g.name: f"blocks {len(g.block)}, allows {len(g.allow)}, monitors {len(g.monitor)} platforms"
              for g in policy.groups},
+            sinkhole_text(policy.sinkhole),
         )
 
     def changes(self, new: Summary) -> str:
@@ -110,14 +113,21 @@ class Summary:
             if before != after:
                 parts.append(f"list {name} entries {before if before is not None else '-'} -> "
                              f"{after if after is not None else '-'}")
-        if new.exemptions - self.exemptions:
-            parts.append("exemptions added: " + ", ".join(sorted(new.exemptions - self.exemptions)))
+        had, has = set(self.exemptions), set(new.exemptions)
+        if has - had:
+            parts.append("exemptions added: " + ", ".join(sorted(has - had)))
+        # The same reference granting something else (wider, longer, to others) is as much a change as a new one.
+        changed = sorted(r for r in had & has if self.exemptions[r] != new.exemptions[r])
+        if changed:
+            parts.append("exemptions changed: " + ", ".join(changed))
         for name in sorted(set(new.groups) | set(self.groups)):
             if new.groups.get(name) != self.groups.get(name):
                 parts.append(f"group {name}: {self.groups.get(name, 'new')} -> {new.groups.get(name, 'removed')}")
-        if self.exemptions - new.exemptions:
-            parts.append("exemptions removed: " + ", ".join(sorted(self.exemptions - new.exemptions)))
-        return "; ".join(parts) or "no change in platforms, lists, groups or exemptions"
+        if had - has:
+            parts.append("exemptions removed: " + ", ".join(sorted(had - has)))
+        if new.sinkhole != self.sinkhole:
+            parts.append(f"sinkhole: {self.sinkhole} -> {new.sinkhole}")
+        return "; ".join(parts) or "no change in platforms, lists, groups, exemptions or sinkhole"
 
 
 @dataclass(slots=True)
@@ -200,10 +210,13 @@ class Reloader:
             loop = asyncio.get_running_loop()
             try:
                 config, loaded = await loop.run_in_executor(None, self._build, self.config_factory)
+                # Compared off the loop too: it looks up every platform domain and allow entry in both policies.
+                outcome = await loop.run_in_executor(None, self.review, config, loaded)
             except ConfigError as err:
                 return self.refused(why, err)
-            # Compared off the loop too: it looks up every platform domain and allow entry in both policies.
-            outcome = await loop.run_in_executor(None, self.review, config, loaded)
+            except Exception as err:  # a file we failed to foresee: still a refusal, never a dead reloader
+                return self.refused(why, ConfigError(self.config.source, f"internal error while reading it: "
+                                                     f"{err.__class__.__name__}: {err}"))
             if outcome.refused:
                 return self.reduction_refused(why, loaded, outcome)
             return self.swapped(why, config, loaded, outcome)
@@ -262,7 +275,7 @@ class Reloader:
         for path in paths:
             try:
                 st = path.stat()
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a NUL byte in a path; it is refused at the reload
                 out[path] = (-1, -1, -1)
             else:
                 out[path] = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -273,16 +286,25 @@ class Reloader:
         seen = self._seen
         while True:
             await asyncio.sleep(WATCH_SECONDS)
-            now = self.watched()
-            changed = changed_files(seen, now)
-            if changed:
-                await self.reload(watch_reason(changed))
-                seen = after_reload(now, self.watched())
+            try:
+                now = self.watched()
+                changed = changed_files(seen, now)
+                if changed:
+                    await self.reload(watch_reason(changed))
+                    seen = after_reload(now, self.watched())
+            except Exception as err:  # the watcher must outlive anything: a change it misses is a ban not applied
+                log.error("policy file watch: internal error, still watching: %s: %s", err.__class__.__name__, err)
 
     async def refresh(self, source: ListSource) -> None:
         """Fetch a URL list every ``refresh`` seconds; reload when its content changed."""
         while True:
-            await asyncio.sleep(await self.refresh_once(source))
+            try:
+                delay = await self.refresh_once(source)
+            except Exception as err:  # as for the watcher: the next refresh must still come
+                log.error("list %s: internal error in its refresh, trying again later: %s: %s", source.name,
+                          err.__class__.__name__, err)
+                delay = FETCH_RETRY
+            await asyncio.sleep(delay)
 
     async def refresh_once(self, source: ListSource) -> float:
         """One fetch, and a reload if the content changed; the seconds until the next fetch."""

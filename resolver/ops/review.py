@@ -13,8 +13,9 @@ from pathlib import Path
 from resolver.config.changes import Guard
 from resolver.config.loader import load_config
 from resolver.config.model import Config
-from resolver.core.guard import Approval, Change, Side, approvals_used, categories_of, compare, unapproved
+from resolver.core.guard import Approval, Side, approvals_used, categories_of, compare, unapproved
 from resolver.core.policy import utc_text
+from resolver.core.scope import Change
 from resolver.errors import ConfigError
 from resolver.lists.load import Loaded, load_policy
 
@@ -39,7 +40,7 @@ class Review:
         named = "; ".join(c.text() for c in self.refused[:SHOWN])
         more = f" (and {len(self.refused) - SHOWN} more)" if len(self.refused) > SHOWN else ""
         return (f"it would unblock: {named}{more}. To accept this, approve it in policy.approved_changes "
-                f"(platforms, lists, domains or bypass, with approved_by, reason, reference, expires)")
+                f"(platforms, lists, domains, bypass or sinkhole, with approved_by, reason, reference, expires)")
 
 
 def review(old: Side, new: Side, guard: Guard, now: float, old_guard: Guard | None = None) -> Review:
@@ -65,6 +66,7 @@ def audit_event(result: str, why: str, old_version: str, new_version: str | None
             "now_allowed": sum(c.effect == "allowed" for c in outcome.changes),
             "now_blocked": sum(c.effect == "blocked" for c in outcome.changes),
             "exemption_changes": sum(c.kind == "exemption" for c in outcome.changes),
+            "sinkhole_changes": sum(c.kind == "sinkhole" for c in outcome.changes),
         }
         event["changes"] = [{"kind": c.kind, "subject": c.subject, "group": c.group, "effect": c.effect,
                              "detail": c.detail, "reduction": c.reduction} for c in outcome.changes[:AUDIT_ITEMS]]
@@ -92,8 +94,8 @@ def load_side(path: str) -> tuple[Config, Loaded]:
 
 
 def render(old_name: str, new_name: str, old: Loaded, new: Loaded, outcome: Review) -> str:
-    """What ``resolver diff`` prints: per group, what becomes allowed and what becomes blocked; then the
-    exemptions; then the verdict a CI job gates on."""
+    """What ``resolver diff`` prints: per group, what becomes allowed and what becomes blocked (and, for every
+    group, a sinkhole that changed); then the exemptions; then the verdict a CI job gates on."""
     lines = [f"old: {old_name} (policy {old.policy.version})", f"new: {new_name} (policy {new.policy.version})"]
     refused = {id(c) for c in outcome.refused}
     by_group: dict[str, list[Change]] = {}
@@ -102,7 +104,7 @@ def render(old_name: str, new_name: str, old: Loaded, new: Loaded, outcome: Revi
             by_group.setdefault(change.group, []).append(change)
     for group in sorted(by_group, key=lambda g: (g == "", not g.startswith("default"), g)):
         lines.append(f"group {group}:" if group else "every group concerned:")
-        for effect, title in (("allowed", "becomes allowed"), ("blocked", "becomes blocked")):
+        for effect, title in (("allowed", "becomes allowed"), ("blocked", "becomes blocked"), ("changed", "changed")):
             items = [c for c in by_group[group] if c.effect == effect]
             if items:
                 lines.append(f"  {title}:")
@@ -110,9 +112,9 @@ def render(old_name: str, new_name: str, old: Loaded, new: Loaded, outcome: Revi
     exemptions = [c for c in outcome.changes if c.kind == "exemption"]
     if exemptions:
         lines.append("exemptions:")
-        lines += [f"  {c.effect} {c.subject}: {c.detail}" for c in exemptions]
+        lines += [f"  {c.effect} {c.subject}: {c.detail}{_mark(c, id(c) in refused)}" for c in exemptions]
     if not outcome.changes:
-        lines.append("no change in what any group blocks, and no exemption changed")
+        lines.append("no change in what any group blocks, in the sinkhole or in the exemptions")
     reductions = len(outcome.reductions)
     if outcome.refused:
         lines.append(f"result: {reductions} reduction(s), {len(outcome.refused)} not approved: NEW must approve "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -76,14 +77,39 @@ def _check_fails(cfg: Path) -> str:
         ({"sinkhole": {"mode": "blackhole"}}, "sinkhole.mode"),
         ({"listen": ["127.0.0.1:notaport"]}, "listen"),
         ({"listen": ["256.1.1.1:5353"]}, "listen"),
+        ({"listen": ["127.0.0.1:5\u00b3"]}, "listen[0]"),  # a superscript: a digit to isdigit(), not to int()
+        ({"cache": {"max_bytes": "\u00b2MiB"}}, "cache.max_bytes"),
+        ({"policy": {"blocklists_dir": "a" * 5000}}, "not a usable path"),
+        ({"policy": {"lists": [{"name": "x", "url": "https://lists.example/x.txt"}],
+                     "list_cache_dir": "a" * 5000}}, "list_cache_dir is not a usable path"),
+        ({"policy": {"lists": [{"name": "x", "path": "x\0y"}]}}, "contains a NUL byte"),
+        ({"policy": {"exemptions": [{"reference": "R-1", "networks": ["10.0.0.0/8"], "platforms": ["tiktok"],
+                                     "approved_by": "A", "reason": "B",
+                                     "starts": "2026-01-01T00:00:00Z", "expires": "9999-12-31T23:00:00-05:00"}]}},
+         "out of range"),
+        ({"policy": {"lists": [{"name": "x", "url": "https://lists.example/x.txt", "refresh": float("nan")}]}},
+         "refresh"),
+        ({"sinkhole": {"mode": "null", "co\nlour\x1b[31m": "red"}}, "co\\nlour\\x1b[31m"),
     ],
-    ids=["unknown-key", "bad-mode", "listen-port-not-a-number", "listen-bad-address"],
+    ids=["unknown-key", "bad-mode", "listen-port-not-a-number", "listen-bad-address", "superscript-port",
+         "superscript-size", "blocklists-dir-too-long", "list-cache-dir-too-long", "nul-in-list-path",
+         "exemption-past-year-9999-in-utc", "refresh-nan", "newline-and-escape-in-a-key"],
 )
 def test_check_bad_config_names_file_and_key(tmp_path: Path, config: dict[str, Any], key: str) -> None:
     cfg = write_config(tmp_path / "bad-config.yaml", config)
     stderr = _check_fails(cfg)
-    assert "bad-config.yaml" in stderr, stderr
+    # It names the config file, or the path or list that is wrong.
+    assert any(name in stderr for name in ("bad-config.yaml", "lists.example", "aaaa", "x\\x00y")), stderr
     assert key in stderr, stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr and "\x1b" not in stderr, stderr
+
+
+def test_check_refuses_a_list_that_is_a_pipe_at_once(tmp_path: Path) -> None:
+    """A FIFO with no writer would block the read for ever; it is refused by what it is."""
+    os.mkfifo(tmp_path / "force.txt")
+    cfg = write_config(tmp_path / "cfg.yaml", {"policy": {"lists": [{"name": "force", "path": "force.txt"}]}})
+    stderr = _check_fails(cfg)
+    assert "force.txt: not a regular file" in stderr, stderr
 
 
 def test_check_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:

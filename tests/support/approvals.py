@@ -9,7 +9,7 @@ import datetime as dt
 
 
 def approval(days: float = 30, **kinds: list[str]) -> dict[str, object]:
-    """``kinds``: platforms=, lists=, domains=, bypass=, groups= (lists of names)."""
+    """``kinds``: platforms=, lists=, domains=, bypass=, sinkhole= (addresses), groups= (lists of names)."""
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
     return {**kinds, "approved_by": "J. Smith (CISO)", "reason": "test: reduction signed off",
             "reference": "CHG-TEST-1", "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}

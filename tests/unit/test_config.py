@@ -34,7 +34,7 @@ def refusal(load: object, path: Path) -> tuple[str, str]:
     (b"listen: [127.0.0.1:53\n", ":2", "YAML syntax: "),  # (the rest is libyaml's or PyYAML's own words)
     (b"a: 1\nb: caf\xe9\n", "", "not UTF-8 text at byte 11"),
     (b"a: !!python/object:os.system {}\n", ":1", "YAML syntax: could not determine a constructor for the tag"),
-    (b"a: " + b"[" * (MAX_DEPTH + 2) + b"]" * (MAX_DEPTH + 2) + b"\n", "",
+    (b"a: " + b"[" * (MAX_DEPTH + 2) + b"]" * (MAX_DEPTH + 2) + b"\n", ":1",
      f"nested more than {MAX_DEPTH} levels deep: refused"),
 ])
 def test_config_and_platform_files_are_refused_alike(tmp_path: Path, data: bytes, where: str, reason: str) -> None:

@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 
 from resolver.config.loader import load_config
 from resolver.config.model import BUNDLED_BLOCKLISTS
+from resolver.config.yamlfile import load_yaml
 from resolver.core import cache as cache_mod
 from resolver.core import wire
 from resolver.core.builder import build_policy
@@ -649,6 +650,11 @@ def _hostile_yaml() -> dict[str, bytes]:
     platform_head = "name: X\ncategory: social\nowner: Y\n"
     return {
         "deep flow list": b"[" * 10_000,
+        # Deep enough to overflow the C stack of libyaml's loader: a crash no exception handler sees.
+        "deep flow list, closed, 40k levels": b"listen: " + b"[" * 40_000 + b"]" * 40_000 + b"\n",
+        "a key given twice": b"policy:\n  block: [social]\n  block: []\ndomains: [a.b]\ndomains: []\n",
+        "a timestamp tag on garbage": b"policy:\n  approved_changes:\n    - expires: !!timestamp garbage\n",
+        "an offset of 99 hours": b"expires: 2026-01-01T00:00:00+99:00\n",
         "deep flow mapping": b"{a: " * 10_000 + b"1" + b"}" * 10_000,
         "deep block mapping": "".join(f"{' ' * i}k:\n" for i in range(1000)).encode(),
         "billion laughs, top level": "\n".join(
@@ -775,3 +781,28 @@ def test_hostile_yaml_gives_config_error(hostile_loads: dict[tuple[str, str], Ch
     assert result["maxrss_mb"] < 1024, f"{kind} loader on {case!r} peaked at {result['maxrss_mb']} MB"
     assert result["length"] < 10_000, f"a {result['length']}-character error message: {result['message'][:300]}"
     assert not PWNED.exists(), "a YAML tag ran a command"
+
+
+@pytest.mark.parametrize(("text", "line", "reason"), [
+    ("policy:\n  block: [social]\n  block: []\n", 3, "'block' given twice in one mapping"),
+    ("a: 1\nb:\n  c: !!timestamp garbage\n", 3, "cannot read this timestamp"),
+    ("a: 1\nb: 2026-01-01T00:00:00+99:00\n", 2, "cannot read this timestamp"),
+    ("a: 1\nb: \"x\x01\"\n", 2, "character 0x1 is not allowed"),
+    ("a:\n  " + "[" * 100 + "]" * 100 + "\n", 2, "nested more than 64 levels deep"),
+])
+def test_yaml_errors_name_their_line(tmp_path: Path, text: str, line: int, reason: str) -> None:
+    """A YAML file that reads as something no one meant is refused at the line that says it, in one line."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.where == f"{path}:{line}" and reason in err.value.reason, str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_merge_keys_still_override(tmp_path: Path) -> None:
+    """``<<: *base`` then the same key is an override YAML allows, not a key given twice."""
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &base {mode: nxdomain, ttl: 60}\nsinkhole:\n  <<: *base\n  ttl: 30\n")
+    raw, _ = load_yaml(path, 1 << 20)
+    assert raw["sinkhole"] == {"mode": "nxdomain", "ttl": 30}

@@ -155,18 +155,21 @@ def test_watched_covers_the_config_the_platform_files_and_the_list_files(tmp_pat
 
 
 def summary(**kwargs: Any) -> Summary:
-    fields: dict[str, Any] = {"version": "v1", "platforms": {"tiktok": 10}, "lists": {}, "exemptions": frozenset(),
+    fields: dict[str, Any] = {"version": "v1", "platforms": {"tiktok": 10}, "lists": {}, "exemptions": {},
                               "groups": {"default": "blocks 1, allows 0, monitors 0 platforms"}}
     return Summary(**(fields | kwargs))
 
 
 def test_no_change_says_so() -> None:
-    assert summary().changes(summary(version="v2")) == "no change in platforms, lists, groups or exemptions"
+    assert summary().changes(summary(version="v2")) == "no change in platforms, lists, groups, exemptions or sinkhole"
 
 
-def test_changes_name_platforms_lists_groups_and_exemptions() -> None:
-    old = summary(platforms={"tiktok": 10, "gone": 1}, lists={"ads": 3, "old": 5}, exemptions=frozenset({"T-1"}))
-    new = summary(platforms={"tiktok": 12, "new": 2}, lists={"ads": 4, "fresh": 1}, exemptions=frozenset({"T-2"}),
+def test_changes_name_platforms_lists_groups_exemptions_and_the_sinkhole() -> None:
+    """An exemption granting something else under the same reference, and a new sinkhole, are changes too."""
+    old = summary(platforms={"tiktok": 10, "gone": 1}, lists={"ads": 3, "old": 5},
+                  exemptions={"T-1": "tiktok to comms", "T-3": "tiktok to comms until May"}, sinkhole="mode null")
+    new = summary(platforms={"tiktok": 12, "new": 2}, lists={"ads": 4, "fresh": 1},
+                  exemptions={"T-2": "x", "T-3": "tiktok to everyone until May"}, sinkhole="mode address 203.0.113.7",
                   groups={"default": "blocks 2, allows 0, monitors 0 platforms", "lab": "blocks 0, allows 0, "
                                                                                       "monitors 1 platforms"})
     assert old.changes(new).split("; ") == [
@@ -177,9 +180,11 @@ def test_changes_name_platforms_lists_groups_and_exemptions() -> None:
         "list fresh entries - -> 1",
         "list old entries 5 -> -",
         "exemptions added: T-2",
+        "exemptions changed: T-3",
         "group default: blocks 1, allows 0, monitors 0 platforms -> blocks 2, allows 0, monitors 0 platforms",
         "group lab: new -> blocks 0, allows 0, monitors 1 platforms",
         "exemptions removed: T-1",
+        "sinkhole: mode null -> mode address 203.0.113.7",
     ]
 
 
@@ -257,6 +262,45 @@ def test_reload_runs_the_build_and_routes_its_outcome(before: tuple[Config, Load
     assert factories == [reloader.config_factory] * 3
     assert pipeline.swapped == [after[1].policy]  # the failure after the success keeps the new policy
     assert (reloader.stats.ok, reloader.stats.failed) == (1, 2) and reloader.config is after[0]
+
+
+def test_an_unforeseen_error_in_a_build_is_a_refusal_and_the_watcher_lives_on(
+        before: tuple[Config, Loaded], after: tuple[Config, Loaded], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A file nobody foresaw (any exception, not only ConfigError) refuses that reload like a bad file: counted,
+    logged in one line, the old policy kept. The watcher that started it keeps watching, so the fix after it is
+    applied without a SIGHUP."""
+    outcomes: list[tuple[Config, Loaded] | Exception] = [ValueError("embedded null byte"), after]
+
+    def build(config_factory: Callable[[], Config]) -> tuple[Config, Loaded]:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    reloader, pipeline, _ = make(before, build=build)
+    edits = [0]
+    reloader.watched = lambda: {tmp_path / "policy.yaml": (1, edits[0], 1)}  # type: ignore[method-assign]
+    reloader._seen = reloader.watched()
+
+    async def two_changes() -> None:
+        watcher = asyncio.ensure_future(reloader.watch())
+        for done in (1, 2):
+            edits[0] += 1
+            for _ in range(500):  # the build runs in a thread: wait for it, boundedly
+                await asyncio.sleep(0.01)
+                if reloader.stats.failed + reloader.stats.ok == done:
+                    break
+        assert not watcher.done(), watcher.exception()
+        watcher.cancel()
+
+    with caplog.at_level(logging.ERROR, "resolver.ops.reload"), \
+            pytest.MonkeyPatch.context() as mp:
+        mp.setattr("resolver.ops.reload.WATCH_SECONDS", 0)
+        asyncio.run(two_changes())
+    assert (reloader.stats.failed, reloader.stats.ok) == (1, 1)
+    assert pipeline.swapped == [after[1].policy]
+    assert any("internal error while reading it: ValueError: embedded null byte" in m for m in caplog.messages)
 
 
 def test_a_failed_fetch_keeps_the_last_copy_and_is_counted(before: tuple[Config, Loaded], tmp_path: Path) -> None:
