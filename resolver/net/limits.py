@@ -6,9 +6,9 @@ handler tasks. The caps nest: per address (a phone, or a NAT in front of many), 
 total. A client over any cap is closed at once; its neighbours in other networks still get in.
 
 The file-descriptor budget is checked before anything is bound: every accepted connection costs a descriptor, and so
-does every upstream socket, the metrics listener and each scrape. Run out, and it is the upstream sockets and the
-metrics listener that fail first (every cache miss gets SERVFAIL and nobody can see why), so start-up refuses a
-configuration whose connection cap could leave them short.
+does every upstream socket, the metrics listener and each of its connections (capped too). Run out, and it is the
+upstream sockets and the metrics listener that fail first (every cache miss gets SERVFAIL and nobody can see why),
+so start-up refuses a configuration whose connection cap could leave them short.
 """
 
 from __future__ import annotations
@@ -30,9 +30,17 @@ from resolver.errors import ConfigError
 FDS_PER_UPSTREAM: Final = 65
 # Per listen address: its UDP and its TCP socket.
 FDS_PER_LISTEN: Final = 2
+# With metrics on: the connections served at once (``ops/metrics.py`` closes the rest as it accepts them;
+# Prometheus, a few dashboards and probes need far fewer) ...
+METRICS_CONNECTIONS: Final = 64
+# ... and, in a connection flood, those accepted but not yet closed: asyncio accepts up to one listen backlog (its
+# default of 100) each turn of the loop, and a refused connection's descriptor is released a few turns later.
+METRICS_ACCEPTING: Final = 4 * 100
+FDS_METRICS: Final = METRICS_CONNECTIONS + METRICS_ACCEPTING
 # Everything else a process holds: standard streams, the event loop's epoll and wake-up pipe, signal handling, the
-# metrics listener and its scrapes, the query log, config and list files read by a reload, list downloads, the pipe
-# to the supervisor. Generous, because running short here is what made the resolver unobservable.
+# metrics listener (its connections are FDS_METRICS), the query log, config and list files read by a reload, list
+# downloads, the pipe to the supervisor. Generous, because running short here is what made the resolver
+# unobservable.
 FDS_RESERVE: Final = 128
 IPV4_NETWORK: Final = 24
 IPV6_NETWORK: Final = 56
@@ -115,10 +123,16 @@ class Gate:
 
 def fd_budget(config: Config, upstreams: int) -> int:
     """File descriptors one serving process may need: every connection slot (TCP, DoT and DoH share them), the
-    listen sockets, the upstream sockets and the reserve (README, "File descriptors")."""
+    listen sockets, the upstream sockets, the metrics connections (with metrics on) and the reserve (README,
+    "File descriptors")."""
     encrypted = len(config.encrypted.dot) + len(config.encrypted.doh)  # one TCP socket each
     return (config.tcp.max_connections + FDS_PER_LISTEN * len(config.listen) + encrypted
-            + FDS_PER_UPSTREAM * upstreams + FDS_RESERVE)
+            + FDS_PER_UPSTREAM * upstreams + metrics_fds(config) + FDS_RESERVE)
+
+
+def metrics_fds(config: Config) -> int:
+    """The metrics connections' share of the budget: none with metrics off."""
+    return FDS_METRICS if config.metrics is not None else 0
 
 
 def raise_fd_limit() -> int:
@@ -145,12 +159,14 @@ def ensure_fds(config: Config) -> None:
         return
     fits = have - need + config.tcp.max_connections
     lower = f"lower tcp.max_connections to {fits} or " if fits > 0 else ""
+    metrics = f"{metrics_fds(config)} for metrics + " if config.metrics is not None else ""
+    listening = FDS_PER_LISTEN * len(config.listen) + len(config.encrypted.dot) + len(config.encrypted.doh)
     raise ConfigError(
         f"{config.source}: tcp.max_connections",
         f"the open-file limit is {have}, below the {need} file descriptors this configuration needs "
-        f"({config.tcp.max_connections} TCP connections + {FDS_PER_LISTEN * len(config.listen)} listen sockets + "
-        f"{FDS_PER_UPSTREAM * upstreams} for {upstreams} upstream(s) + {FDS_RESERVE} reserved); {lower}raise the "
-        "hard limit (ulimit -Hn, systemd LimitNOFILE=, docker --ulimit nofile=)")
+        f"({config.tcp.max_connections} TCP connections + {listening} listen sockets + "
+        f"{FDS_PER_UPSTREAM * upstreams} for {upstreams} upstream(s) + {metrics}{FDS_RESERVE} reserved); {lower}"
+        "raise the hard limit (ulimit -Hn, systemd LimitNOFILE=, docker --ulimit nofile=)")
 
 
 def open_fds() -> int:

@@ -18,7 +18,7 @@ from resolver.core.policy import exemption_state
 from resolver.core.stats import LATENCY_BOUNDS, OUTCOMES, QTYPES, REJECT_REASONS, SHED_REASONS, TRANSPORTS
 from resolver.ops.snapshot import Snapshot
 
-__all__ = ["ResolverCollector", "generate_latest", "make_registry"]
+__all__ = ["ListenerCollector", "ResolverCollector", "generate_latest", "make_registry"]
 
 
 class ResolverCollector(Collector):
@@ -194,8 +194,22 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
-def make_registry(source: Callable[[], Snapshot]) -> CollectorRegistry:
+class ListenerCollector(Collector):
+    """The metrics listener's own count, kept by the process that serves it (the supervisor with workers)."""
+
+    def __init__(self, turned_away: Callable[[], int]) -> None:
+        self.turned_away = turned_away
+
+    def collect(self) -> Iterator[Metric]:
+        yield _counter("resolver_metrics_rejected_connections", "Connections to the metrics listener closed because "
+                       "it had as many as it serves at once.", self.turned_away())
+
+
+def make_registry(source: Callable[[], Snapshot], turned_away: Callable[[], int] | None = None) -> CollectorRegistry:
+    """The registry /metrics renders; ``turned_away``: the metrics listener's connections closed for its cap."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ResolverCollector(source))
+    if turned_away is not None:
+        registry.register(ListenerCollector(turned_away))
     ProcessCollector(registry=registry)
     return registry

@@ -10,20 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from resolver import __version__
 from resolver.core.policy import exemption_state
 from resolver.core.stats import OUTCOMES
+from resolver.net.limits import METRICS_CONNECTIONS
 from resolver.ops.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from resolver.ops.statuspage import StatusSnapshot
 
 log = logging.getLogger("resolver.ops.metrics")
-MAX_REQUEST_BYTES = 8192
+MAX_REQUEST_BYTES = 8192  # a request head (request line, headers, blank line) longer than this is answered 431
+MAX_CONNECTIONS = METRICS_CONNECTIONS  # open at once (Prometheus, a few dashboards and probes); counted in the budget
+READ_SECONDS = 5.0  # for the whole request head, however it trickles in
+WRITE_SECONDS = 5.0  # for the whole answer to reach a client that reads slowly or not at all
+WARN_SECONDS = 60.0  # at most one warning this often while connections are turned away for the cap
+COUNTED_PATHS = (b"/metrics", b"/status.json")  # the pages that show counts (a supervisor refreshes them first)
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 UPSTREAM_RECENT = 30.0  # an upstream is "up" in /readyz?verbose when it answered within this many seconds
 
 
@@ -79,14 +87,54 @@ def status_of(snap: Snapshot) -> StatusSnapshot:
     )
 
 
+class NoSnapshotYet(RuntimeError):
+    """Nothing to count from yet: a supervisor none of whose workers has reported. A page of counts answers 503."""
+
+
+def _request_line(head: bytes) -> list[bytes]:
+    return head.split(b"\n", 1)[0].rstrip(b"\r").split()
+
+
+def _wants_counts(head: bytes) -> bool:
+    """Whether answering ``head`` reads the counters (a supervisor asks its workers for fresh ones first)."""
+    parts = _request_line(head)
+    return len(parts) >= 2 and parts[0] in (b"GET", b"HEAD") and parts[1].partition(b"?")[0] in COUNTED_PATHS
+
+
+class RequestTooLarge(Exception):
+    """The request head did not end within MAX_REQUEST_BYTES."""
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes | None:
+    """The request head up to its blank line (CRLF or bare LF line ends), or None when the client closed before it
+    ended. ``RequestTooLarge`` when it does not end within MAX_REQUEST_BYTES."""
+    data = b""
+    while len(data) < MAX_REQUEST_BYTES:
+        chunk = await reader.read(MAX_REQUEST_BYTES - len(data))
+        if not chunk:
+            return None
+        start = max(0, len(data) - 3)  # the blank line may straddle two reads
+        data += chunk
+        end = _HEAD_END.search(data, start)
+        if end is not None:
+            return data[:end.start()]
+    raise RequestTooLarge
+
+
 class MetricsServer:
-    """Just enough HTTP/1.1 for Prometheus and probes: GET, one response, close."""
+    """Just enough HTTP/1.1 for Prometheus and probes: GET or HEAD, one response, close.
+
+    At most MAX_CONNECTIONS connections at once, so the listener fits the file-descriptor budget
+    (``net/limits.py``) however many clients connect. Over it, the oldest connection still waiting for its request
+    makes room: a client that connects and says nothing cannot keep Prometheus or a liveness probe out, and one
+    that asks at once is answered before a flood could push it out. Only when every connection is being answered
+    is the newcomer closed."""
 
     def __init__(self, source: Callable[[], Snapshot], ready: Callable[[], bool]) -> None:
         from resolver.ops import exporter, statuspage
 
         self.source = source
-        self.registry = exporter.make_registry(source)
+        self.registry = exporter.make_registry(source, lambda: self.turned_away)
         self.ready = ready
         self._render = exporter.generate_latest
         self._page, self._status_json = statuspage.PAGE, statuspage.status_json
@@ -94,6 +142,9 @@ class MetricsServer:
         self._security_headers = (f"Content-Security-Policy: {statuspage.CONTENT_SECURITY_POLICY}; "
                                   "frame-ancestors 'none'\r\nX-Content-Type-Options: nosniff\r\n"
                                   "Cache-Control: no-store\r\n")
+        self._open: dict[asyncio.StreamWriter, bool] = {}  # oldest first; True once its request has been read
+        self.turned_away = 0  # connections closed for the cap: evicted while idle, or refused
+        self._warned = -WARN_SECONDS
 
     def _snapshot_or_none(self) -> Snapshot | None:
         try:
@@ -101,34 +152,84 @@ class MetricsServer:
         except RuntimeError:  # a supervisor none of whose workers has reported yet
             return None
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
-            status, ctype, body = self.route(head)
-        except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-            writer.close()
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        """Count ``writer`` in, making room by closing the oldest idle connection; False when there is none."""
+        if len(self._open) >= MAX_CONNECTIONS:
+            self.turned_away += 1
+            now = time.monotonic()
+            if now - self._warned >= WARN_SECONDS:  # a flood must not flood the log too
+                self._warned = now
+                log.warning("metrics: %d connections open, the most allowed: closing the oldest that has not sent "
+                            "its request, or the new one when all are being answered (%d closed so far)",
+                            MAX_CONNECTIONS, self.turned_away)
+            idle = next((w for w, busy in self._open.items() if not busy), None)
+            if idle is None:
+                return False
+            del self._open[idle]
+            idle.transport.abort()
+        self._open[writer] = False
+        return True
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                     refresh: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Serve one connection. ``refresh`` (a supervisor's): called before answering a request that shows
+        counts, once that request has been read, so an empty connection or a probe costs nothing."""
+        if not self._admit(writer):
+            writer.transport.abort()
             return
-        header = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                  f"{self._security_headers}Connection: close\r\n\r\n").encode()
         try:
-            writer.write(header + body)
-            await writer.drain()
-        except ConnectionError:
-            pass
+            await self._serve(reader, writer, refresh)
         finally:
+            self._open.pop(writer, None)
             writer.close()
 
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     refresh: Callable[[], Awaitable[None]] | None) -> None:
+        try:
+            head = await asyncio.wait_for(read_head(reader), READ_SECONDS)
+        except (TimeoutError, ConnectionError):
+            return
+        except RequestTooLarge:
+            head = None
+        else:
+            if head is None:  # the client hung up first
+                return
+        if writer not in self._open:  # closed to make room meanwhile
+            return
+        self._open[writer] = True
+        if head is None:
+            status, ctype, body = "431 Request Header Fields Too Large", "text/plain", b"request too large\n"
+        else:
+            if refresh is not None and _wants_counts(head):
+                await refresh()
+            status, ctype, body = self.route(head)
+        header = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                  f"{self._security_headers}Connection: close\r\n\r\n").encode()
+        if head is not None and _request_line(head)[:1] == [b"HEAD"]:
+            body = b""  # the length of what GET would send, and no body (RFC 9110, 9.3.2)
+        # Drain the whole answer, not just below the usual high-water mark, so a client that never reads it is
+        # cut off here rather than holding its descriptor behind close() for as long as it likes.
+        writer.transport.set_write_buffer_limits(high=0)
+        try:
+            writer.write(header + body)
+            await asyncio.wait_for(writer.drain(), WRITE_SECONDS)
+        except (ConnectionError, TimeoutError):
+            writer.transport.abort()
+
     def route(self, head: bytes) -> tuple[str, str, bytes]:
-        parts = head.split(b"\r\n", 1)[0].split()
+        parts = _request_line(head)
         if len(parts) < 2 or parts[0] not in (b"GET", b"HEAD"):
             return "405 Method Not Allowed", "text/plain", b"only GET\n"
         path, _, query = parts[1].partition(b"?")
-        if path == b"/metrics":
-            return "200 OK", "text/plain; version=0.0.4; charset=utf-8", self._render(self.registry)
+        try:
+            if path == b"/metrics":
+                return "200 OK", "text/plain; version=0.0.4; charset=utf-8", self._render(self.registry)
+            if path == b"/status.json":
+                return "200 OK", "application/json", self._status_json(status_of(self.source()))
+        except NoSnapshotYet:
+            return "503 Service Unavailable", "text/plain", b"not ready: no counts yet\n"
         if path == b"/":
             return "200 OK", "text/html; charset=utf-8", self._page
-        if path == b"/status.json":
-            return "200 OK", "application/json", self._status_json(status_of(self.source()))
         if path == b"/healthz":
             return "200 OK", "text/plain", b"ok\n"
         if path == b"/readyz":

@@ -185,9 +185,10 @@ class Supervisor:
 
     def _scraped(self, metrics: MetricsServer) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
                                                              Coroutine[Any, Any, None]]:
+        """Serve a metrics connection. The workers are asked for fresh counts only once its request has been read
+        and shows counts: an empty connection or a /healthz probe must not cost every worker a snapshot."""
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self.fresh()
-            await metrics.handle(reader, writer)
+            await metrics.handle(reader, writer, refresh=self.fresh)
 
         return handle
 
@@ -384,6 +385,8 @@ class Supervisor:
         parts = [w.latest for w in self.workers if w.latest is not None]
         snap = merge(parts, self.retired) if parts or self.retired is not None else None
         if snap is None:
-            raise RuntimeError("no worker has reported yet")
+            from resolver.ops.metrics import NoSnapshotYet
+
+            raise NoSnapshotYet("no worker has reported yet")
         snap.counters["worker_restarts"] = self.restarts
         return snap

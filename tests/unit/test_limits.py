@@ -93,3 +93,15 @@ def test_open_fds_counts_this_process() -> None:
     with open(__file__) as handle:
         assert limits.open_fds() == before + 1
         handle.read(1)
+
+
+def test_with_metrics_on_the_budget_covers_its_capped_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resolver.ops.metrics import MAX_CONNECTIONS
+
+    config = replace(_config(1000), metrics=Endpoint("127.0.0.1", 9153))
+    assert limits.FDS_METRICS >= MAX_CONNECTIONS
+    assert fd_budget(config, upstreams=1) == fd_budget(_config(1000), upstreams=1) + limits.FDS_METRICS
+    monkeypatch.setattr(limits, "raise_fd_limit", lambda: fd_budget(config, upstreams=1) - 1)
+    with pytest.raises(ConfigError, match=f"{limits.FDS_METRICS} for metrics") as caught:
+        limits.ensure_fds(replace(config, upstreams=(Endpoint("127.0.0.1", 53),)))
+    assert "to 999 " in str(caught.value)
