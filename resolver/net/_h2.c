@@ -14,6 +14,15 @@
 
 #include <nghttp2/nghttp2.h>
 #include <string.h>
+#include <time.h>
+
+/* The stream resets on one connection, the client's and ours (nghttp2's own, for a malformed or refused stream,
+ * and ours): a burst, then a steady rate, the bucket nghttp2 keeps for a client's resets from 1.57 on (and only
+ * for those). Past it the connection ends with GOAWAY ENHANCE_YOUR_CALM: each stream we reset cost us its
+ * HEADERS' decoding, which a client can make large (one big HPACK table entry referenced over and over) at no
+ * cost to itself, and older nghttp2 releases stop neither kind. doh.py keeps the same bucket for the h2 library. */
+#define RESET_BURST 1000.0
+#define RESET_RATE 33.0
 
 /* One request stream, from its HEADERS until nghttp2 closes it. */
 typedef struct stream {
@@ -23,6 +32,7 @@ typedef struct stream {
     char *body;
     size_t len, cap;
     size_t header_bytes;
+    size_t held;    /* what this stream takes of the connection's upload budget (Server.uploads) */
     int reported;   /* handed to Python: later DATA is ignored */
     int too_large;
     PyObject *out;  /* the response body being sent, and how much of it went */
@@ -36,12 +46,15 @@ typedef struct {
     PyObject *ready;        /* complete requests since the last feed() */
     size_t max_body;
     size_t max_headers;
+    size_t uploads, max_uploads; /* bytes held for requests still arriving (bodies, the headers kept), and the cap */
     int failed;             /* a Python allocation failed inside a callback */
+    double resets, reset_time;  /* resets left in the bucket, as of reset_time (seconds, monotonic) */
 } Server;
 
 static void
-stream_free(stream *st)
+stream_free(Server *self, stream *st)
 {
+    self->uploads -= st->held;
     Py_XDECREF(st->method);
     Py_XDECREF(st->path);
     Py_XDECREF(st->ctype);
@@ -78,6 +91,8 @@ report(Server *self, stream *st)
     }
     PyMem_Free(st->body);
     st->body = NULL;
+    self->uploads -= st->held;  /* in Python's hands now, and answered in turn */
+    st->held = 0;
     PyObject *item = Py_BuildValue("(iOOON)", st->id, st->method ? st->method : Py_None,
                                    st->path ? st->path : Py_None, st->ctype ? st->ctype : Py_None, body);
     if (item == NULL) {
@@ -86,6 +101,27 @@ report(Server *self, stream *st)
     int err = PyList_Append(self->ready, item);
     Py_DECREF(item);
     return err;
+}
+
+/* Takes n more bytes of the connection's upload budget for st. Past the budget the stream is refused instead
+ * (REFUSED_STREAM: nothing of it was processed, a client may retry it) and holds nothing more: without a cap, a
+ * client could keep every stream half uploaded, MAX_STREAMS x max_body per connection. */
+static int
+charge(Server *self, stream *st, size_t n)
+{
+    if (self->uploads + n <= self->max_uploads) {
+        self->uploads += n;
+        st->held += n;
+        return 0;
+    }
+    st->reported = 1;  /* never to be reported: what else arrives on it is ignored */
+    PyMem_Free(st->body);
+    st->body = NULL;
+    st->len = st->cap = 0;
+    self->uploads -= st->held;
+    st->held = 0;
+    nghttp2_submit_rst_stream(self->session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_REFUSED_STREAM);
+    return -1;
 }
 
 static int
@@ -102,7 +138,7 @@ on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *use
     }
     st->id = frame->hd.stream_id;
     if (nghttp2_session_set_stream_user_data(session, st->id, st) != 0) {
-        stream_free(st);  /* no such stream (refused): nothing will report it closed, so nothing is kept */
+        stream_free(self, st);  /* no such stream (refused): nothing will report it closed, so nothing is kept */
         return 0;
     }
     st->next = self->streams;
@@ -141,6 +177,9 @@ on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *n
     if (slot == NULL || *slot != NULL) {  /* a header nobody reads, or a repeated one: the first counts */
         return 0;
     }
+    if (charge(self, st, valuelen) < 0) {
+        return 0;
+    }
     *slot = text ? PyUnicode_DecodeLatin1((const char *)value, (Py_ssize_t)valuelen, NULL)
                  : PyBytes_FromStringAndSize((const char *)value, (Py_ssize_t)valuelen);
     if (*slot == NULL) {
@@ -174,6 +213,9 @@ on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id, const 
         while (cap < st->len + len) {
             cap *= 2;
         }
+        if (charge(self, st, cap - st->cap) < 0) {
+            return 0;
+        }
         char *body = PyMem_Realloc(st->body, cap);
         if (body == NULL) {
             self->failed = 1;
@@ -187,10 +229,15 @@ on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id, const 
     return 0;
 }
 
+static int on_reset(Server *self);
+
 static int
 on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
 {
     Server *self = user_data;
+    if (frame->hd.type == NGHTTP2_RST_STREAM) {
+        return on_reset(self);
+    }
     if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
         !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
         return 0;
@@ -215,9 +262,40 @@ on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code
     if (st != NULL) {
         nghttp2_session_set_stream_user_data(session, stream_id, NULL);
         stream_unlink(self, st);
-        stream_free(st);
+        stream_free(self, st);
     }
     return 0;
+}
+
+static double
+monotonic(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
+static int
+on_reset(Server *self)
+{
+    double now = monotonic();
+    self->resets += (now - self->reset_time) * RESET_RATE;
+    if (self->resets > RESET_BURST) {
+        self->resets = RESET_BURST;
+    }
+    self->reset_time = now;
+    self->resets -= 1;
+    if (self->resets < 0) {
+        nghttp2_session_terminate_session(self->session, NGHTTP2_ENHANCE_YOUR_CALM);
+    }
+    return 0;
+}
+
+static int
+on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    (void)session;
+    return frame->hd.type == NGHTTP2_RST_STREAM ? on_reset(user_data) : 0;
 }
 
 static ssize_t
@@ -243,21 +321,25 @@ read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t leng
 static int
 Server_init(Server *self, PyObject *args, PyObject *kwds)
 {
-    static char *keywords[] = {"max_streams", "max_headers", "max_body", NULL};
+    static char *keywords[] = {"max_streams", "max_headers", "max_body", "max_uploads", NULL};
     unsigned int max_streams = 100, max_headers = 16384;
-    Py_ssize_t max_body = 65535;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|IIn", keywords, &max_streams, &max_headers, &max_body)) {
+    Py_ssize_t max_body = 65535, max_uploads = 262144;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|IInn", keywords, &max_streams, &max_headers, &max_body,
+                                     &max_uploads)) {
         return -1;
     }
     if (self->session != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Server is already initialised");
         return -1;
     }
-    if (max_body < 0) {
-        PyErr_SetString(PyExc_ValueError, "max_body must be >= 0");
+    if (max_body < 0 || max_uploads < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_body and max_uploads must be >= 0");
         return -1;
     }
     self->max_body = (size_t)max_body;
+    self->max_uploads = (size_t)max_uploads;
+    self->resets = RESET_BURST;
+    self->reset_time = monotonic();
     self->max_headers = max_headers;
     self->ready = PyList_New(0);
     if (self->ready == NULL) {
@@ -273,6 +355,7 @@ Server_init(Server *self, PyObject *args, PyObject *kwds)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, on_frame_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, on_frame_send);
     int rv = nghttp2_session_server_new(&self->session, callbacks, self);
     nghttp2_session_callbacks_del(callbacks);
     if (rv != 0) {
@@ -300,7 +383,7 @@ Server_dealloc(Server *self)
     while (self->streams != NULL) {
         stream *st = self->streams;
         self->streams = st->next;
-        stream_free(st);
+        stream_free(self, st);
     }
     Py_XDECREF(self->ready);
     Py_TYPE(self)->tp_free((PyObject *)self);

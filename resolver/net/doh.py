@@ -13,6 +13,7 @@ the connection serves on; only a broken HTTP stream closes it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from resolver.core.pipeline import Pipeline
 from resolver.core.stats import DOH
 from resolver.net.dohmsg import MAX_MESSAGE, NOT_ANSWERED, TOO_LARGE, Headers, HttpError, dns_request, dns_response
 from resolver.net.listeners import Forwarder, settle
+from resolver.net.tlsconn import SESSION, WRITING
 
 try:
     from resolver.net._h2 import NGHTTP2_VERSION
@@ -48,6 +50,22 @@ _Request = tuple[str, str, bytes | None]  # method, path, content type
 _STATUS: Final = b":status"
 _CODES: Final = {code: str(code).encode() for code in (200, 400, 403, 404, 405, 413, 415)}
 MAX_STREAMS: Final = 100  # concurrent requests per connection (SETTINGS_MAX_CONCURRENT_STREAMS), as h2's default
+# The request bytes an HTTP/2 connection may hold for requests still arriving (bodies, the path); a stream that
+# would take more is refused. A DoH query is a few hundred bytes (RFC 8467 pads queries to 128-byte blocks), so a
+# full set of streams of them fits many times over, as do a few messages of the largest size; and every
+# connection the listener admits (tcp.max_connections) together cannot hold more than a few hundred megabytes.
+MAX_UPLOADS: Final = 256 * 1024
+# Stream resets on one HTTP/2 connection, the client's and ours: a burst, then a rate a second; past them the
+# connection ends (GOAWAY ENHANCE_YOUR_CALM). Each reset stream costs its HEADERS' decoding and the bookkeeping,
+# while a client can reset its own or have us reset a malformed one at no cost. The same bucket as _h2.c's (and
+# as nghttp2's own for a client's resets, from 1.57 on); the h2 library keeps none.
+RESET_BURST: Final = 1000.0
+RESET_RATE: Final = 33.0
+# HTTP/1.1 pipelining: what one connection may have read ahead of the request being answered, and how many of its
+# requests are answered before the event loop turns to the other clients.
+MAX_BACKLOG: Final = 64 * 1024
+MAX_PIPELINED: Final = 32
+FEED: Final = 4096  # bytes h11 gets at a time, so its own buffer stays small whatever was read
 NGHTTP2: Final = NgServer is not None and os.environ.get("RESOLVER_HTTP2", "nghttp2") != "h2"
 HTTP2: Final = f"nghttp2 {NGHTTP2_VERSION}" if NGHTTP2 else f"h2 {version('h2')}"  # for the listener's log line
 
@@ -105,7 +123,7 @@ class NgH2Session:
     def __init__(self, conn: TlsConnection, handler: DohHandler) -> None:
         self.conn = conn
         self.handler = handler
-        self.h2 = NgServer(MAX_STREAMS, MAX_HEADERS, MAX_MESSAGE)
+        self.h2 = NgServer(MAX_STREAMS, MAX_HEADERS, MAX_MESSAGE, MAX_UPLOADS)
         self.gone = False
         self._flush()
 
@@ -161,6 +179,8 @@ class H2Session:
         self.h2.local_settings.max_header_list_size = MAX_HEADERS
         self.h2.initiate_connection()
         self.requests: dict[int, tuple[_Request, bytearray]] = {}  # streams still sending
+        self.uploads = 0  # the bytes they hold, up to MAX_UPLOADS (as NgH2Session's)
+        self.resets, self.reset_time = RESET_BURST, conn.loop.time()
         self.unsent: dict[int, bytes] = {}  # response bodies waiting for flow-control window
         self.gone = False
         self._flush()
@@ -183,11 +203,12 @@ class H2Session:
         elif kind is h2.events.DataReceived:
             self._data(event)  # type: ignore[arg-type]
         elif kind is h2.events.StreamEnded:
-            request = self.requests.pop(event.stream_id, None)  # type: ignore[attr-defined]
+            request = self._release(event.stream_id)  # type: ignore[attr-defined]
             if request is not None:
                 self._handle(event.stream_id, request[0], bytes(request[1]))  # type: ignore[attr-defined]
         elif kind is h2.events.StreamReset:
-            self.requests.pop(event.stream_id, None)  # type: ignore[attr-defined]
+            self._release(event.stream_id)  # type: ignore[attr-defined]
+            self._count_reset()
             self.unsent.pop(event.stream_id, None)  # type: ignore[attr-defined]
         elif kind is h2.events.WindowUpdated:
             for stream_id in list(self.unsent):
@@ -209,18 +230,34 @@ class H2Session:
                    None if content_type is None else bytes(content_type))
         if event.stream_ended is not None:  # a GET: the whole request is here, and its StreamEnded finds nothing
             self._handle(event.stream_id, request, b"")
+        elif self.uploads + len(request[1]) > MAX_UPLOADS:  # (its path is held until the request is whole)
+            self._reset(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
         else:
             self.requests[event.stream_id] = (request, bytearray())
+            self.uploads += len(request[1])
 
     def _data(self, event: h2.events.DataReceived) -> None:
         self.h2.acknowledge_received_data(event.flow_controlled_length or 0, event.stream_id)
         request = self.requests.get(event.stream_id)
+        if request is None:
+            return
+        data = event.data or b""
+        if self.uploads + len(data) > MAX_UPLOADS:  # nothing of it processed: the client may ask again
+            self._release(event.stream_id)
+            self._reset(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        request[1].extend(data)
+        self.uploads += len(data)
+        if len(request[1]) > MAX_MESSAGE:
+            self._release(event.stream_id)
+            self._respond(event.stream_id, *TOO_LARGE.response())
+            self._reset(event.stream_id)
+
+    def _release(self, stream_id: int) -> tuple[_Request, bytearray] | None:
+        request = self.requests.pop(stream_id, None)
         if request is not None:
-            request[1].extend(event.data or b"")
-            if len(request[1]) > MAX_MESSAGE:
-                del self.requests[event.stream_id]
-                self._respond(event.stream_id, *TOO_LARGE.response())
-                self._reset(event.stream_id)
+            self.uploads -= len(request[0][1]) + len(request[1])  # the path and the body
+        return request
 
     def _handle(self, stream_id: int, request: _Request, body: bytes) -> None:
         method, path, content_type = request
@@ -252,9 +289,21 @@ class H2Session:
         except h2.exceptions.H2Error:
             return
 
-    def _reset(self, stream_id: int) -> None:
-        with contextlib.suppress(h2.exceptions.H2Error):  # the answer is sent: stop the upload
-            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+    def _reset(self, stream_id: int, code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
+        with contextlib.suppress(h2.exceptions.H2Error):  # (NO_ERROR: the answer is sent, the upload stops)
+            self.h2.reset_stream(stream_id, code)
+        self._count_reset()
+
+    def _count_reset(self) -> None:
+        now = self.conn.loop.time()
+        self.resets = min(RESET_BURST, self.resets + (now - self.reset_time) * RESET_RATE) - 1
+        self.reset_time = now
+        if self.resets < 0 and not self.gone:
+            self.gone = True  # nothing more is answered here
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self._flush()
+            self.conn.close()
 
     def _flush(self) -> None:
         data = self.h2.data_to_send()
@@ -271,7 +320,11 @@ class H2Session:
 
 
 class H11Session:
-    """HTTP/1.1 keep-alive: requests are answered one at a time, in order, as the protocol requires."""
+    """HTTP/1.1 keep-alive: requests are answered one at a time, in order, as the protocol requires.
+
+    What a client pipelines is read ahead only so far: not at all while a request waits for its answer, nor past
+    MAX_BACKLOG bytes, nor while the client leaves its answers unread. The backlog is worked through at most
+    MAX_PIPELINED requests per turn of the event loop, so one client's backlog never holds up the others."""
 
     def __init__(self, conn: TlsConnection, handler: DohHandler) -> None:
         self.conn = conn
@@ -279,28 +332,51 @@ class H11Session:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
         self.request: h11.Request | None = None
         self.body = bytearray()
+        self.backlog = bytearray()  # read and not yet given to h11, which takes it FEED bytes at a time
+        self.turn = 0  # requests answered since this turn of the event loop began
+        self.later: asyncio.Handle | None = None  # the next turn's share of the backlog
         self.waiting = False  # a request is with the handler
         self.reading = False  # inside _next: a response given at once must not re-enter it
         self.gone = False
 
     def received(self, data: bytes) -> None:
-        self.h11.receive_data(data)
+        """Also called with nothing new (``b""``) to carry on with the backlog."""
+        self.backlog += data
+        self.turn = 0
         self._next()
+        self.conn.hold(SESSION, not self.gone and (self.waiting or len(self.backlog) > MAX_BACKLOG))
 
     def _next(self) -> None:
         self.reading = True
         try:
             while not self.waiting and not self.gone:
+                if self.conn.held & WRITING:
+                    return  # carried on when the client reads its answers again
+                if self.turn >= MAX_PIPELINED:
+                    if self.later is None:
+                        self.later = self.conn.loop.call_soon(self._carry_on)
+                    return
                 try:
                     event = self.h11.next_event()
                 except h11.RemoteProtocolError as err:
                     self._respond(*HttpError(err.error_status_hint, "bad request").response(), close=True)
                     return
-                if event is h11.NEED_DATA or event is h11.PAUSED:
+                if event is h11.NEED_DATA:
+                    if not self.backlog:
+                        return
+                    self.h11.receive_data(bytes(self.backlog[:FEED]))
+                    del self.backlog[:FEED]
+                elif event is h11.PAUSED:
                     return
-                self._event(event)
+                else:
+                    self._event(event)
         finally:
             self.reading = False
+
+    def _carry_on(self) -> None:
+        self.later = None
+        if not self.gone:
+            self.conn.batch(self.received)
 
     def _event(self, event: object) -> None:
         if isinstance(event, h11.Request):
@@ -315,6 +391,7 @@ class H11Session:
         elif isinstance(event, h11.EndOfMessage) and self.request is not None:
             request, self.request = self.request, None
             self.waiting = True
+            self.turn += 1
             self.conn.touch()
             self.handler.handle(request.method.decode("latin-1"), request.target.decode("latin-1"),
                                 dict(request.headers).get(b"content-type"), bytes(self.body), self._respond)
@@ -341,11 +418,14 @@ class H11Session:
             return
         self.h11.start_next_cycle()
         self.waiting = False
-        if not self.reading:
-            self._next()
+        if not self.reading:  # an answer from the upstream: on to what the client sent after that request
+            self.conn.batch(self.received)
 
     def busy(self) -> bool:
         return self.waiting
 
     def closed(self) -> None:
         self.gone = True
+        if self.later is not None:
+            self.later.cancel()
+            self.later = None

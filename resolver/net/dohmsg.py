@@ -19,9 +19,10 @@ from resolver.errors import WireFormatError
 PATH: Final = "/dns-query"
 MAX_MESSAGE: Final = 65535  # RFC 8484: a DNS message; a bigger body is 413
 CONTENT_TYPE: Final = b"application/dns-message"
-# A client id in the path is one segment of the characters a DNS label or a device id uses (it is also what
-# ``resolver profile`` puts there).
-_CLIENT_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# A client id, from the path or the TLS server name (``tlsconf.client_id_of``), is made of the characters a DNS
+# label or a device id uses (it is also what ``resolver profile`` puts there): nothing a log line or a policy
+# could read as something else. Matched whole: a ``$`` would let a trailing newline through.
+_CLIENT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _B64URL: Final = bytes.maketrans(b"-_", b"+/")
 
 Headers = list[tuple[bytes, bytes]]
@@ -61,9 +62,13 @@ def route(path: str) -> tuple[str | None, str] | HttpError:
     if not target.startswith(PATH + "/"):
         return NOT_FOUND
     client_id = unquote(target[len(PATH) + 1:])
-    if not _CLIENT_ID.match(client_id):
+    if not is_client_id(client_id):
         return NOT_FOUND
     return client_id, query
+
+
+def is_client_id(text: str) -> bool:
+    return _CLIENT_ID.fullmatch(text) is not None
 
 
 def dns_request(method: str, path: str, content_type: bytes | None,

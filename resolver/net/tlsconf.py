@@ -13,11 +13,17 @@ import asyncio
 import logging
 import os
 import ssl
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from resolver.config.model import TlsConfig
 from resolver.errors import ConfigError
+from resolver.net.dohmsg import is_client_id
+
+if TYPE_CHECKING:
+    from sys import UnraisableHookArgs
 
 log = logging.getLogger("resolver.tls")
 
@@ -38,6 +44,23 @@ def _remember_sni(sslobj: ssl.SSLSocket | ssl.SSLObject, name: str | None, conte
     # None: carry on with this context (an unknown name still gets our certificate, and no client id)
 
 
+def _unraisable(hook: Callable[[UnraisableHookArgs], object]) -> Callable[[UnraisableHookArgs], object]:
+    """``sys.unraisablehook`` without the report of a TLS server name that is not ASCII.
+
+    CPython's ssl decodes the name as ASCII before it calls any sni_callback; one it cannot decode fails the
+    handshake with an alert and goes to the unraisable hook, whose default prints a traceback on stderr. Any
+    client can send such a name on every handshake: the connection ends cleanly, and there is nothing for an
+    operator to read, least of all a line outside the JSON log per handshake. Anything else goes to ``hook``."""
+    def quiet(args: UnraisableHookArgs) -> object:
+        if isinstance(args.exc_value, UnicodeDecodeError) and args.exc_value.encoding == "ascii" \
+                and isinstance(args.object, bytes):
+            return None
+        return hook(args)
+
+    quiet.quiet_sni = True  # type: ignore[attr-defined]
+    return quiet
+
+
 def make_context(cert: Path, key: Path, alpn: tuple[str, ...]) -> ssl.SSLContext:
     """A server context for ``cert``/``key``; ``ConfigError`` naming the file when the pair cannot be used."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -51,6 +74,8 @@ def make_context(cert: Path, key: Path, alpn: tuple[str, ...]) -> ssl.SSLContext
     context.set_alpn_protocols(list(alpn))
     context.sslobject_class = PhoneSSLObject
     context.sni_callback = _remember_sni
+    if not getattr(sys.unraisablehook, "quiet_sni", False):
+        sys.unraisablehook = _unraisable(sys.unraisablehook)
     return context
 
 
@@ -60,7 +85,7 @@ def client_id_of(sni: str | None, server_name: str) -> str | None:
         return None
     sni = sni.lower().rstrip(".")
     head, dot, tail = sni.partition(".")
-    if dot and tail == server_name and head:
+    if dot and tail == server_name and is_client_id(head):  # the rule an id in a DoH path follows
         return head
     return None
 

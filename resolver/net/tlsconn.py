@@ -29,12 +29,17 @@ log = logging.getLogger("resolver.transport")
 
 READ_CHUNK: Final = 65536
 HIGH_WATER: Final = 256 * 1024  # unsent bytes past which we stop reading the client (it is not reading us)
+# Why a connection stops reading its client (``TlsConnection.hold``); it reads again once no reason is left, so
+# one reason ending never undoes another.
+WRITING: Final = 1  # the client does not read its answers
+SESSION: Final = 2  # the session has questions enough to work through first (HTTP/1.1 answers one at a time)
+ENDING: Final = 4  # past tcp.max_lifetime: only what is owed goes out
 
 
 class Session(Protocol):
     """The protocol spoken inside TLS; ``conn.send`` carries its bytes out."""
 
-    def received(self, data: bytes) -> None: ...
+    def received(self, data: bytes) -> None: ...  # b"": nothing new, carry on with what is buffered
 
     def busy(self) -> bool: ...  # answers still with the upstreams: the idle timeout and max_lifetime wait
 
@@ -81,6 +86,7 @@ class TlsConnection(asyncio.Protocol):
         # While the session reads one batch of bytes, what it sends is gathered and written once at the end: one
         # write (a system call) for a batch of pipelined answers rather than one each.
         self.corked: list[bytes] | None = None
+        self.held = 0  # the reasons reading is paused, as bits
         self.loop = asyncio.get_running_loop()
 
     # -- asyncio ---------------------------------------------------------------------------------------------------
@@ -140,12 +146,12 @@ class TlsConnection(asyncio.Protocol):
         self.transport = None
 
     def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()  # the client does not read its answers: stop taking its questions
+        self.hold(WRITING)  # the client does not read its answers: stop taking its questions
 
     def resume_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
+        self.hold(WRITING, False)
+        if self.session is not None and self.tls is not None:
+            self.batch(self.session.received)  # a session that stopped for our writes goes on (doh.H11Session)
 
     # -- TLS --------------------------------------------------------------------------------------------------------
 
@@ -190,13 +196,7 @@ class TlsConnection(asyncio.Protocol):
                 break
             chunks.append(chunk)  # (a record each: a client writing query by query sends many per read)
         if chunks and self.transport is not None:
-            self.corked = []
-            try:
-                self.session.received(b"".join(chunks) if len(chunks) > 1 else chunks[0])
-            finally:
-                corked, self.corked = self.corked, None
-            if corked:
-                self._write(corked)
+            self.batch(self.session.received, b"".join(chunks) if len(chunks) > 1 else chunks[0])
         self._flush()
 
     def _flush(self) -> None:
@@ -205,6 +205,29 @@ class TlsConnection(asyncio.Protocol):
             self.transport.write(pending)
 
     # -- for the session ----------------------------------------------------------------------------------------------
+
+    def batch(self, work: Callable[[bytes], None], data: bytes = b"") -> None:
+        """``work(data)`` with what it sends written once, at the end."""
+        if self.corked is not None:
+            work(data)
+            return
+        self.corked = []
+        try:
+            work(data)
+        finally:
+            corked, self.corked = self.corked, None
+        if corked:
+            self._write(corked)
+
+    def hold(self, reason: int, on: bool = True) -> None:
+        """Stop reading the client for ``reason`` (``on``), or drop that reason; reading resumes with none left."""
+        held = self.held | reason if on else self.held & ~reason
+        if self.transport is not None and bool(held) != bool(self.held):
+            if held:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+        self.held = held
 
     def send(self, data: bytes) -> None:
         """Encrypt and write ``data`` (dropped once the connection is closing)."""
@@ -254,7 +277,7 @@ class TlsConnection(asyncio.Protocol):
         due = min(self.last + self.listener.idle_timeout, self.ends)
         now = self.loop.time()
         if now >= self.ends:
-            self.transport.pause_reading()  # past max_lifetime: no new questions, only what is owed
+            self.hold(ENDING)  # past max_lifetime: no new questions, only what is owed
         if now < due or (self.session is not None and self.session.busy()):
             self.timer = self.loop.call_later(max(due - now, 0.5), self._idle)
             return
