@@ -13,7 +13,8 @@ be set up. A worker's questions in flight are bounded by its in-flight table, so
 peers is bounded by the number of workers times that table.
 
 A dead owner, or one that has stopped reporting to the supervisor (it says so, ``down``), is not asked: its
-questions, those already asked included, go upstream from here until it is back. A question an owner never answers (it died with it) is given up after the query deadline, as an upstream's.
+questions, those already asked included, go upstream from here until it is back. A question an owner never
+answers (it died with it) is given up after the query deadline, as an upstream's.
 
 Messages, one per datagram: a question is ``Q`` + request id + refresh flag + the query as we would send it
 upstream; an answer is ``A`` + request id + the reply, or nothing when the owner got none.
