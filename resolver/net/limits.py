@@ -42,6 +42,11 @@ FDS_METRICS: Final = METRICS_CONNECTIONS + METRICS_ACCEPTING
 # downloads, the pipe to the supervisor. Generous, because running short here is what made the resolver
 # unobservable.
 FDS_RESERVE: Final = 128
+# With more than half the slots taken, a connection may sit idle this long at most, not ``idle_timeout``
+# (RFC 7766 section 6.2.3: close idle connections under pressure). Otherwise clients that each stay under the
+# per-client and per-network caps, from enough networks, hold every slot by sending nothing, and a phone falling
+# back to TCP after a truncated answer is refused. Long enough for a first question over a slow mobile link.
+PRESSED_IDLE: Final = 2.0
 IPV4_NETWORK: Final = 24
 IPV6_NETWORK: Final = 56
 
@@ -68,6 +73,10 @@ class ConnectionTable:
         self.open = 0
         self.by_client: dict[str, int] = {}
         self.by_network: dict[str, int] = {}
+
+    def idle_timeout(self, normal: float) -> float:
+        """How long a connection may now wait for its next question: ``normal``, or PRESSED_IDLE past half."""
+        return min(normal, PRESSED_IDLE) if self.open * 2 > self.total else normal
 
     def admit(self, client: str) -> str | None:
         """Take a slot for ``client`` and return None, or take nothing and name the cap reached (a

@@ -261,7 +261,7 @@ class TcpListener:
             if served % TCP_SLICE == 0:
                 await asyncio.sleep(0)
             try:
-                data = await read_frame(reader, min(self.idle_timeout, left))
+                data = await read_frame(reader, min(self.gate.table.idle_timeout(self.idle_timeout), left))
             except (TimeoutError, ConnectionError):  # idle, or gone (FrameError: gone mid-message)
                 break
             if data is None:

@@ -97,7 +97,7 @@ class TlsConnection(asyncio.Protocol):
         self.client = canonical_client(peer[0]) if peer else ""
         self.last = self.loop.time()
         self.ends = self.last + self.listener.max_lifetime
-        self.timer = self.loop.call_later(self.listener.idle_timeout, self._idle)
+        self.timer = self.loop.call_later(self.listener.gate.table.idle_timeout(self.listener.idle_timeout), self._idle)
         transport.set_write_buffer_limits(HIGH_WATER)
         # Anyone else is admitted (access list, caps) now, before a byte is read, as on TCP: waiting to see a header
         # first would let untrusted peers hold sockets outside the connection table. A header they send is then
@@ -274,7 +274,7 @@ class TlsConnection(asyncio.Protocol):
         self.timer = None
         if self.transport is None:
             return
-        due = min(self.last + self.listener.idle_timeout, self.ends)
+        due = min(self.last + self.listener.gate.table.idle_timeout(self.listener.idle_timeout), self.ends)
         now = self.loop.time()
         if now >= self.ends:
             self.hold(ENDING)  # past max_lifetime: no new questions, only what is owed

@@ -19,6 +19,7 @@ from pathlib import Path
 import dns.message
 import pytest
 
+from resolver.net.limits import PRESSED_IDLE
 from tests.integration.test_metrics import parse_samples, total
 from tests.support.authserver import AuthServer
 from tests.support.prom import by_labels
@@ -186,6 +187,25 @@ def test_a_length_and_then_silence_is_closed_at_idle_timeout(resolver_factory: R
         sock.sendall(b"\xff\xff" + b"\x00" * 100)
         assert closed_by_server(sock, timeout=30), "a half-sent message held its connection"
     assert answered_over_tcp(server, "127.0.0.70")
+
+
+def test_idle_connections_are_cut_short_once_half_the_slots_are_taken(resolver_factory: ResolverFactory) -> None:
+    """Silent clients, each under the per-client and per-network caps, try to hold every slot (tcp.max_connections
+    8, idle_timeout 60 s). While at most half the slots are taken, a silent connection keeps its slot past
+    PRESSED_IDLE. Past half, a new silent connection is closed after PRESSED_IDLE, far inside 60 s (RFC 7766
+    6.2.3), and so are the ones that keep trying; an ordinary client who comes meanwhile is answered."""
+    server = resolver_factory({"tcp": {"max_connections": 8, "idle_timeout": 60}}, metrics=True)
+    with sockets() as held:
+        for n in range(1, 5):  # half the slots: no pressure
+            held.append(connect_from(server, f"127.0.7.{n}"))
+        assert wait_for(lambda: gauge(server, "resolver_tcp_connections") == 4, timeout=5)
+        assert not closed_by_server(held[0], timeout=PRESSED_IDLE * 2), "cut short with half the slots free"
+        for n in range(5, 8):  # past half: every wait for a question is now PRESSED_IDLE at most
+            held.append(connect_from(server, f"127.0.8.{n}"))
+        for sock in held[4:]:
+            assert closed_by_server(sock, timeout=30), "a silent connection held its slot under pressure"
+        assert answered_over_tcp(server, "127.0.9.1")
+    assert rejected(server)["total"] == 0
 
 
 def test_connections_are_capped_per_network(resolver_factory: ResolverFactory) -> None:

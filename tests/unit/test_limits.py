@@ -11,7 +11,7 @@ from resolver.config.model import Config, Endpoint, TcpConfig
 from resolver.core.access import AccessList, AccessSpec
 from resolver.errors import ConfigError
 from resolver.net import limits
-from resolver.net.limits import ConnectionTable, Gate, fd_budget, network_of
+from resolver.net.limits import PRESSED_IDLE, ConnectionTable, Gate, fd_budget, network_of
 
 
 @pytest.mark.parametrize(("client", "network"), [
@@ -105,3 +105,17 @@ def test_with_metrics_on_the_budget_covers_its_capped_connections(monkeypatch: p
     with pytest.raises(ConfigError, match=f"{limits.FDS_METRICS} for metrics") as caught:
         limits.ensure_fds(replace(config, upstreams=(Endpoint("127.0.0.1", 53),)))
     assert "to 999 " in str(caught.value)
+
+
+def test_past_half_the_slots_the_idle_wait_is_cut_short() -> None:
+    table = ConnectionTable(total=4, per_client=4, per_network=4)
+    waits = []
+    for n in range(4):
+        waits.append(table.idle_timeout(10.0))
+        assert table.admit(f"127.0.0.{n}") is None
+    waits.append(table.idle_timeout(10.0))
+    assert waits == [10.0, 10.0, 10.0, PRESSED_IDLE, PRESSED_IDLE]
+    assert table.idle_timeout(1.0) == 1.0  # never longer than configured
+    table.release("127.0.0.3")
+    table.release("127.0.0.2")
+    assert table.idle_timeout(10.0) == 10.0
