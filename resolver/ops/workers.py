@@ -44,7 +44,7 @@ from resolver.ops.fabric import Fabric
 from resolver.ops.link import PEER_DOWN, PEER_UP, SNAPSHOT
 from resolver.ops.link import SnapshotSender as SnapshotSender
 from resolver.ops.link import follow_supervisor as follow_supervisor
-from resolver.ops.metrics import MetricsServer
+from resolver.ops.metrics import MetricsServer, NoSnapshotYet
 from resolver.ops.snapshot import Snapshot, merge
 from resolver.ops.workerproc import WorkerProcess
 
@@ -385,8 +385,6 @@ class Supervisor:
         parts = [w.latest for w in self.workers if w.latest is not None]
         snap = merge(parts, self.retired) if parts or self.retired is not None else None
         if snap is None:
-            from resolver.ops.metrics import NoSnapshotYet
-
             raise NoSnapshotYet("no worker has reported yet")
         snap.counters["worker_restarts"] = self.restarts
         return snap

@@ -22,6 +22,8 @@ import pytest
 from resolver.config.model import Config, Endpoint, TcpConfig
 from resolver.net import limits
 from resolver.ops.workers import SCRAPE_WAIT, SILENT_SECONDS
+from tests.integration.test_transport import _closed_by_server
+from tests.integration.test_workers import _workers
 from tests.support.authserver import AuthServer
 from tests.support.resolverproc import REPO_ROOT, ResolverFactory, ResolverProcess, wait_for
 from tests.support.zone import WWW, WWW_V4
@@ -99,7 +101,7 @@ def test_idle_metrics_clients_cannot_take_the_dns_servers_descriptors(resolver_f
         for i in range(20):
             reply = server.query(f"fd{i}.example.test", "A", tcp=bool(i % 2), timeout=3)
             assert reply.rcode() == dns.rcode.NXDOMAIN, (i, reply)
-        closed = sum(_closed_by_server(sock) for sock in held[:100])
+        closed = sum(_closed_by_server(sock, 2) for sock in held[:100])
         assert closed == 100, "the oldest idle connections were not closed to make room"
     assert watch.peak < budget, (watch.peak, budget)
     status, body, _ = ask(server.metrics_port, b"GET /metrics HTTP/1.1\r\n\r\n")
@@ -114,22 +116,6 @@ def os_hard_limit() -> int:
 
 def _nofile(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-
-def _closed_by_server(sock: socket.socket) -> bool:
-    sock.settimeout(2)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
-def _workers(server: ResolverProcess) -> list[int]:
-    assert server.proc is not None
-    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
-    return [int(pid) for pid in children.read_text().split()]
 
 
 def test_probes_do_not_ask_the_workers_for_counts(resolver_factory: ResolverFactory) -> None:
