@@ -149,7 +149,7 @@ class MetricsServer:
     def _snapshot_or_none(self) -> Snapshot | None:
         try:
             return self.source()
-        except NoSnapshotYet:
+        except RuntimeError:  # a supervisor none of whose workers has reported yet (NoSnapshotYet)
             return None
 
     def _admit(self, writer: asyncio.StreamWriter) -> bool:
